@@ -1,0 +1,32 @@
+"""Shared fixtures: the real-data folder and an isolated ROS 2 environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import tempfile
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get('DEPTH_NODE_REAL_DATA',
+                                REPO_ROOT.parent / 'shared' / 'data' / 'real'))
+
+# Isolate every test process from other ROS 2 graphs on the machine: a private domain,
+# localhost-only discovery, logs and ROS_HOME under a temp dir. Set before rclpy is imported.
+_ROS_TMP = tempfile.mkdtemp(prefix='depth_node_test_ros_')
+os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')
+os.environ.setdefault('ROS_LOG_DIR', os.path.join(_ROS_TMP, 'log'))
+os.environ.setdefault('ROS_HOME', os.path.join(_ROS_TMP, 'home'))
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+
+
+@pytest.fixture(scope='session')
+def real_data() -> Path:
+    """Root of ``../shared/data/real``; skips (with the reason) when it is absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f'real data not found at {REAL_DATA} (set DEPTH_NODE_REAL_DATA)')
+    return REAL_DATA
