@@ -1,0 +1,222 @@
+"""The node's parameters: one table, used to declare them, to validate them and to test the docs.
+
+ROS-free: the node turns each :class:`ParamSpec` into a ``ParameterDescriptor``; the tests compare
+this table with ``config/depth.yaml`` and ``launch/depth.launch.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import math
+from typing import Any, Optional, Sequence
+
+DEFAULT_MODEL = 'depth-anything/Depth-Anything-V2-Small-hf'
+
+
+class ConfigError(ValueError):
+    """A parameter value the node cannot start or run with; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: name, default (its type is the parameter's type), constraints, docs."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True
+    choices: tuple = ()
+    min: Optional[float] = None
+    max: Optional[float] = None
+    array_len: tuple = ()  # allowed lengths for a list parameter
+
+    @property
+    def type_name(self) -> str:
+        if isinstance(self.default, bool):
+            return 'bool'
+        if isinstance(self.default, int):
+            return 'int'
+        if isinstance(self.default, float):
+            return 'double'
+        if isinstance(self.default, str):
+            return 'string'
+        return 'double_array'
+
+    def check(self, value: Any) -> Optional[str]:
+        """Return why ``value`` is refused, or None when it is acceptable."""
+        t = self.type_name
+        if t == 'bool' and not isinstance(value, bool):
+            return f'{self.name} must be a bool, got {value!r}'
+        if t == 'int' and (isinstance(value, bool) or not isinstance(value, int)):
+            return f'{self.name} must be an integer, got {value!r}'
+        if t == 'double':
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f'{self.name} must be a number, got {value!r}'
+            if not math.isfinite(value) and not (math.isinf(value) and value > 0):
+                return f'{self.name} must be finite, got {value!r}'
+        if t == 'string' and not isinstance(value, str):
+            return f'{self.name} must be a string, got {value!r}'
+        if t == 'double_array':
+            try:
+                values = [float(v) for v in value]
+            except (TypeError, ValueError):
+                return f'{self.name} must be a list of numbers, got {value!r}'
+            if self.array_len and len(values) not in self.array_len:
+                return (f'{self.name} must have {" or ".join(map(str, self.array_len))} '
+                        f'values, got {len(values)}')
+            if not all(math.isfinite(v) for v in values):
+                return f'{self.name} must hold finite numbers, got {value!r}'
+        if self.choices and value not in self.choices:
+            return f'{self.name} must be one of {", ".join(map(str, self.choices))}; got {value!r}'
+        if self.min is not None and value < self.min:
+            return f'{self.name} must be >= {self.min}, got {value!r}'
+        if self.max is not None and value > self.max:
+            return f'{self.name} must be <= {self.max}, got {value!r}'
+        return None
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    # model
+    ParamSpec('model.name', DEFAULT_MODEL,
+              'Hugging Face hub id or local directory of a transformers depth model '
+              '(AutoModelForDepthEstimation). Relative vs metric is read from its config.'),
+    ParamSpec('model.device', 'auto', "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."),
+    ParamSpec('model.precision', 'auto', "'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16', "
+              "'bf16' (fast on CPUs with AMX-bf16).",
+              choices=('auto', 'fp32', 'fp16', 'bf16')),
+    ParamSpec('model.random_init', '',
+              "TEST ONLY: build this architecture with RANDOM weights instead of loading "
+              "model.name ('depth-anything-v2-small', 'depth-anything-v2-base'). Output is "
+              "meaningless; for pipeline smoke tests and timing. Empty = off."),
+    ParamSpec('model.compile', False, 'torch.compile the model at startup (warm-up compiles; '
+              'keep the input size fixed).'),
+    ParamSpec('model.warmup', True, 'Run two dummy frames at startup so the first real frame '
+              'is not slow.'),
+    # input
+    ParamSpec('input.mode', 'image', "'image': run the network on camera images; "
+              "'relative_depth': skip the network and align a prediction published by another "
+              "node on 'relative_depth'.", choices=('image', 'relative_depth')),
+    ParamSpec('input.compressed', False, "Subscribe 'image/compressed' "
+              '(sensor_msgs/CompressedImage, jpeg/png) instead of the raw image.'),
+    ParamSpec('input.relative_kind', 'disparity', "In relative_depth mode: the incoming map is "
+              "'disparity' (larger = nearer, affine-invariant inverse depth) or 'depth' "
+              '(affine-invariant depth).', choices=('disparity', 'depth')),
+    ParamSpec('input.max_pixels', 4_000_000, 'Largest image (width x height) processed; '
+              'bigger images are downscaled or refused (input.oversize). 0 = no limit.',
+              min=0),
+    ParamSpec('input.oversize', 'downscale', "What to do with an image over input.max_pixels: "
+              "'downscale' (outputs at the reduced size, camera_info scaled to match) or "
+              "'refuse' (log and skip).", choices=('downscale', 'refuse')),
+    # outputs
+    ParamSpec('output.encoding', '32FC1', "depth/image encoding: '32FC1' metres, NaN invalid; "
+              "'16UC1' millimetres, 0 invalid (REP 117/118).", choices=('32FC1', '16UC1')),
+    ParamSpec('output.relative', True, 'Publish the raw prediction of a relative model on '
+              'depth/relative (32FC1, relative inverse depth: larger is nearer, no unit).'),
+    ParamSpec('cloud.enabled', True, 'Publish depth/points (metric depth and camera_info '
+              'needed).', read_only=False),
+    ParamSpec('cloud.stride', 2, 'Take every Nth pixel in both directions for the cloud.',
+              read_only=False, min=1, max=32),
+    ParamSpec('cloud.min_depth', 0.1, 'Cloud points nearer than this (metres) become NaN.',
+              read_only=False, min=0.0),
+    ParamSpec('cloud.max_depth', 80.0, 'Cloud points farther than this (metres) become NaN; '
+              'also the far limit of LiDAR-aligned depth.', read_only=False, min=0.0),
+    ParamSpec('cloud.organized', True, 'Organized cloud (height x width of the strided grid, '
+              'is_dense false, NaN kept) or unorganized (finite points only).',
+              read_only=False),
+    ParamSpec('cloud.color', False, 'Add a packed rgb field from the camera image.',
+              read_only=False),
+    # LiDAR
+    ParamSpec('lidar.enabled', False, "Make relative depth metric (or correct metric depth) "
+              "with the LiDAR scans on 'lidar/points'."),
+    ParamSpec('lidar.T_camera_lidar', [0.0],
+              'Row-major 4x4 (16 values) mapping LiDAR points into the camera optical frame. '
+              '[0.0] (unset) = look the transform up in tf2 at the image stamp.',
+              read_only=False, array_len=(1, 16)),
+    ParamSpec('lidar.max_time_offset', 0.1, 'Largest |image stamp - scan stamp| (s) for a '
+              'pair.', read_only=False, min=0.0),
+    ParamSpec('lidar.max_fit_age', 1.0, 'Reuse the last good fit for frames without one while '
+              'it is younger than this (s).', read_only=False, min=0.0),
+    ParamSpec('lidar.fit', 'global', "'global' scale and shift, or 'local': global plus a "
+              'smooth spatially varying correction.', read_only=False,
+              choices=('global', 'local')),
+    ParamSpec('lidar.fit_shift', True, 'Fit a shift as well as a scale (relative models). '
+              'Metric models always get a scale-only correction.', read_only=False),
+    ParamSpec('lidar.min_points', 50, 'Fewest inlier points for a fit.', read_only=False,
+              min=3),
+    ParamSpec('lidar.smoothing', 0.7, 'Temporal smoothing of scale and shift, 0 (none) to '
+              '<1 (weight of the past).', read_only=False, min=0.0, max=0.99),
+    ParamSpec('lidar.occlusion_window', 5, 'Pixel window of the occlusion (parallax) test; '
+              '0 disables it.', read_only=False, min=0, max=31),
+    ParamSpec('lidar.scan_buffer', 10, 'How many recent scans are kept for pairing by stamp.',
+              min=1, max=100),
+    # diagnostics
+    ParamSpec('diagnostics.period', 1.0, 'Seconds between /diagnostics messages.', min=0.1),
+)
+
+PARAMS_BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+
+@dataclass
+class NodeConfig:
+    """Validated parameter values, grouped as the node uses them."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    @property
+    def T_camera_lidar(self) -> Optional[Sequence[float]]:
+        """The 16 values of ``lidar.T_camera_lidar``, or None to use tf2."""
+        value = list(self.values['lidar.T_camera_lidar'])
+        return value if len(value) == 16 else None
+
+
+def validate_values(values: dict[str, Any]) -> NodeConfig:
+    """Check every value against its spec and the cross-parameter rules.
+
+    Raises
+    ------
+    ConfigError
+        Naming every refused parameter and the reason.
+    """
+    errors = []
+    merged = {p.name: p.default for p in PARAMS}
+    for name, value in values.items():
+        spec = PARAMS_BY_NAME.get(name)
+        if spec is None:
+            continue
+        if spec.type_name == 'double' and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        reason = spec.check(value)
+        if reason:
+            errors.append(reason)
+        else:
+            merged[name] = value
+    errors.extend(cross_check(merged))
+    if errors:
+        raise ConfigError('; '.join(errors))
+    return NodeConfig(merged)
+
+
+def cross_check(values: dict[str, Any]) -> list[str]:
+    """Rules that involve more than one parameter."""
+    errors = []
+    if values['cloud.max_depth'] <= values['cloud.min_depth']:
+        errors.append('cloud.max_depth must be greater than cloud.min_depth')
+    device = values['model.device']
+    if not (device in ('auto', 'cpu', 'cuda') or
+            (device.startswith('cuda:') and device[5:].isdigit())):
+        errors.append(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    T = list(values['lidar.T_camera_lidar'])
+    if len(T) == 16:
+        last = T[12:]
+        if any(abs(a - b) > 1e-6 for a, b in zip(last, (0.0, 0.0, 0.0, 1.0))):
+            errors.append('lidar.T_camera_lidar must be a rigid 4x4 transform with last row '
+                          '0 0 0 1 (row-major)')
+    elif T != [0.0]:
+        errors.append('lidar.T_camera_lidar must hold 16 values, or [0.0] for tf2')
+    if values['input.mode'] == 'image' and not values['model.name'] and \
+            not values['model.random_init']:
+        errors.append('model.name is empty: set a hub id or a local model directory')
+    return errors

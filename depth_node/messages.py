@@ -1,0 +1,91 @@
+"""Build and read sensor_msgs messages from numpy arrays (no rclpy, only message types).
+
+Used by the node to publish, and by the demo, benchmarks and tests to feed the node and read
+what it publishes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from std_msgs.msg import Header
+
+from depth_node.camera_info import Intrinsics, intrinsics_to_fields
+from depth_node.cloud import PackedCloud, pack_cloud
+from depth_node.packing import fill_cloud, fill_image
+
+_IMAGE_DTYPES = {'32FC1': (np.float32, 1), '16UC1': (np.uint16, 1), 'mono16': (np.uint16, 1),
+                 'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'mono8': (np.uint8, 1),
+                 '8UC1': (np.uint8, 1), '64FC1': (np.float64, 1)}
+
+
+def make_header(frame_id: str, sec: int = 0, nanosec: int = 0) -> Header:
+    """A header with the given stamp and frame."""
+    header = Header(frame_id=frame_id)
+    header.stamp.sec = int(sec)
+    header.stamp.nanosec = int(nanosec)
+    return header
+
+
+def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
+    """An Image of ``array`` ((H, W) or (H, W, C), dtype matching ``encoding``)."""
+    msg = Image(header=header)
+    fill_image(msg, array, encoding)
+    return msg
+
+
+def camera_info_msg(intr: Intrinsics, header: Header) -> CameraInfo:
+    """A CameraInfo from :class:`~depth_node.camera_info.Intrinsics`."""
+    return CameraInfo(header=header, **intrinsics_to_fields(intr))
+
+
+def cloud_msg(packed: PackedCloud, header: Header) -> PointCloud2:
+    """A PointCloud2 from a :class:`~depth_node.cloud.PackedCloud`."""
+    msg = PointCloud2(header=header)
+    fill_cloud(msg, packed, PointField)
+    return msg
+
+
+def xyz_cloud_msg(points: np.ndarray, header: Header) -> PointCloud2:
+    """An unorganized x, y, z float32 PointCloud2 of ``points`` (N, 3), metres."""
+    xyz = np.ascontiguousarray(points[:, :3], dtype=np.float32).reshape(1, -1, 3)
+    return cloud_msg(pack_cloud(xyz, None, organized=False), header)
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """Read an Image of a plain encoding back into numpy: (H, W) or (H, W, C), a copy."""
+    if msg.encoding not in _IMAGE_DTYPES:
+        raise ValueError(f'image_to_array: unsupported encoding {msg.encoding!r}')
+    dtype, channels = _IMAGE_DTYPES[msg.encoding]
+    dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
+    raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
+    row = raw[:, :msg.width * channels * dtype.itemsize]
+    out = np.ascontiguousarray(row).view(dtype).reshape(msg.height, msg.width, channels)
+    return (out[..., 0] if channels == 1 else out).astype(dtype.newbyteorder('='))
+
+
+def cloud_fields(msg: PointCloud2) -> list[tuple[str, int, int, int]]:
+    """PointCloud2 fields as (name, offset, datatype, count) tuples."""
+    return [(f.name, f.offset, f.datatype, f.count) for f in msg.fields]
+
+
+def cloud_to_array(msg: PointCloud2, names: tuple[str, ...] = ('x', 'y', 'z'),
+                   ) -> np.ndarray:
+    """Read float32 fields of every point (NaN kept): (height, width, len(names)) float32."""
+    offsets = {f.name: f.offset for f in msg.fields}
+    missing = [n for n in names if n not in offsets]
+    if missing:
+        raise ValueError(f'cloud_to_array: fields {missing} not in the cloud')
+    raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.row_step)
+    raw = raw[:, :msg.width * msg.point_step].reshape(msg.height, msg.width, msg.point_step)
+    cols = [np.ascontiguousarray(raw[:, :, offsets[n]:offsets[n] + 4]).view('<f4')[..., 0]
+            for n in names]
+    return np.stack(cols, axis=-1)
+
+
+def stamp_of(msg: Any) -> tuple[int, int]:
+    """(sec, nanosec) of a stamped message, for exact comparisons."""
+    return int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
+

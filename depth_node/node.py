@@ -1,0 +1,558 @@
+"""The ROS 2 node: parameters, QoS, subscriptions, the inference worker and publishing.
+
+Everything else (decoding, the network, LiDAR alignment, clouds, message packing) lives in the
+ROS-free modules of this package; this module wires them to topics.
+
+Subscribed: ``image`` (or ``image/compressed``, or ``relative_depth``), ``camera_info``,
+``lidar/points``. Published: ``depth/image``, ``depth/relative``, ``depth/camera_info``,
+``depth/points``, ``depth/colored``, ``depth/alignment``, ``/diagnostics``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+import math
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rcl_interfaces.msg import (
+    FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from depth_node import config as cfg
+from depth_node.alignment import Aligner, AlignerConfig, Alignment
+from depth_node.camera_info import (
+    CameraInfoError, Intrinsics, fit_to_image, intrinsics_from_fields, scale_intrinsics)
+from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
+from depth_node.colormap import colorize
+from depth_node.image_codec import (
+    ImageDecodeError, decode_compressed, decode_image, decode_relative_depth, limit_pixels)
+from depth_node.lidar import CameraModel, LidarError, prepare_points, read_points_xyz
+from depth_node.messages import camera_info_msg, cloud_msg, image_msg
+from depth_node.packing import depth_to_uint16_mm
+from depth_node.pipeline import Counters, StageTimer, Throttle
+
+try:  # tf2 is part of every ROS 2 install but not of the PyPI wheels.
+    from tf2_ros import Buffer as TfBuffer, TransformListener
+except ImportError:  # pragma: no cover - exercised where tf2_ros is absent (CI)
+    TfBuffer = None
+    TransformListener = None
+
+NODE_NAME = 'depth_node'
+
+SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                        reliability=ReliabilityPolicy.BEST_EFFORT)
+"""Sensor-data QoS with depth 1: matches reliable and best-effort publishers, never queues."""
+
+LIDAR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                       reliability=ReliabilityPolicy.BEST_EFFORT)
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                        reliability=ReliabilityPolicy.RELIABLE)
+
+_PARAM_TYPES = {'bool': Parameter.Type.BOOL, 'int': Parameter.Type.INTEGER,
+                'double': Parameter.Type.DOUBLE, 'string': Parameter.Type.STRING,
+                'double_array': Parameter.Type.DOUBLE_ARRAY}
+
+
+def stamp_to_sec(stamp: Any) -> float:
+    """``builtin_interfaces/Time`` to float seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _descriptor(spec: cfg.ParamSpec) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=spec.name, type=_PARAM_TYPES[spec.type_name].value,
+                            description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        d.additional_constraints = 'one of: ' + ', '.join(map(str, spec.choices))
+    if spec.type_name == 'int' and (spec.min is not None or spec.max is not None):
+        d.integer_range = [IntegerRange(from_value=int(spec.min if spec.min is not None
+                                                       else -2**63),
+                                        to_value=int(spec.max if spec.max is not None
+                                                     else 2**63 - 1), step=1)]
+    if spec.type_name == 'double' and spec.min is not None and spec.max is not None:
+        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min),
+                                                     to_value=float(spec.max), step=0.0)]
+    return d
+
+
+def _transform_to_matrix(transform: Any) -> np.ndarray:
+    """``geometry_msgs/Transform`` to a (4, 4) float64 matrix."""
+    q = transform.rotation
+    x, y, z, w = q.x, q.y, q.z, q.w
+    T = np.eye(4)
+    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    t = transform.translation
+    T[:3, 3] = [t.x, t.y, t.z]
+    return T
+
+
+class DepthNode(Node):
+    """Camera image in; depth image, relative depth, camera_info and point cloud out.
+
+    Raises
+    ------
+    depth_node.config.ConfigError
+        From the constructor, before any topic is advertised, when a parameter is invalid or
+        the model cannot be loaded.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in cfg.PARAMS:
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        values = {spec.name: self.get_parameter(spec.name).value for spec in cfg.PARAMS}
+        self._cfg = cfg.validate_values(values)
+        self._counters = Counters()
+        self._throttle = Throttle(period=5.0)
+        self._timer = StageTimer()
+        self.last_timings: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._pending: Optional[tuple[str, Any]] = None
+        self._stop = threading.Event()
+        self._intrinsics: Optional[Intrinsics] = None
+        self._warned_no_info = False
+        self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
+        self._consecutive_failures = 0
+        self._last_alignment: Optional[Alignment] = None
+
+        self._estimator = None
+        mode = self._cfg['input.mode']
+        if mode == 'image':
+            self._estimator = self._load_estimator()
+            self._is_metric = self._estimator.is_metric
+        else:
+            self._is_metric = False
+        self._aligner = Aligner(self._aligner_config()) if self._cfg['lidar.enabled'] else None
+
+        self._tf_buffer = None
+        if self._cfg['lidar.enabled'] and self._cfg.T_camera_lidar is None:
+            if TfBuffer is None:
+                raise cfg.ConfigError(
+                    'lidar.enabled is true but lidar.T_camera_lidar is unset and tf2_ros is not '
+                    'importable: set lidar.T_camera_lidar (16 values, row-major, LiDAR to camera '
+                    'optical frame) or run in a ROS 2 install with tf2_ros')
+            self._tf_buffer = TfBuffer()
+            self._tf_listener = TransformListener(self._tf_buffer, self)
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._create_interfaces(mode)
+        self._worker = threading.Thread(target=self._work, name='depth_node_worker',
+                                        daemon=True)
+        self._worker.start()
+        kind = 'metric depth (metres)' if self._is_metric else 'relative inverse depth'
+        self.get_logger().info(
+            f'ready: input {mode}, model output {kind}, LiDAR '
+            f'{"on" if self._cfg["lidar.enabled"] else "off"}')
+
+    # ------------------------------------------------------------------ startup
+    def _load_estimator(self) -> Any:
+        from depth_node.estimator import DepthEstimator, EstimatorError
+
+        name = self._cfg['model.name']
+        random_init = self._cfg['model.random_init'] or None
+        try:
+            t0 = time.perf_counter()
+            est = DepthEstimator(name, device=self._cfg['model.device'],
+                                 precision=self._cfg['model.precision'],
+                                 random_init=random_init, compile=self._cfg['model.compile'])
+            load_s = time.perf_counter() - t0
+        except EstimatorError as exc:
+            raise cfg.ConfigError(str(exc)) from exc
+        if random_init:
+            self.get_logger().warn(
+                f'model.random_init={random_init}: RANDOM WEIGHTS, the output is meaningless. '
+                'Use this for pipeline smoke tests and timing only.')
+        warm_s = 0.0
+        if self._cfg['model.warmup']:
+            warm_s = est.warmup(480, 640)
+        self.startup_timings = {'model_load': load_s, 'warmup': warm_s}
+        self.get_logger().info(
+            f'model {random_init or name} on {est.device} ({est.dtype}), '
+            f'{"metric" if est.is_metric else "relative"}; load {load_s:.2f} s, '
+            f'warm-up {warm_s:.2f} s')
+        return est
+
+    def _aligner_config(self) -> AlignerConfig:
+        c = self._cfg
+        relative_depth = (c['input.mode'] == 'relative_depth' and
+                          c['input.relative_kind'] == 'depth')
+        space = 'depth' if (self._is_metric or relative_depth) else 'disparity'
+        return AlignerConfig(space=space,
+                             fit_shift=False if self._is_metric else c['lidar.fit_shift'],
+                             fit=c['lidar.fit'], min_points=c['lidar.min_points'],
+                             min_depth=c['cloud.min_depth'], max_depth=c['cloud.max_depth'],
+                             smoothing=c['lidar.smoothing'], max_fit_age=c['lidar.max_fit_age'])
+
+    def _create_interfaces(self, mode: str) -> None:
+        qos_opts = QoSOverridingOptions.with_default_policies
+        if mode == 'relative_depth':
+            self.create_subscription(Image, 'relative_depth', self._on_relative, SENSOR_QOS,
+                                     qos_overriding_options=qos_opts())
+        elif self._cfg['input.compressed']:
+            self.create_subscription(CompressedImage, 'image/compressed', self._on_compressed,
+                                     SENSOR_QOS, qos_overriding_options=qos_opts())
+        else:
+            self.create_subscription(Image, 'image', self._on_image, SENSOR_QOS,
+                                     qos_overriding_options=qos_opts())
+        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, SENSOR_QOS,
+                                 qos_overriding_options=qos_opts())
+        if self._cfg['lidar.enabled']:
+            self.create_subscription(PointCloud2, 'lidar/points', self._on_lidar, LIDAR_QOS,
+                                     qos_overriding_options=qos_opts())
+            self._pub_alignment = self.create_publisher(DiagnosticStatus, 'depth/alignment',
+                                                        OUTPUT_QOS)
+        self._pub_depth = self.create_publisher(Image, 'depth/image', OUTPUT_QOS,
+                                                qos_overriding_options=qos_opts())
+        self._pub_relative = self.create_publisher(Image, 'depth/relative', OUTPUT_QOS,
+                                                   qos_overriding_options=qos_opts())
+        self._pub_info = self.create_publisher(CameraInfo, 'depth/camera_info', OUTPUT_QOS,
+                                               qos_overriding_options=qos_opts())
+        self._pub_points = self.create_publisher(PointCloud2, 'depth/points', OUTPUT_QOS,
+                                                 qos_overriding_options=qos_opts())
+        self._pub_colored = self.create_publisher(Image, 'depth/colored', OUTPUT_QOS)
+        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_timer(self._cfg['diagnostics.period'], self._publish_diagnostics)
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        values = dict(self._cfg.values)
+        for p in params:
+            spec = cfg.PARAMS_BY_NAME.get(p.name)
+            if spec is None:
+                continue
+            value = p.value
+            if spec.type_name == 'double' and isinstance(value, int) and \
+                    not isinstance(value, bool):
+                value = float(value)
+            reason = spec.check(value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            values[p.name] = value
+        errors = cfg.cross_check(values)
+        if values['lidar.enabled'] and self._tf_buffer is None and \
+                len(values['lidar.T_camera_lidar']) != 16:
+            errors.append('lidar.T_camera_lidar cannot be unset at run time: the node started '
+                          'without tf2 (restart it with the parameter unset to use tf2)')
+        if errors:
+            return SetParametersResult(successful=False, reason='; '.join(errors))
+        with self._lock:
+            self._cfg = cfg.NodeConfig(values)
+            if self._aligner is not None:
+                self._aligner.config = self._aligner_config()
+        return SetParametersResult(successful=True)
+
+    # ---------------------------------------------------------------- callbacks
+    def _submit(self, kind: str, msg: Any) -> None:
+        """Newest frame wins: replace a frame the worker has not started, counting it dropped."""
+        with self._cv:
+            self._counters.add('frames_received')
+            if self._pending is not None:
+                self._counters.add('frames_dropped')
+            self._pending = (kind, msg)
+            self._cv.notify()
+
+    def _on_image(self, msg: Image) -> None:
+        self._submit('image', msg)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._submit('compressed', msg)
+
+    def _on_relative(self, msg: Image) -> None:
+        self._submit('relative', msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            intr = intrinsics_from_fields(msg.width, msg.height, msg.k, msg.d,
+                                          msg.distortion_model, msg.p, msg.r)
+        except CameraInfoError as exc:
+            self._bad_input('camera_info', f'camera_info refused: {exc}')
+            return
+        with self._lock:
+            self._intrinsics = intr
+
+    def _on_lidar(self, msg: PointCloud2) -> None:
+        try:
+            fields = [(f.name, f.offset, f.datatype, f.count) for f in msg.fields]
+            xyz = read_points_xyz(fields, msg.point_step, msg.row_step, msg.width, msg.height,
+                                  msg.is_bigendian, msg.data)
+        except LidarError as exc:
+            self._bad_input('lidar', f'lidar/points refused: {exc}')
+            return
+        with self._lock:
+            self._scans.append((stamp_to_sec(msg.header.stamp), msg.header.frame_id, xyz))
+
+    def _bad_input(self, key: str, text: str) -> None:
+        self._counters.add(f'bad_{key}')
+        if self._throttle.ready(key):
+            self.get_logger().warn(f'{text} (bad {key} messages so far: '
+                                   f'{self._counters.get("bad_" + key)})')
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cv:
+                while self._pending is None and not self._stop.is_set():
+                    self._cv.wait(0.1)
+                job, self._pending = self._pending, None
+            if job is None:
+                continue
+            try:
+                self._process(*job)
+            except ImageDecodeError as exc:
+                self._bad_input('image', f'image refused: {exc}')
+            except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
+                self._counters.add('frame_errors')
+                if self._throttle.ready('frame_error'):
+                    self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
+
+    def _process(self, kind: str, msg: Any) -> None:
+        timer = self._timer
+        timer.start()
+        header = msg.header
+        c = self._cfg
+        if kind == 'relative':
+            prediction = decode_relative_depth(msg.encoding, msg.height, msg.width, msg.step,
+                                               bool(msg.is_bigendian), msg.data)
+            rgb = None
+            src_w, src_h = int(msg.width), int(msg.height)
+            timer.mark('decode')
+        else:
+            if kind == 'compressed':
+                rgb = decode_compressed(msg.format, msg.data)
+            else:
+                rgb = decode_image(msg.encoding, msg.height, msg.width, msg.step,
+                                   bool(msg.is_bigendian), msg.data)
+            src_h, src_w = rgb.shape[:2]
+            max_pixels = c['input.max_pixels']
+            if max_pixels and src_h * src_w > max_pixels:
+                if c['input.oversize'] == 'refuse':
+                    raise ImageDecodeError(
+                        f'{src_w}x{src_h} is over input.max_pixels={max_pixels} '
+                        '(set input.oversize:=downscale or raise the limit)')
+                rgb = limit_pixels(rgb, max_pixels)
+            timer.mark('decode')
+            prediction = self._forward(rgb)
+            if prediction is None:
+                return
+            for stage in ('preprocess', 'forward', 'postprocess'):
+                timer.add(stage, self._estimator.last_timings.get(stage, 0.0))
+            timer.mark('inference')
+        height, width = prediction.shape
+        intr = self._intrinsics_for(src_w, src_h, width, height)
+
+        metric: Optional[np.ndarray] = None
+        if self._aligner is not None:
+            metric = self._align(header, prediction, intr)
+            timer.mark('alignment')
+        elif self._is_metric:
+            metric = np.where(prediction > 0, prediction, np.float32(np.nan))
+
+        published = 0
+        if not self._is_metric and c['output.relative']:
+            self._publish_image(self._pub_relative, header, prediction, '32FC1')
+            published += 1
+        if metric is not None:
+            if c['output.encoding'] == '16UC1':
+                self._publish_image(self._pub_depth, header, depth_to_uint16_mm(metric),
+                                    '16UC1')
+            else:
+                self._publish_image(self._pub_depth, header, metric, '32FC1')
+            if intr is not None:
+                self._pub_info.publish(camera_info_msg(intr, header))
+            timer.mark('publish_depth')
+            if c['cloud.enabled'] and intr is not None:
+                self._publish_cloud(header, metric, intr, rgb)
+                timer.mark('cloud')
+        if self._pub_colored.get_subscription_count() > 0:
+            shown = metric if metric is not None else prediction
+            self._publish_image(self._pub_colored, header,
+                                colorize(shown, invert=metric is None), 'rgb8')
+            timer.mark('colored')
+        self._counters.add('frames_processed')
+        self.last_timings = timer.finish()
+
+    def _forward(self, rgb: np.ndarray) -> Optional[np.ndarray]:
+        try:
+            prediction = self._estimator.predict(rgb)
+        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frame
+            self._counters.add('forward_failures')
+            self._consecutive_failures += 1
+            if self._throttle.ready('forward'):
+                self.get_logger().error(
+                    f'forward pass failed ({self._consecutive_failures} in a row): '
+                    f'{type(exc).__name__}: {exc}')
+            return None
+        self._consecutive_failures = 0
+        return prediction
+
+    def _intrinsics_for(self, src_w: int, src_h: int, width: int,
+                        height: int) -> Optional[Intrinsics]:
+        """The latest camera_info, fitted to the image and scaled to the output size."""
+        with self._lock:
+            intr = self._intrinsics
+        if intr is None:
+            if not self._warned_no_info:
+                self._warned_no_info = True
+                self.get_logger().warn(
+                    'no camera_info received yet: publishing depth images only; '
+                    'no depth/points, depth/camera_info or LiDAR projection until it arrives')
+            return None
+        try:
+            intr = fit_to_image(intr, src_w, src_h)
+        except CameraInfoError as exc:
+            self._bad_input('camera_info', f'camera_info does not fit the image: {exc}')
+            return None
+        if (width, height) != (src_w, src_h):
+            intr = scale_intrinsics(intr, width, height)
+        return intr
+
+    def _align(self, header: Any, prediction: np.ndarray,
+               intr: Optional[Intrinsics]) -> Optional[np.ndarray]:
+        stamp = stamp_to_sec(header.stamp)
+        uv = z = None
+        n_scan = 0
+        scan = self._nearest_scan(stamp)
+        if scan is not None and intr is not None:
+            T = self._extrinsics(scan[1], header)
+            if T is not None:
+                height, width = prediction.shape
+                camera = CameraModel(K=intr.K, D=intr.D, distortion_model=intr.distortion_model,
+                                     width=width, height=height)
+                n_scan = len(scan[2])
+                uv, z = prepare_points(scan[2], T, camera, width, height,
+                                       occlusion_window=self._cfg['lidar.occlusion_window'])
+        alignment = self._aligner.align(prediction, uv, z, stamp)
+        self._last_alignment = alignment
+        self._publish_alignment(header, alignment, n_scan)
+        if alignment.state == 'no_fit' and self._throttle.ready('no_fit'):
+            reason = alignment.fit.reason if alignment.fit is not None else (
+                'no LiDAR scan within lidar.max_time_offset' if scan is None else
+                'no camera_info or extrinsics')
+            self.get_logger().warn(f'no metric depth for this frame: {reason}')
+        return alignment.depth
+
+    def _nearest_scan(self, stamp: float) -> Optional[tuple[float, str, np.ndarray]]:
+        with self._lock:
+            scans = list(self._scans)
+        if not scans:
+            return None
+        best = min(scans, key=lambda s: abs(s[0] - stamp))
+        if abs(best[0] - stamp) > self._cfg['lidar.max_time_offset']:
+            self._counters.add('lidar_unpaired')
+            return None
+        return best
+
+    def _extrinsics(self, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
+        T = self._cfg.T_camera_lidar
+        if T is not None:
+            return np.asarray(T, dtype=np.float64).reshape(4, 4)
+        try:
+            tf = self._tf_buffer.lookup_transform(header.frame_id, lidar_frame, header.stamp)
+        except Exception as exc:  # noqa: BLE001 - tf2 raises several lookup exceptions
+            self._bad_input('tf', f'no transform {lidar_frame} -> {header.frame_id}: {exc}')
+            return None
+        return _transform_to_matrix(tf.transform)
+
+    # --------------------------------------------------------------- publishing
+    def _publish_image(self, pub: Any, header: Any, array: np.ndarray, encoding: str) -> None:
+        pub.publish(image_msg(array, encoding, header))
+
+    def _publish_cloud(self, header: Any, depth: np.ndarray, intr: Intrinsics,
+                       rgb: Optional[np.ndarray]) -> None:
+        c = self._cfg
+        stride = c['cloud.stride']
+        xyz = depth_to_points(depth, intr.K, stride=stride, min_depth=c['cloud.min_depth'],
+                              max_depth=c['cloud.max_depth'])
+        colors = None
+        if c['cloud.color'] and rgb is not None and rgb.shape[:2] == depth.shape:
+            colors = strided_rgb(rgb, stride)
+        self._pub_points.publish(
+            cloud_msg(pack_cloud(xyz, colors, organized=c['cloud.organized']), header))
+
+    def _publish_alignment(self, header: Any, a: Alignment, n_scan: int) -> None:
+        level = {'ok': DiagnosticStatus.OK, 'stale': DiagnosticStatus.WARN}.get(
+            a.state, DiagnosticStatus.ERROR)
+        fit = a.fit
+        values = {
+            'state': a.state, 'scale': a.scale, 'shift': a.shift, 'fit_age': a.fit_age,
+            'points_in_scan': n_scan, 'points_projected': a.n_projected,
+            'inliers': fit.n_inliers if fit is not None else 0,
+            'residual': fit.residual if fit is not None else math.nan,
+            'reason': fit.reason if fit is not None else '',
+            'stamp': f'{header.stamp.sec}.{header.stamp.nanosec:09d}',
+        }
+        self._pub_alignment.publish(DiagnosticStatus(
+            level=level, name=f'{self.get_name()}: lidar alignment', message=a.state,
+            hardware_id=header.frame_id,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
+
+    def _publish_diagnostics(self) -> None:
+        counts = self._counters.snapshot()
+        if self._consecutive_failures >= 3:
+            level, message = DiagnosticStatus.ERROR, (
+                f'forward pass failing ({self._consecutive_failures} in a row)')
+        elif any(k.startswith('bad_') for k in counts) or counts.get('frame_errors'):
+            level, message = DiagnosticStatus.WARN, 'bad input or skipped frames seen'
+        else:
+            level, message = DiagnosticStatus.OK, 'ok'
+        values = [KeyValue(key=k, value=str(v)) for k, v in sorted(counts.items())]
+        values += [KeyValue(key=f'time_ms.{k}', value=f'{v * 1e3:.2f}')
+                   for k, v in self.last_timings.items()]
+        status = DiagnosticStatus(level=level, name=f'{self.get_name()}: pipeline',
+                                  message=message, hardware_id=self.get_fully_qualified_name(),
+                                  values=values)
+        self._pub_diag.publish(DiagnosticArray(header=self._diag_header(), status=[status]))
+
+    def _diag_header(self) -> Any:
+        from std_msgs.msg import Header
+        return Header(stamp=self.get_clock().now().to_msg())
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Frame counters: received, processed, dropped, bad input per kind, failures."""
+        return self._counters.snapshot()
+
+    def destroy_node(self) -> None:
+        """Stop the worker (it finishes or abandons the frame in hand), then the node."""
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        if hasattr(self, '_worker'):
+            self._worker.join(timeout=1.0)
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Entry point of ``ros2 run depth_node depth_node``; returns the exit code."""
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = DepthNode()
+        rclpy.spin(node)
+    except cfg.ConfigError as exc:
+        print(f'[depth_node] configuration error: {exc}', file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

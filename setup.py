@@ -1,0 +1,51 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'depth_node'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'bench']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+        ('share/' + package_name + '/rviz', glob('rviz/*.rviz')),
+        ('share/' + package_name + '/sample_data', glob('sample_data/*.md')),
+    ],
+    python_requires='>=3.10',
+    install_requires=[
+        'setuptools',
+        'numpy>=1.22',
+        'pillow>=9.0',
+        'pyyaml>=5.4',
+        'torch>=2.1',
+        'transformers>=4.45',
+    ],
+    extras_require={
+        # rclpy and the message packages from the PyPI Jazzy wheels, for a virtual environment
+        # without a ROS 2 install. A ROS 2 machine gets them from its distro: don't install this.
+        'ros-wheels': [
+            'ros-rclpy[fastrtps]==7.1.6',
+            'ros-sensor-msgs==5.3.6',
+            'ros-diagnostic-msgs==5.3.6',
+        ],
+        'test': ['pytest>=7', 'hypothesis>=6'],
+    },
+    zip_safe=True,
+    maintainer='depth_node maintainers',
+    maintainer_email='maintainers@depth-node.dev',
+    description='Metric depth from one camera for ROS 2 (monocular depth networks + LiDAR).',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'depth_node = depth_node.node:main',
+            'depth_node-demo = depth_node.demo:main',
+            'depth_node-eval = depth_node.evaluate:main',
+        ],
+    },
+)

@@ -1,0 +1,145 @@
+"""Test harness: a real rclpy context, a spinning executor and a probe node that talks to the node.
+
+Everything goes over real DDS (Fast DDS from the PyPI Jazzy wheels): the probe publishes inputs
+with reliable QoS and subscribes to every output of depth_node.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Iterable, Optional
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+OUTPUTS = {
+    'depth/image': Image,
+    'depth/relative': Image,
+    'depth/camera_info': CameraInfo,
+    'depth/points': PointCloud2,
+    'depth/colored': Image,
+    'depth/alignment': DiagnosticStatus,
+    '/diagnostics': DiagnosticArray,
+}
+
+
+def status_stamp(status: DiagnosticStatus) -> tuple[int, int]:
+    values = {kv.key: kv.value for kv in status.values}
+    sec, nsec = values.get('stamp', '0.0').split('.')
+    return int(sec), int(nsec)
+
+
+def status_values(status: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
+class Probe:
+    """Publishes inputs and records every output message, keyed by topic."""
+
+    def __init__(self, context: Context, namespace: str = '',
+                 outputs: Iterable[str] = tuple(OUTPUTS)) -> None:
+        self.node = rclpy.create_node('depth_node_probe', namespace=namespace, context=context)
+        self._cv = threading.Condition()
+        self.received: dict[str, list[Any]] = {t: [] for t in OUTPUTS}
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.pub = {
+            'image': self.node.create_publisher(Image, 'image', reliable),
+            'image/compressed': self.node.create_publisher(CompressedImage, 'image/compressed',
+                                                           reliable),
+            'camera_info': self.node.create_publisher(CameraInfo, 'camera_info', reliable),
+            'lidar/points': self.node.create_publisher(PointCloud2, 'lidar/points', reliable),
+            'relative_depth': self.node.create_publisher(Image, 'relative_depth', reliable),
+        }
+        self.subs = [self.node.create_subscription(OUTPUTS[t], t, self._callback(t), reliable)
+                     for t in outputs]
+
+    def _callback(self, topic: str) -> Callable[[Any], None]:
+        def on_msg(msg: Any) -> None:
+            with self._cv:
+                self.received[topic].append(msg)
+                self._cv.notify_all()
+        return on_msg
+
+    def publish(self, topic: str, msg: Any) -> None:
+        self.pub[topic].publish(msg)
+
+    def wait_for(self, topic: str, predicate: Callable[[Any], bool] = lambda m: True,
+                 timeout: float = 30.0) -> Optional[Any]:
+        """The first message on ``topic`` satisfying ``predicate``, or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for msg in self.received[topic]:
+                    if predicate(msg):
+                        return msg
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cv.wait(min(left, 0.1))
+
+    def wait_stamp(self, topic: str, stamp: tuple[int, int], timeout: float = 30.0) -> Any:
+        if topic == 'depth/alignment':
+            return self.wait_for(topic, lambda m: status_stamp(m) == stamp, timeout)
+        return self.wait_for(topic, lambda m: (m.header.stamp.sec, m.header.stamp.nanosec)
+                             == stamp, timeout)
+
+    def wait_subscribers(self, topic: str, timeout: float = 10.0) -> bool:
+        """Wait until the node subscribes ``topic`` (discovery done)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pub[topic].get_subscription_count() > 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def clear(self) -> None:
+        with self._cv:
+            for msgs in self.received.values():
+                msgs.clear()
+
+
+class RosSession:
+    """One rclpy context with a multi-threaded executor spinning in a background thread."""
+
+    def __init__(self) -> None:
+        self.context = Context()
+        rclpy.init(args=[], context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._nodes: list[Node] = []
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown races
+            pass
+
+    def add(self, node: Node) -> Node:
+        self.executor.add_node(node)
+        self._nodes.append(node)
+        return node
+
+    def start_depth_node(self, params: dict[str, Any]) -> Any:
+        from depth_node.node import DepthNode
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        return self.add(DepthNode(context=self.context, parameter_overrides=overrides))
+
+    def probe(self, **kwargs: Any) -> Probe:
+        probe = Probe(self.context, **kwargs)
+        self.add(probe.node)
+        return probe
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        for node in self._nodes:
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)

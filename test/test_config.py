@@ -1,0 +1,114 @@
+"""config/depth.yaml, the launch file and the parameter table agree; bad values are refused."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from depth_node import config as cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _yaml_params() -> dict:
+    data = yaml.safe_load((ROOT / 'config' / 'depth.yaml').read_text())
+    return data['/**']['ros__parameters']
+
+
+def test_yaml_lists_every_parameter_with_its_default():
+    params = _yaml_params()
+    assert set(params) == {p.name for p in cfg.PARAMS}
+    for spec in cfg.PARAMS:
+        assert params[spec.name] == spec.default, spec.name
+        assert type(params[spec.name]) is type(spec.default), spec.name
+
+
+def test_yaml_documents_every_parameter():
+    text = (ROOT / 'config' / 'depth.yaml').read_text().splitlines()
+    for i, line in enumerate(text):
+        if line.strip() and not line.strip().startswith('#') and ':' in line and \
+                line.startswith('    ') and not line.startswith('     '):
+            assert text[i - 1].strip().startswith('#'), f'undocumented: {line.strip()}'
+
+
+def test_readme_documents_every_parameter_and_topic():
+    readme = (ROOT / 'README.md').read_text()
+    for spec in cfg.PARAMS:
+        assert f'`{spec.name}`' in readme, f'README lacks parameter {spec.name}'
+    for topic in ('image', 'image/compressed', 'camera_info', 'lidar/points', 'relative_depth',
+                  'depth/image', 'depth/relative', 'depth/camera_info', 'depth/points',
+                  'depth/colored', 'depth/alignment'):
+        assert f'`{topic}`' in readme, f'README lacks topic {topic}'
+
+
+def _launch_tables() -> tuple[dict, dict]:
+    tree = ast.parse((ROOT / 'launch' / 'depth.launch.py').read_text())
+    tables = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in ('ARGUMENTS', 'PARAMETER_ARGUMENTS'):
+                tables[name] = ast.literal_eval(node.value)
+    return tables['ARGUMENTS'], tables['PARAMETER_ARGUMENTS']
+
+
+def test_launch_arguments_map_to_declared_parameters():
+    arguments, param_args = _launch_tables()
+    for arg, param in param_args.items():
+        assert arg in arguments
+        assert param in cfg.PARAMS_BY_NAME, f'launch sets unknown parameter {param}'
+        assert arguments[arg][0] == cfg.PARAMS_BY_NAME[param].default, arg
+    for required in ('params_file', 'model', 'device', 'namespace', 'image', 'camera_info'):
+        assert required in arguments
+
+
+def test_launch_file_parses_and_points_at_shipped_files():
+    source = (ROOT / 'launch' / 'depth.launch.py').read_text()
+    compile(source, 'depth.launch.py', 'exec')
+    assert "'config', 'depth.yaml'" in source
+    assert (ROOT / 'config' / 'fastdds_shm.xml').is_file()
+    assert 'eval(' not in source and 'pip' not in source
+
+
+@pytest.mark.launch_test
+def test_launch_description_builds_where_launch_is_installed():
+    if importlib.util.find_spec('launch_ros') is None:
+        pytest.skip('launch_ros is not importable here (no ROS 2 install); '
+                    'the ast checks above cover the tables')
+    spec = importlib.util.spec_from_file_location('depth_launch',
+                                                  ROOT / 'launch' / 'depth.launch.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    names = {a.name for a in description.get_launch_arguments()}
+    assert set(module.ARGUMENTS) <= names
+
+
+@pytest.mark.parametrize('name,value,fragment', [
+    ('model.precision', 'fp8', 'model.precision must be one of'),
+    ('cloud.stride', 0, 'cloud.stride must be >= 1'),
+    ('cloud.stride', 2.5, 'must be an integer'),
+    ('lidar.smoothing', 1.5, 'lidar.smoothing must be <= 0.99'),
+    ('lidar.T_camera_lidar', [1.0] * 5, 'must have 1 or 16 values'),
+    ('lidar.T_camera_lidar', [1.0] * 16, 'last row 0 0 0 1'),
+    ('model.device', 'gpu', "model.device must be 'auto'"),
+    ('output.encoding', 'mono8', 'output.encoding must be one of'),
+])
+def test_bad_values_refused_with_reason(name, value, fragment):
+    with pytest.raises(cfg.ConfigError, match=fragment.replace('(', r'\(')):
+        cfg.validate_values({name: value})
+
+
+def test_depth_limits_cross_checked():
+    with pytest.raises(cfg.ConfigError, match='cloud.max_depth must be greater'):
+        cfg.validate_values({'cloud.min_depth': 5.0, 'cloud.max_depth': 2.0})
+
+
+def test_defaults_are_valid_and_ints_accepted_for_doubles():
+    config = cfg.validate_values({'cloud.max_depth': 20})
+    assert config['cloud.max_depth'] == 20.0 and isinstance(config['cloud.max_depth'], float)
+    assert config.T_camera_lidar is None
