@@ -1,0 +1,160 @@
+"""Tests for depth_node.camera_info: validation, rescaling, conversion back to fields."""
+
+import numpy as np
+import pytest
+
+from depth_node.camera_info import (CameraInfoError, fit_to_image, intrinsics_from_fields,
+                                    intrinsics_to_fields, scale_intrinsics)
+
+K9 = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0]
+P12 = [505.0, 0.0, 322.0, -25.25, 0.0, 515.0, 238.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+D5 = [-0.1, 0.01, 0.001, -0.002, 0.0]
+R9 = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def make(**overrides):
+    fields = {'width': 640, 'height': 480, 'k': K9, 'd': D5, 'distortion_model': 'plumb_bob',
+              'p': P12, 'r': R9}
+    fields.update(overrides)
+    return intrinsics_from_fields(**fields)
+
+
+def test_valid_fields():
+    intr = make()
+    assert (intr.width, intr.height) == (640, 480)
+    np.testing.assert_array_equal(intr.K, np.reshape(K9, (3, 3)))
+    np.testing.assert_array_equal(intr.P, np.reshape(P12, (3, 4)))
+    np.testing.assert_array_equal(intr.D, D5)
+    assert intr.distortion_model == 'plumb_bob'
+    assert (intr.fx, intr.fy, intr.cx, intr.cy) == (500.0, 510.0, 320.0, 240.0)
+    with pytest.raises(ValueError):
+        intr.K[0, 0] = 1.0  # read-only
+
+
+def test_p_all_zeros_is_derived_from_k_and_r_zeros_is_identity():
+    intr = make(p=[0.0] * 12, r=[0.0] * 9)
+    np.testing.assert_array_equal(intr.P, [[500, 0, 320, 0], [0, 510, 240, 0], [0, 0, 1, 0]])
+    np.testing.assert_array_equal(intr.R, np.eye(3))
+
+
+@pytest.mark.parametrize('model, d', [
+    ('rational_polynomial', [0.1] * 8), ('equidistant', [0.1, 0.0, 0.0, 0.0]),
+    ('', [0.0] * 5), ('none', []), ('', []), ('plumb_bob', []),
+])
+def test_accepted_distortion_models(model, d):
+    intr = make(distortion_model=model, d=d)
+    assert intr.distortion_model == model
+    np.testing.assert_array_equal(intr.D, d)
+
+
+@pytest.mark.parametrize('overrides, match', [
+    ({'width': 0}, 'positive'),
+    ({'height': 0}, 'positive'),
+    ({'width': -640}, 'positive'),
+    ({'k': [0.0] * 9}, 'not calibrated'),
+    ({'k': [0.0, 0, 320, 0, 510, 240, 0, 0, 1]}, 'fx'),
+    ({'k': [500.0, 0, 320, 0, 0, 240, 0, 0, 1]}, 'fy'),
+    ({'k': [500.0, 0, 0, 0, 510, 240, 0, 0, 1]}, 'principal point'),
+    ({'k': [500.0, 0, 320, 0, 510, 0, 0, 0, 1]}, 'principal point'),
+    ({'k': [np.nan, 0, 320, 0, 510, 240, 0, 0, 1]}, 'non-finite'),
+    ({'k': [500.0, 0, np.inf, 0, 510, 240, 0, 0, 1]}, 'non-finite'),
+    ({'k': [500.0, 0, 320, 0, 510, 240, 0, 0, 2]}, r'\[0, 0, 1\]'),
+    ({'k': K9[:8]}, 'k must have 9'),
+    ({'p': P12[:9]}, 'p must have 12'),
+    ({'r': R9 + [0.0]}, 'r must have 9'),
+    ({'p': [0.0, 0, 320, 0, 0, 510, 240, 0, 0, 0, 1, 0]}, 'p needs positive'),
+    ({'d': [0.1, np.nan, 0, 0, 0]}, 'non-finite'),
+    ({'distortion_model': 'fisheye'}, 'unknown distortion_model'),
+    ({'distortion_model': '', 'd': [0.1, 0, 0, 0, 0]}, 'D all zeros'),
+    ({'distortion_model': 'none', 'd': [0.0, 0.2]}, 'D all zeros'),
+    ({'distortion_model': None}, 'string'),
+    ({'k': ['a'] * 9}, 'numbers'),
+])
+def test_validation_errors(overrides, match):
+    with pytest.raises(CameraInfoError, match=match):
+        make(**overrides)
+
+
+def test_half_resolution_hand_computed():
+    half = scale_intrinsics(make(), 320, 240)
+    assert (half.width, half.height) == (320, 240)
+    np.testing.assert_allclose(half.K, [[250, 0, 160], [0, 255, 120], [0, 0, 1]])
+    np.testing.assert_allclose(half.P, [[252.5, 0, 161, -12.625],
+                                        [0, 257.5, 119, 0],
+                                        [0, 0, 1, 0]])
+    np.testing.assert_array_equal(half.D, D5)
+    np.testing.assert_array_equal(half.R, np.eye(3))
+    assert half.distortion_model == 'plumb_bob'
+
+
+def test_double_resolution_hand_computed():
+    double = fit_to_image(make(), 1280, 960)
+    np.testing.assert_allclose(double.K, [[1000, 0, 640], [0, 1020, 480], [0, 0, 1]])
+    np.testing.assert_allclose(double.P, [[1010, 0, 644, -50.5],
+                                          [0, 1030, 476, 0],
+                                          [0, 0, 1, 0]])
+
+
+def test_fit_to_image_same_size_is_identity():
+    intr = make()
+    assert fit_to_image(intr, 640, 480) is intr
+
+
+def test_fit_to_image_allows_rounded_sizes():
+    # KITTI-like 1241x376 binned to 620x188: sx = 0.49960, sy = 0.5 (0.08 % apart).
+    intr = make(width=1241, height=376)
+    fitted = fit_to_image(intr, 620, 188)
+    assert fitted.K[0, 0] == pytest.approx(500.0 * 620 / 1241)
+    assert fitted.K[1, 1] == pytest.approx(510.0 * 0.5)
+    assert fitted.K[0, 2] == pytest.approx(320.0 * 620 / 1241)
+
+
+def test_fit_to_image_refuses_aspect_mismatch():
+    with pytest.raises(CameraInfoError,
+                       match='camera_info is 640x480 but image is 640x360 with a different '
+                             'aspect ratio'):
+        fit_to_image(make(), 640, 360)
+    with pytest.raises(CameraInfoError):
+        fit_to_image(make(), 330, 240, rel_tol=0.01)  # 3 % off
+    assert fit_to_image(make(), 330, 240, rel_tol=0.05).width == 330
+    with pytest.raises(CameraInfoError, match='positive'):
+        fit_to_image(make(), 0, 0)
+
+
+def test_to_fields_round_trip_and_fills_a_camera_info():
+    intr = scale_intrinsics(make(), 320, 240)
+    fields = intrinsics_to_fields(intr)
+    assert set(fields) == {'width', 'height', 'k', 'd', 'p', 'r', 'distortion_model'}
+    assert all(type(v) is float for key in 'kdpr' for v in fields[key])
+    again = intrinsics_from_fields(**fields)
+    for name in ('K', 'D', 'P', 'R'):
+        np.testing.assert_array_equal(getattr(again, name), getattr(intr, name))
+
+    sensor_msgs = pytest.importorskip('sensor_msgs.msg')
+    msg = sensor_msgs.CameraInfo()
+    for key, value in fields.items():
+        setattr(msg, key, value)
+    assert msg.width == 320 and msg.k[2] == 160.0 and msg.p[3] == -12.625
+
+
+def test_inputs_are_copied():
+    k = np.array(K9)
+    intr = make(k=k)
+    k[0] = 1.0
+    assert intr.K[0, 0] == 500.0
+
+
+def test_real_calibrations_validate_and_rescale(real_data):
+    from depth_node.sample_data import frame_folders, load_frame
+
+    folders = frame_folders(real_data)
+    assert folders
+    for folder in folders:
+        frame = load_frame(folder)
+        intr = intrinsics_from_fields(frame.width, frame.height, frame.K.ravel(), frame.D,
+                                      frame.distortion_model, [0.0] * 12, [0.0] * 9)
+        half = fit_to_image(intr, frame.width // 2, frame.height // 2)
+        sx, sy = (frame.width // 2) / frame.width, (frame.height // 2) / frame.height
+        np.testing.assert_allclose(half.K[0, 0], frame.K[0, 0] * sx)
+        np.testing.assert_allclose(half.K[1, 2], frame.K[1, 2] * sy)
+        np.testing.assert_array_equal(half.P[:, :3], half.K)
