@@ -1,0 +1,711 @@
+"""Metric depth from a network's prediction and sparse LiDAR depth.
+
+ROS-free. Per frame, :class:`Aligner` samples the prediction at the LiDAR pixels (from
+:func:`depth_node.lidar.prepare_points`), fits the prediction to the LiDAR depths robustly
+(:func:`fit_global`), smooths the fit over frames, optionally adds a smooth spatially varying
+correction, and returns a dense depth image in metres along the optical axis (NaN = invalid).
+
+Two kinds of prediction (``AlignerConfig.space``):
+
+``'disparity'``
+    Affine-invariant inverse depth (Depth Anything relative, MiDaS, DPT): fit
+    ``1 / z = s * d + t``. Raw values are meaningless until fitted.
+``'depth'``
+    Metric depth (metric Depth Anything, ZoeDepth, Depth Pro): fit ``z = s * d`` (``+ t`` when
+    ``fit_shift``), a correction close to ``s = 1``.
+
+Both fits are linear in ``(s, t)`` with the relative residual ``r = (s * d + t) * z - 1``
+(disparity) or ``r = (s * d + t) / z - 1`` (depth): every point weighs the same in relative
+terms, which is what AbsRel-type errors measure; plain least squares on disparity would let the
+nearest points dominate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import functools
+import math
+from typing import Optional
+
+import numpy as np
+
+
+class AlignmentError(ValueError):
+    """Invalid configuration or inputs to the aligner; the message says what to fix."""
+
+
+_SPACES = ('disparity', 'depth')
+_FITS = ('global', 'local')
+_IRLS_ITERATIONS = 6
+_QUALITY_RESIDUAL = 0.05     # a fit with this median relative error gets half the weight
+_LOCAL_MAX_LOG_RATIO = math.log(2.0)  # points off the global fit by more are not used locally
+
+
+@dataclass
+class AlignerConfig:
+    """Settings of :class:`Aligner` and :func:`fit_global`.
+
+    Attributes
+    ----------
+    space : str
+        ``'disparity'`` (prediction is affine-invariant inverse depth; fit ``1/z = s*d + t``) or
+        ``'depth'`` (prediction is metric depth; fit ``z = s*d``, ``+ t`` if ``fit_shift``).
+    fit_shift : bool
+        Fit ``t`` as well as ``s``. Set False for metric models (scale only).
+    fit : str
+        ``'global'`` (one ``(s, t)`` per frame) or ``'local'`` (plus a smooth per-region
+        correction, see :class:`Aligner`).
+    min_points : int
+        Fewest inliers accepted for a fit.
+    min_depth, max_depth : float
+        Metres. LiDAR points outside are not fitted; aligned depth outside becomes NaN.
+    smoothing : float
+        In ``[0, 1)``: the EMA weight of the past fits, adjusted by fit quality; 0 = no smoothing.
+    max_fit_age : float
+        Seconds a last good fit may be reused on frames without one, and the largest gap across
+        which a new fit is blended with the old (a longer gap, as when the stamp jumps forward,
+        restarts the smoother).
+    reset_jump : float
+        A relative change of the scale larger than this restarts the smoother at the new fit.
+    ransac_iterations : int
+        Hypotheses drawn (2-point samples, 1-point for scale only).
+    huber_delta : float
+        Huber threshold on the relative residual during refinement, and on the log-ratio for the
+        robust cell means of the local fit.
+    local_grid : tuple[int, int]
+        ``(rows, cols)`` of the local correction grid.
+    local_min_points : int
+        Fewest points a cell needs for its own correction; other cells keep the global fit.
+    seed : int
+        RANSAC seed; equal inputs give equal fits.
+    inlier_threshold : float
+        A point is an inlier while ``|r| < inlier_threshold`` (relative error of the fitted
+        disparity or depth).
+    min_inlier_ratio : float
+        Fewest inliers accepted, as a fraction of the valid points.
+    min_depth_ratio : float
+        The shift is fitted only when the inliers' 90th / 10th percentile depth reaches this;
+        otherwise ``'disparity'`` refuses the frame and ``'depth'`` fits the scale only.
+    min_extent : float
+        The points must spread over at least this fraction of the image's width or height
+        (``sqrt(12) * std`` of u or v, the width of a uniform band with that spread).
+    max_fit_points : int
+        The fit (RANSAC scoring, refinement, spread and residual statistics) runs on a random
+        subset of at most this many valid points; ``n_inliers`` still counts all of them. 2000
+        points pin ``(s, t)`` far below any network's error and bound the cost.
+    """
+
+    space: str = 'disparity'
+    fit_shift: bool = True
+    fit: str = 'global'
+    min_points: int = 50
+    min_depth: float = 0.1
+    max_depth: float = 80.0
+    smoothing: float = 0.7
+    max_fit_age: float = 1.0
+    reset_jump: float = 0.5
+    ransac_iterations: int = 100
+    huber_delta: float = 0.05
+    local_grid: tuple[int, int] = (8, 8)
+    local_min_points: int = 20
+    seed: int = 0
+    inlier_threshold: float = 0.15
+    min_inlier_ratio: float = 0.3
+    min_depth_ratio: float = 1.25
+    min_extent: float = 0.1
+    max_fit_points: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.space not in _SPACES:
+            raise AlignmentError(f'space must be one of {_SPACES}, got {self.space!r}')
+        if self.fit not in _FITS:
+            raise AlignmentError(f'fit must be one of {_FITS}, got {self.fit!r}')
+        if not 0 < self.min_depth < self.max_depth:
+            raise AlignmentError(f'need 0 < min_depth < max_depth, got {self.min_depth}, '
+                                 f'{self.max_depth}')
+        if not 0 <= self.smoothing < 1:
+            raise AlignmentError(f'smoothing must be in [0, 1), got {self.smoothing}')
+        positive = {'max_fit_age': self.max_fit_age, 'reset_jump': self.reset_jump,
+                    'huber_delta': self.huber_delta, 'inlier_threshold': self.inlier_threshold}
+        for name, value in positive.items():
+            if not value > 0:
+                raise AlignmentError(f'{name} must be positive, got {value}')
+        at_least_one = {'min_points': self.min_points, 'ransac_iterations': self.ransac_iterations,
+                        'local_min_points': self.local_min_points,
+                        'max_fit_points': self.max_fit_points}
+        for name, value in at_least_one.items():
+            if int(value) < 1:
+                raise AlignmentError(f'{name} must be at least 1, got {value}')
+        if (len(self.local_grid) != 2 or min(self.local_grid) < 1):
+            raise AlignmentError(f'local_grid must be (rows, cols) >= 1, got {self.local_grid}')
+        if not 0 <= self.min_inlier_ratio <= 1:
+            raise AlignmentError(f'min_inlier_ratio must be in [0, 1], got '
+                                 f'{self.min_inlier_ratio}')
+        if self.min_depth_ratio < 1:
+            raise AlignmentError(f'min_depth_ratio must be >= 1, got {self.min_depth_ratio}')
+        if not 0 <= self.min_extent <= 1:
+            raise AlignmentError(f'min_extent must be in [0, 1], got {self.min_extent}')
+
+
+@dataclass
+class FitResult:
+    """One frame's fit of the prediction to the LiDAR depths.
+
+    Attributes
+    ----------
+    scale, shift : float
+        ``s`` and ``t`` (``t`` is 0 for a scale-only fit). Set to what the fit reached even when
+        it is refused (NaN if it reached nothing); apply them only when ``ok``.
+    n_points : int
+        Valid points (finite prediction, LiDAR depth within ``[min_depth, max_depth]``).
+    n_inliers : int
+        Points with relative residual below ``inlier_threshold``.
+    residual : float
+        Median relative depth error ``|z_fit - z| / z`` over the valid points (over the random
+        subset of ``max_fit_points`` when there are more), outliers included.
+    ok : bool
+        The fit can be used.
+    reason : str
+        ``''`` when ok, else why not.
+    scale_only : bool
+        The shift was not fitted (``fit_shift`` False, or too little depth spread in
+        ``'depth'`` space).
+    """
+
+    scale: float
+    shift: float
+    n_points: int
+    n_inliers: int
+    residual: float
+    ok: bool
+    reason: str
+    scale_only: bool = False
+
+    @property
+    def quality(self) -> float:
+        """In ``[0, 1]``: the inlier ratio divided by ``1 + residual / 0.05`` (0 if not ok)."""
+        if not self.ok or self.n_points == 0:
+            return 0.0
+        return (self.n_inliers / self.n_points) / (1.0 + self.residual / _QUALITY_RESIDUAL)
+
+
+def _design(pred: np.ndarray, z: np.ndarray, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """Columns ``(a1, a2)`` with relative residual ``r = s * a1 + t * a2 - 1``."""
+    if space == 'disparity':
+        return pred * z, z
+    inv_z = 1.0 / z
+    return pred * inv_z, inv_z
+
+
+def _relative_depth_error(r: np.ndarray, space: str) -> np.ndarray:
+    """``|z_fit - z| / z`` from the relative residual (of disparity or depth)."""
+    if space == 'disparity':  # 1 + r = z / z_fit
+        with np.errstate(divide='ignore', invalid='ignore'):
+            return np.abs(r / (1.0 + r))
+    return np.abs(r)
+
+
+def _solve(a1: np.ndarray, a2: Optional[np.ndarray], w: np.ndarray) -> tuple[float, float]:
+    """Weighted least squares for ``s * a1 + t * a2 = 1`` (``t = 0`` when ``a2`` is None)."""
+    # einsum, not @: OpenBLAS threads long dot products, which stalls when a core is busy.
+    wa1 = w * a1
+    s11 = float(np.einsum('i,i->', wa1, a1))
+    b1 = float(wa1.sum())
+    if a2 is None:
+        return (b1 / s11 if s11 > 0 else math.nan), 0.0
+    wa2 = w * a2
+    s12 = float(np.einsum('i,i->', wa1, a2))
+    s22 = float(np.einsum('i,i->', wa2, a2))
+    b2 = float(wa2.sum())
+    det = s11 * s22 - s12 * s12
+    if not det > 1e-12 * s11 * s22:
+        return math.nan, math.nan
+    return (b1 * s22 - b2 * s12) / det, (s11 * b2 - s12 * b1) / det
+
+
+def _ransac(a1: np.ndarray, a2: Optional[np.ndarray], z: np.ndarray,
+            config: AlignerConfig, rng: np.random.Generator) -> tuple[float, float]:
+    """Best ``(s, t)`` by truncated squared residual (MSAC) over minimal samples."""
+    n = a1.size
+    iters = int(config.ransac_iterations)
+    if a2 is None:
+        with np.errstate(divide='ignore'):
+            s = 1.0 / a1[rng.integers(0, n, size=iters)]
+        s = s[np.isfinite(s)]
+        if s.size == 0:
+            return math.nan, math.nan
+        t = np.zeros_like(s)
+    else:
+        # One point from the nearer half, one from the farther: well-conditioned pairs far
+        # more often than uniform sampling.
+        order = np.argsort(z, kind='stable')
+        half = max(1, n // 2)
+        i = order[rng.integers(0, half, size=iters)]
+        j = order[rng.integers(n - half, n, size=iters)]
+        p, q = a1[i] * a2[j], a2[i] * a1[j]
+        det = p - q
+        with np.errstate(divide='ignore', invalid='ignore'):
+            s = (a2[j] - a2[i]) / det
+            t = (a1[i] - a1[j]) / det
+        # Pairs with (nearly) the same prediction-to-depth relation do not determine a line.
+        good = np.isfinite(s) & np.isfinite(t) & (np.abs(det) > 1e-9 * (np.abs(p) + np.abs(q)))
+        if not good.any():
+            return math.nan, math.nan
+        s, t = s[good], t[good]
+    r = np.multiply.outer(s, a1)  # (hypotheses, points): contiguous rows to reduce
+    r -= 1.0
+    if a2 is not None:
+        r += np.multiply.outer(t, a2)
+    np.square(r, out=r)
+    np.minimum(r, config.inlier_threshold ** 2, out=r)
+    best = int(np.argmin(r.sum(axis=1)))
+    return float(s[best]), float(t[best])
+
+
+def _refine(a1: np.ndarray, a2: Optional[np.ndarray], s: float, t: float,
+            config: AlignerConfig) -> tuple[float, float, np.ndarray]:
+    """IRLS with Huber weights on the inliers of the current fit; returns s, t, residuals."""
+    thr, delta = config.inlier_threshold, config.huber_delta
+    for _ in range(_IRLS_ITERATIONS):
+        r = s * a1 - 1.0
+        if a2 is not None:
+            r += t * a2
+        ar = np.abs(r)
+        with np.errstate(divide='ignore'):
+            w = np.where(ar < thr, np.minimum(1.0, delta / ar), 0.0)
+        s_new, t_new = _solve(a1, a2, w)
+        if not math.isfinite(s_new):
+            break
+        done = abs(s_new - s) <= 1e-7 * abs(s) and abs(t_new - t) <= 1e-7 * (abs(t) + abs(s))
+        s, t = s_new, t_new
+        if done:
+            break
+    r = s * a1 - 1.0
+    if a2 is not None:
+        r += t * a2
+    return s, t, r
+
+
+def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
+               uv: Optional[np.ndarray] = None,
+               shape: Optional[tuple[int, int]] = None) -> FitResult:
+    """Fit the prediction to LiDAR depths robustly: RANSAC, then Huber IRLS on the inliers.
+
+    Parameters
+    ----------
+    pred : np.ndarray
+        ``(M,)`` prediction values at the LiDAR pixels (see :func:`sample_prediction`);
+        disparity or depth per ``config.space``. Non-finite values are ignored.
+    z : np.ndarray
+        ``(M,)`` LiDAR depths along the optical axis, metres.
+    config : AlignerConfig
+    uv, shape : optional
+        ``(M, 2)`` pixel coordinates of the points and the image's ``(height, width)``; with
+        both, points crowded into a small part of the image are refused (``min_extent``).
+
+    Returns
+    -------
+    FitResult
+        ``ok`` False, with the reason, for: fewer than ``min_points`` valid points or inliers,
+        an inlier ratio below ``min_inlier_ratio``, points covering too little of the image, no
+        usable hypothesis (e.g. a constant prediction), ``s <= 0`` (the prediction decreases
+        where it should increase: wrong ``space``?), and, in ``'disparity'`` space with
+        ``fit_shift``, too little depth spread among the inliers to observe the shift (the frame
+        is refused rather than fitted with an arbitrary shift; :class:`Aligner` then reuses its
+        last good fit). In ``'depth'`` space the same case falls back to scale only.
+    """
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    z = np.asarray(z, dtype=np.float64).reshape(-1)
+    if pred.shape != z.shape:
+        raise AlignmentError(f'pred and z must have the same length, got {pred.shape} and '
+                             f'{z.shape}')
+    if uv is not None:
+        uv = np.asarray(uv)
+        if uv.shape != (z.size, 2):
+            raise AlignmentError(f'uv must be (M, 2) for M = {z.size} points, got {uv.shape}')
+    with np.errstate(invalid='ignore'):
+        valid = np.isfinite(pred) & (z >= config.min_depth) & (z <= config.max_depth)
+    n_valid = int(np.count_nonzero(valid))
+    if n_valid < z.size:
+        pred, z = pred[valid], z[valid]
+        if uv is not None:
+            uv = uv[valid]
+
+    def refused(reason: str, s: float = math.nan, t: float = math.nan, n_in: int = 0,
+                residual: float = math.nan, scale_only: bool = False) -> FitResult:
+        return FitResult(s, t, n_valid, n_in, residual, False, reason, scale_only)
+
+    if n_valid < config.min_points:
+        return refused(f'too few valid points: {n_valid} < min_points {config.min_points}')
+
+    rng = np.random.default_rng(config.seed)
+    all_pred, all_z = pred, z
+    if n_valid > config.max_fit_points:
+        subset = rng.integers(0, n_valid, size=int(config.max_fit_points))
+        pred, z = pred[subset], z[subset]
+        if uv is not None:
+            uv = uv[subset]
+    if uv is not None and shape is not None:
+        height, width = shape[:2]
+        extent = math.sqrt(12.0) * max(float(np.std(uv[:, 0])) / width,
+                                       float(np.std(uv[:, 1])) / height)
+        if extent < config.min_extent:
+            return refused(f'points cover too little of the image: extent {extent:.3f} < '
+                           f'min_extent {config.min_extent}')
+
+    a1, a2 = _design(pred, z, config.space)
+    scale_only = not config.fit_shift
+    while True:
+        s, t = _ransac(a1, None if scale_only else a2, z, config, rng)
+        if not math.isfinite(s):
+            return refused('no usable hypothesis: the prediction has no spread at the points',
+                           scale_only=scale_only)
+        s, t, r = _refine(a1, None if scale_only else a2, s, t, config)
+        inliers = np.abs(r) < config.inlier_threshold
+        if scale_only or np.count_nonzero(inliers) < 2 or not s > 0:
+            break
+        z10, z90 = np.percentile(z[inliers], [10, 90])
+        if z90 >= config.min_depth_ratio * z10:
+            break
+        if config.space == 'disparity':
+            return refused(f'too little depth spread to fit the shift: inlier depths p90/p10 '
+                           f'= {z90 / z10:.3f} < min_depth_ratio {config.min_depth_ratio}',
+                           s, t, int(np.count_nonzero(inliers)))
+        scale_only = True  # metric depth: the scale alone is still well determined
+    residual = float(np.median(_relative_depth_error(r, config.space)))
+    if all_z.size > z.size:  # count inliers among all valid points, not just the subset
+        a1, a2 = _design(all_pred, all_z, config.space)
+        r = s * a1 + t * a2 - 1.0
+        inliers = np.abs(r) < config.inlier_threshold
+    n_in = int(np.count_nonzero(inliers))
+    if n_in < config.min_points:
+        return refused(f'too few inliers: {n_in} < min_points {config.min_points}', s, t, n_in,
+                       residual, scale_only)
+    if n_in < config.min_inlier_ratio * n_valid:
+        return refused(f'too few inliers: {n_in} of {n_valid} < min_inlier_ratio '
+                       f'{config.min_inlier_ratio}', s, t, n_in, residual, scale_only)
+    if not s > 0:  # a convincing fit, upside down
+        return refused(f'scale {s:.4g} <= 0: the prediction falls where it should rise '
+                       f'(is space {config.space!r} right for this model?)', s, t, n_in,
+                       residual, scale_only)
+    return FitResult(s, t, n_valid, n_in, residual, True, '', scale_only)
+
+
+def sample_prediction(prediction: np.ndarray, uv: np.ndarray,
+                      mode: str = 'bilinear') -> np.ndarray:
+    """Prediction values at pixel coordinates, NaN-aware.
+
+    Parameters
+    ----------
+    prediction : np.ndarray
+        ``(H, W)`` image.
+    uv : np.ndarray
+        ``(M, 2)`` pixel coordinates (pixel centres at integers); clamped to the image.
+    mode : str
+        ``'bilinear'``: NaN where the nearest pixel is NaN; otherwise NaN neighbours are left out
+        and the weights of the others renormalised. ``'nearest'``: the nearest pixel.
+
+    Returns
+    -------
+    np.ndarray
+        ``(M,)`` float64.
+    """
+    img = np.asarray(prediction)
+    if img.ndim != 2:
+        raise AlignmentError(f'prediction must be (H, W), got shape {img.shape}')
+    if img.dtype.kind != 'f':
+        img = img.astype(np.float64)
+    uv = np.asarray(uv, dtype=np.float64)
+    if uv.ndim != 2 or uv.shape[1] != 2:
+        raise AlignmentError(f'uv must be (M, 2), got shape {uv.shape}')
+    height, width = img.shape
+    flat = img.reshape(-1)
+    u = np.clip(uv[:, 0], 0, width - 1)
+    v = np.clip(uv[:, 1], 0, height - 1)
+    if mode == 'nearest':
+        index = np.rint(v).astype(np.int64) * width + np.rint(u).astype(np.int64)
+        return flat[index].astype(np.float64)
+    if mode != 'bilinear':
+        raise AlignmentError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    u0 = np.minimum(u.astype(np.int64), max(width - 2, 0))
+    v0 = np.minimum(v.astype(np.int64), max(height - 2, 0))
+    fu, fv = u - u0, v - v0
+    du = 1 if width > 1 else 0
+    dv = width if height > 1 else 0
+    i00 = v0 * width + u0
+    f00, f01 = flat[i00], flat[i00 + du]
+    f10, f11 = flat[i00 + dv], flat[i00 + dv + du]
+    top = f00 + fu * (f01 - f00)
+    out = top + fv * (f10 + fu * (f11 - f10) - top)
+    bad = np.nonzero(~np.isfinite(out))[0]
+    if bad.size:  # a neighbour is NaN (or inf): renormalise over the finite ones
+        vals = np.stack([f00[bad], f01[bad], f10[bad], f11[bad]]).astype(np.float64)
+        gu, gv = fu[bad], fv[bad]
+        weights = np.stack([(1 - gu) * (1 - gv), gu * (1 - gv), (1 - gu) * gv, gu * gv])
+        finite = np.isfinite(vals)
+        nearest_finite = finite[np.argmax(weights, axis=0), np.arange(bad.size)]
+        weights = np.where(finite, weights, 0.0)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            fixed = (np.where(finite, vals, 0.0) * weights).sum(axis=0) / weights.sum(axis=0)
+        out[bad] = np.where(nearest_finite, fixed, np.nan)
+    return out
+
+
+def _depth_limits(depth: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+    """NaN where ``depth`` is outside ``[min_depth, max_depth]`` (in place; returns it)."""
+    with np.errstate(invalid='ignore'):
+        bad = depth < np.float32(min_depth)
+        bad |= depth > np.float32(max_depth)
+    np.copyto(depth, np.float32(np.nan), where=bad)
+    return depth
+
+
+def disparity_to_depth(disp: np.ndarray, scale: float, shift: float, min_depth: float,
+                       max_depth: float) -> np.ndarray:
+    """Depth ``1 / (scale * disp + shift)`` in metres, float32.
+
+    Pixels where the fitted disparity is ``<= 0`` or NaN, or the depth falls outside
+    ``[min_depth, max_depth]`` (sky, trained toward zero disparity, lands here), are NaN.
+    """
+    x = np.asarray(disp, dtype=np.float32) * np.float32(scale)
+    x += np.float32(shift)
+    with np.errstate(divide='ignore'):
+        np.reciprocal(x, out=x)
+    return _depth_limits(x, min_depth, max_depth)
+
+
+@dataclass
+class Alignment:
+    """One frame's result from :meth:`Aligner.align`.
+
+    Attributes
+    ----------
+    depth : np.ndarray or None
+        ``(H, W)`` float32 metres along the optical axis, NaN where invalid; None when no fit
+        could be applied.
+    state : str
+        ``'ok'`` (fitted this frame), ``'stale'`` (reused the last fit, younger than
+        ``max_fit_age``) or ``'no_fit'``.
+    fit : FitResult or None
+        This frame's raw fit; None when the frame had no LiDAR points.
+    scale, shift : float
+        The smoothed parameters applied (NaN when none).
+    fit_age : float
+        Seconds since the frame of the applied fit (0 when fitted this frame, NaN when none).
+    n_projected : int
+        LiDAR points given for this frame.
+    local_correction : np.ndarray or None
+        ``(rows, cols)`` log depth factors applied by the ``'local'`` fit (None for global).
+    """
+
+    depth: Optional[np.ndarray]
+    state: str
+    fit: Optional[FitResult]
+    scale: float
+    shift: float
+    fit_age: float
+    n_projected: int
+    local_correction: Optional[np.ndarray] = None
+
+
+@functools.lru_cache(maxsize=16)
+def _interpolation_segments(size: int, cells: int) -> tuple:
+    """Linear interpolation from cell centres to the pixels of one axis, as segments.
+
+    Cell centres sit at ``(k + 0.5) * size / cells - 0.5`` pixels; beyond the outer centres the
+    edge cell's value holds. Returns ``(start, stop, k0, k1, frac)`` per run of pixels between
+    the same two cells: ``value = cell[k0] + frac * (cell[k1] - cell[k0])``.
+    """
+    pos = np.clip((np.arange(size) + 0.5) * cells / size - 0.5, 0, cells - 1)
+    k0 = np.minimum(pos.astype(np.int64), max(cells - 2, 0))
+    frac = (pos - k0).astype(np.float32)
+    frac.setflags(write=False)
+    bounds = [0, *(np.flatnonzero(np.diff(k0)) + 1).tolist(), size]
+    return tuple((a, b, int(k0[a]), min(int(k0[a]) + 1, cells - 1), frac[a:b])
+                 for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+def _upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear ``(rows, cols)`` -> ``(height, width)`` float32 from cell centres.
+
+    Broadcast per segment rather than a matrix product: OpenBLAS wakes its threads for the
+    product, which costs milliseconds when the cores are busy.
+    """
+    g = grid.astype(np.float32)
+    by_row = np.empty((height, g.shape[1]), dtype=np.float32)
+    for a, b, k0, k1, frac in _interpolation_segments(height, g.shape[0]):
+        by_row[a:b] = g[k0] + frac[:, None] * (g[k1] - g[k0])
+    out = np.empty((height, width), dtype=np.float32)
+    for a, b, k0, k1, frac in _interpolation_segments(width, g.shape[1]):
+        left = by_row[:, k0, None]
+        np.multiply(by_row[:, k1, None] - left, frac, out=out[:, a:b])
+        out[:, a:b] += left
+    return out
+
+
+def _smooth_grid(grid: np.ndarray) -> np.ndarray:
+    """3 x 3 binomial ([1, 2, 1] / 4 each way) smoothing with replicated edges."""
+    g = np.pad(grid, 1, mode='edge')
+    g = (g[:-2] + 2 * g[1:-1] + g[2:]) / 4
+    return (g[:, :-2] + 2 * g[:, 1:-1] + g[:, 2:]) / 4
+
+
+class Aligner:
+    """Turn per-frame predictions into metric depth with LiDAR, consistently over time.
+
+    Per frame: fit (:func:`fit_global`), smooth ``(s, t)`` over frames, and apply.
+
+    Smoothing: the applied ``(s, t)`` is an exponential moving average of good fits. The past's
+    weight is ``smoothing * q_past / (smoothing * q_past + (1 - smoothing) * q_new)`` with ``q``
+    the fit quality (:attr:`FitResult.quality`), so a poor fit moves the estimate less. The
+    smoother restarts at the new fit when the scale changes by more than ``reset_jump``
+    (relative), when the last good fit is older than ``max_fit_age`` (including a stamp jumping
+    far forward), and on :meth:`reset` or a stamp going backwards (a bag looping).
+
+    Without a good fit this frame the last smoothed fit is reused while younger than
+    ``max_fit_age`` (state ``'stale'``), else the frame has no depth (``'no_fit'``).
+
+    ``fit='local'``: after the global fit, the log-ratio ``log(z_lidar / z_global)`` of the points
+    (those within a factor of 2) is averaged robustly (Huber) per cell of a ``local_grid``;
+    cells with fewer than ``local_min_points`` points get 0 (the global fit), the grid is
+    smoothed (3 x 3 binomial) and upsampled bilinearly, and depth is multiplied by
+    ``exp(correction)``. The correction is multiplicative in depth (equivalently, divides the
+    disparity), so it keeps the sign of depth and reads as a relative error. It is computed
+    against this frame's raw global fit, smoothed over frames like ``(s, t)`` and reused with
+    it on stale frames.
+    """
+
+    def __init__(self, config: AlignerConfig) -> None:
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all past fits."""
+        self._scale = math.nan
+        self._shift = math.nan
+        self._quality = 0.0
+        self._grid: Optional[np.ndarray] = None
+        self._fit_stamp: Optional[float] = None
+        self._last_stamp: Optional[float] = None
+
+    def align(self, prediction: np.ndarray, uv: Optional[np.ndarray], z: Optional[np.ndarray],
+              stamp: float) -> Alignment:
+        """Metric depth for one frame.
+
+        Parameters
+        ----------
+        prediction : np.ndarray
+            ``(H, W)`` float prediction: relative disparity or metric depth per
+            ``config.space``.
+        uv, z : np.ndarray or None
+            ``(M, 2)`` pixel coordinates in the prediction's grid and ``(M,)`` depths in metres
+            (from :func:`depth_node.lidar.prepare_points`); None or empty when no scan was
+            paired with this frame.
+        stamp : float
+            The frame's time, seconds.
+        """
+        cfg = self.config
+        pred = np.asarray(prediction)
+        if pred.ndim != 2:
+            raise AlignmentError(f'prediction must be (H, W), got shape {pred.shape}')
+        stamp = float(stamp)
+        if self._last_stamp is not None and stamp < self._last_stamp:
+            self.reset()
+        self._last_stamp = stamp
+
+        fit = None
+        n_projected = 0
+        if uv is not None and z is not None and len(z) > 0:
+            uv = np.asarray(uv)
+            z = np.asarray(z)
+            n_projected = int(z.shape[0])
+            if uv.shape != (n_projected, 2) or z.ndim != 1:
+                raise AlignmentError(f'uv must be (M, 2) and z (M,), got {uv.shape} and '
+                                     f'{z.shape}')
+            samples = sample_prediction(pred, uv)
+            fit = fit_global(samples, z, cfg, uv=uv, shape=pred.shape)
+            if fit.ok:
+                grid = None
+                if cfg.fit == 'local':
+                    grid = self._local_grid(samples, z, uv, pred.shape, fit)
+                self._update(fit, grid, stamp)
+
+        if fit is not None and fit.ok:
+            state, age = 'ok', 0.0
+        elif self._fit_stamp is not None and stamp - self._fit_stamp <= cfg.max_fit_age:
+            state, age = 'stale', stamp - self._fit_stamp
+        else:
+            return Alignment(None, 'no_fit', fit, math.nan, math.nan, math.nan, n_projected)
+        depth = self._apply(pred)
+        return Alignment(depth, state, fit, self._scale, self._shift, age, n_projected,
+                         None if self._grid is None else self._grid.copy())
+
+    def _update(self, fit: FitResult, grid: Optional[np.ndarray], stamp: float) -> None:
+        cfg = self.config
+        q = fit.quality
+        blend = (self._fit_stamp is not None and cfg.smoothing > 0
+                 and stamp - self._fit_stamp <= cfg.max_fit_age
+                 and abs(fit.scale / self._scale - 1.0) <= cfg.reset_jump)
+        if blend:
+            past = cfg.smoothing * self._quality
+            a = past / (past + (1 - cfg.smoothing) * q) if past > 0 else 0.0
+            self._scale = a * self._scale + (1 - a) * fit.scale
+            self._shift = a * self._shift + (1 - a) * fit.shift
+            self._quality = a * self._quality + (1 - a) * q
+            if grid is not None and self._grid is not None:
+                grid = a * self._grid + (1 - a) * grid
+            self._grid = grid
+        else:
+            self._scale, self._shift, self._quality, self._grid = \
+                fit.scale, fit.shift, q, grid
+        self._fit_stamp = stamp
+
+    def _apply(self, pred: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if self._grid is None:
+            if cfg.space == 'disparity':
+                return disparity_to_depth(pred, self._scale, self._shift, cfg.min_depth,
+                                          cfg.max_depth)
+            depth = np.asarray(pred, dtype=np.float32) * np.float32(self._scale)
+            depth += np.float32(self._shift)
+            return _depth_limits(depth, cfg.min_depth, cfg.max_depth)
+        factor = _upsample(np.exp(self._grid), *pred.shape)
+        if cfg.space == 'disparity':
+            x = np.asarray(pred, dtype=np.float32) * np.float32(self._scale)
+            x += np.float32(self._shift)
+            with np.errstate(divide='ignore'):
+                depth = np.divide(factor, x, out=factor)
+            # 1/x for x <= 0 is negative or inf; factor > 0 keeps it out of range.
+        else:
+            depth = np.asarray(pred, dtype=np.float32) * np.float32(self._scale)
+            depth += np.float32(self._shift)
+            depth *= factor
+        return _depth_limits(depth, cfg.min_depth, cfg.max_depth)
+
+    def _local_grid(self, samples: np.ndarray, z: np.ndarray, uv: np.ndarray,
+                    shape: tuple[int, int], fit: FitResult) -> np.ndarray:
+        """Smoothed ``(rows, cols)`` log-correction of depth relative to this frame's fit."""
+        cfg = self.config
+        rows, cols = cfg.local_grid
+        height, width = shape
+        fitted = fit.scale * samples + fit.shift
+        with np.errstate(divide='ignore', invalid='ignore'):
+            if cfg.space == 'disparity':
+                log_ratio = np.log(z * fitted)        # log(z / z_fit), z_fit = 1 / fitted
+            else:
+                log_ratio = np.log(z / fitted)
+        use = np.abs(log_ratio) < _LOCAL_MAX_LOG_RATIO    # False for NaN
+        log_ratio = log_ratio[use]
+        ci = np.minimum((uv[use, 1] * (rows / height)).astype(np.int64), rows - 1)
+        cj = np.minimum((uv[use, 0] * (cols / width)).astype(np.int64), cols - 1)
+        cell = ci * cols + cj
+        n_cells = rows * cols
+        counts = np.bincount(cell, minlength=n_cells)
+        with np.errstate(invalid='ignore', divide='ignore'):
+            mean = np.bincount(cell, log_ratio, n_cells) / counts
+            for _ in range(2):  # Huber-reweighted cell means
+                err = np.abs(log_ratio - mean[cell])
+                w = np.minimum(1.0, cfg.huber_delta / err)
+                mean = np.bincount(cell, w * log_ratio, n_cells) / np.bincount(cell, w, n_cells)
+        mean[~(counts >= cfg.local_min_points) | ~np.isfinite(mean)] = 0.0
+        return _smooth_grid(mean.reshape(rows, cols))

@@ -1,0 +1,504 @@
+"""LiDAR points into the camera image: PointCloud2 decoding, projection, occlusion filtering.
+
+ROS-free: everything takes and returns numpy. Frames follow REP 103/105: points are read in the
+LiDAR frame, ``T_camera_lidar`` maps them into the camera optical frame (z forward, x right,
+y down), and pixel coordinates follow OpenCV: the centre of pixel ``(row, col)`` is at
+``(u, v) = (col, row)``.
+
+Typical use, per scan::
+
+    xyz = read_points_xyz(fields, msg.point_step, msg.row_step, msg.width, msg.height,
+                          msg.is_bigendian, msg.data)
+    uv, z = prepare_points(xyz, T_camera_lidar, camera, pred_width, pred_height)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+class LidarError(ValueError):
+    """A point cloud, camera model or transform that cannot be used; the message says why."""
+
+
+POINTFIELD_DATATYPES: dict[int, np.dtype] = {
+    1: np.dtype(np.int8),      # INT8
+    2: np.dtype(np.uint8),     # UINT8
+    3: np.dtype(np.int16),     # INT16
+    4: np.dtype(np.uint16),    # UINT16
+    5: np.dtype(np.int32),     # INT32
+    6: np.dtype(np.uint32),    # UINT32
+    7: np.dtype(np.float32),   # FLOAT32
+    8: np.dtype(np.float64),   # FLOAT64
+}
+"""``sensor_msgs/PointField`` datatype codes to numpy dtypes (native byte order)."""
+
+_XYZ = ('x', 'y', 'z')
+_FLOAT_CODES = (7, 8)
+
+
+def _as_bytes(data) -> np.ndarray:
+    """View a PointCloud2 ``data`` buffer as a flat uint8 array without copying where possible."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise LidarError(f'data must be a uint8 array, got dtype {data.dtype}')
+        return np.ascontiguousarray(data).reshape(-1)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except (TypeError, ValueError, BufferError) as exc:
+        raise LidarError(f'data must be bytes, memoryview, array.array("B") or a uint8 '
+                         f'ndarray, got {type(data).__name__}: {exc}') from None
+
+
+def read_points_xyz(fields: Sequence[tuple[str, int, int, int]], point_step: int,
+                    row_step: int, width: int, height: int, is_bigendian: bool,
+                    data) -> np.ndarray:
+    """Decode the x, y, z coordinates of a ``sensor_msgs/PointCloud2``.
+
+    Parameters
+    ----------
+    fields : sequence of (name, offset, datatype, count)
+        The message's ``PointField`` list. ``x``, ``y`` and ``z`` must be present as FLOAT32
+        (7) or FLOAT64 (8); other fields are ignored. A ``count`` of 0 is read as 1 (some
+        drivers write 0); for a count above 1 the first element is used.
+    point_step, row_step : int
+        Bytes per point and per row; any padding between fields, after the last field and at the
+        end of each row is honoured.
+    width, height : int
+        Points per row and rows (``height`` 1 for unorganized clouds, more for organized ones).
+    is_bigendian : bool
+        Byte order of the data.
+    data : bytes, bytearray, memoryview, array.array('B') or uint8 ndarray
+        The message's ``data``. Its length must be exactly ``row_step * height``: a longer buffer
+        is refused too, because it usually means the header does not describe the data (a wrong
+        ``point_step`` or ``width``), and reading it would yield plausible-looking garbage.
+
+    Returns
+    -------
+    np.ndarray
+        ``(N, 3)`` float32 x, y, z in the cloud's frame (metres), row-major over the organized
+        layout, with every point holding a NaN or infinite coordinate (or a float64 value outside
+        the float32 range) dropped. ``N`` may be 0 when no point is finite.
+
+    Raises
+    ------
+    LidarError
+        Missing or duplicated x/y/z, an xyz datatype other than FLOAT32/FLOAT64, a field that
+        does not fit in ``point_step``, ``row_step < width * point_step``, a data length other
+        than ``row_step * height``, or an empty cloud (``width * height == 0``).
+    """
+    width, height = int(width), int(height)
+    point_step, row_step = int(point_step), int(row_step)
+    if width < 0 or height < 0:
+        raise LidarError(f'width and height must be non-negative, got {width} x {height}')
+    if width * height == 0:
+        raise LidarError(f'empty cloud: width {width} x height {height}')
+    if point_step <= 0:
+        raise LidarError(f'point_step must be positive, got {point_step}')
+    if row_step < width * point_step:
+        raise LidarError(f'row_step {row_step} is smaller than width * point_step = '
+                         f'{width} * {point_step} = {width * point_step}')
+
+    found: dict[str, tuple[int, int]] = {}
+    for entry in fields:
+        try:
+            name, offset, datatype, count = entry
+            offset, datatype, count = int(offset), int(datatype), int(count)
+        except (TypeError, ValueError):
+            raise LidarError(f'a field must be (name, offset, datatype, count), got {entry!r}') \
+                from None
+        if offset < 0 or count < 0:
+            raise LidarError(f'field {name!r} has negative offset {offset} or count {count}')
+        dtype = POINTFIELD_DATATYPES.get(datatype)
+        if dtype is None:
+            if name in _XYZ:
+                raise LidarError(f'field {name!r} has unknown datatype {datatype}')
+            continue  # an extra field we cannot size and do not read
+        end = offset + dtype.itemsize * max(count, 1)
+        if end > point_step:
+            raise LidarError(f'field {name!r} (offset {offset}, {max(count, 1)} x '
+                             f'{dtype.itemsize} bytes) does not fit in point_step {point_step}')
+        if name in _XYZ:
+            if name in found:
+                raise LidarError(f'field {name!r} appears more than once')
+            if datatype not in _FLOAT_CODES:
+                raise LidarError(f'field {name!r} has datatype {datatype} ({dtype}); only '
+                                 f'FLOAT32 (7) and FLOAT64 (8) coordinates are supported')
+            found[name] = (offset, datatype)
+    missing = [n for n in _XYZ if n not in found]
+    if missing:
+        raise LidarError(f'cloud has no field {", ".join(missing)}; '
+                         f'fields are {[f[0] for f in fields]}')
+
+    buf = _as_bytes(data)
+    expected = row_step * height
+    if buf.size != expected:
+        raise LidarError(f'data holds {buf.size} bytes but row_step * height = {row_step} * '
+                         f'{height} = {expected}; the header does not describe the data')
+
+    order = '>' if is_bigendian else '<'
+    point_dtype = np.dtype({
+        'names': list(_XYZ),
+        'formats': [POINTFIELD_DATATYPES[found[n][1]].newbyteorder(order) for n in _XYZ],
+        'offsets': [found[n][0] for n in _XYZ],
+        'itemsize': point_step,
+    })
+    # A strided view over the raw bytes: rows row_step apart, points point_step apart.
+    points = np.ndarray(shape=(height, width), dtype=point_dtype, buffer=buf,
+                        strides=(row_step, point_step))
+    xyz = np.empty((height * width, 3), dtype=np.float32)
+    with np.errstate(over='ignore', invalid='ignore'):
+        for i, name in enumerate(_XYZ):
+            xyz[:, i] = points[name].reshape(-1)
+    return xyz[np.isfinite(xyz).all(axis=1)]
+
+
+# Distortion models: ROS CameraInfo name -> number of coefficients used (OpenCV order).
+_DISTORTION_SIZES = {'none': 0, 'plumb_bob': 5, 'rational_polynomial': 8, 'equidistant': 4}
+_MAX_THETA = math.radians(89.5)  # largest field angle searched for the valid distortion range
+_RADIUS_MARGIN = 1.15             # points may lie this far beyond the image's radius (tangential)
+_MIN_DEPTH = 0.1                  # metres; prepare_points drops nearer points
+
+
+@dataclass(frozen=True, eq=False)
+class CameraModel:
+    """A pinhole camera with ROS / OpenCV lens distortion.
+
+    Attributes
+    ----------
+    K : np.ndarray
+        ``(3, 3)`` camera matrix in pixels (``fx, skew, cx; 0, fy, cy; 0, 0, 1``).
+    D : np.ndarray
+        Distortion coefficients in ROS / OpenCV order: ``plumb_bob`` k1 k2 p1 p2 k3,
+        ``rational_polynomial`` k1 k2 p1 p2 k3 k4 k5 k6, ``equidistant`` k1 k2 k3 k4 (OpenCV
+        fisheye). Fewer coefficients are zero-padded (an empty ``D`` means no distortion); more
+        are accepted only when the extra ones are zero.
+    distortion_model : str
+        ``plumb_bob``, ``rational_polynomial``, ``equidistant``, or ``''`` / ``none`` for none.
+        Stored normalised: lower case, ``''`` becomes ``none``.
+    width, height : int
+        Image size in pixels that ``K`` describes.
+
+    The model also holds ``max_radius``: the largest normalised radius ``hypot(x/z, y/z)`` that
+    :func:`project_points` accepts. It is the undistorted radius of the farthest image corner
+    times a small margin, capped where the distortion polynomial stops being monotonic, so points
+    far outside the field of view cannot fold back into the image.
+    """
+
+    K: np.ndarray
+    D: np.ndarray
+    distortion_model: str
+    width: int
+    height: int
+    max_radius: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        K = np.array(self.K, dtype=np.float64)
+        if K.size != 9:
+            raise LidarError(f'K must have 9 elements, got shape {K.shape}')
+        K = K.reshape(3, 3)
+        if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise LidarError(f'K must be finite with positive fx, fy, got {K.tolist()}')
+        model = (self.distortion_model or 'none').strip().lower()
+        if model not in _DISTORTION_SIZES:
+            raise LidarError(f'unsupported distortion_model {self.distortion_model!r}; use one '
+                             f'of plumb_bob, rational_polynomial, equidistant or none')
+        size = _DISTORTION_SIZES[model]
+        D = np.array(self.D if self.D is not None else [], dtype=np.float64).reshape(-1)
+        if not np.isfinite(D).all():
+            raise LidarError(f'D must be finite, got {D.tolist()}')
+        if D.size > size and np.any(D[size:] != 0):
+            raise LidarError(f'{model} takes {size} distortion coefficients, got {D.size} '
+                             f'with non-zero extras {D[size:].tolist()}')
+        D = np.concatenate([D[:size], np.zeros(max(0, size - D.size))])
+        width, height = int(self.width), int(self.height)
+        if width <= 0 or height <= 0:
+            raise LidarError(f'image size must be positive, got {width} x {height}')
+        K.setflags(write=False)
+        D.setflags(write=False)
+        object.__setattr__(self, 'K', K)
+        object.__setattr__(self, 'D', D)
+        object.__setattr__(self, 'distortion_model', model)
+        object.__setattr__(self, 'width', width)
+        object.__setattr__(self, 'height', height)
+        object.__setattr__(self, 'max_radius', self._valid_radius())
+
+    @property
+    def distorted(self) -> bool:
+        """True unless projection is plain pinhole (equidistant is never: r_d = atan(r) at k=0)."""
+        return self.distortion_model == 'equidistant' or bool(np.any(self.D != 0))
+
+    def scaled(self, width: int, height: int) -> CameraModel:
+        """The same camera for the image resized to ``width`` x ``height`` pixels.
+
+        Uses the pixel-centre convention of area/bilinear resizing (``align_corners=False``):
+        ``u' = (u + 0.5) * width / self.width - 0.5``, so ``fx`` scales and
+        ``cx' = (cx + 0.5) * sx - 0.5``. Distortion coefficients act on normalised coordinates
+        and are unchanged.
+        """
+        width, height = int(width), int(height)
+        if width <= 0 or height <= 0:
+            raise LidarError(f'image size must be positive, got {width} x {height}')
+        if (width, height) == (self.width, self.height):
+            return self
+        sx, sy = width / self.width, height / self.height
+        K = self.K.copy()
+        K[0, :] *= sx
+        K[1, :] *= sy
+        K[0, 2] += 0.5 * sx - 0.5
+        K[1, 2] += 0.5 * sy - 0.5
+        return CameraModel(K, self.D, self.distortion_model, width, height)
+
+    def _radial_map(self, r: np.ndarray) -> np.ndarray:
+        """Distorted normalised radius of undistorted normalised radius ``r`` (radial terms)."""
+        r = np.asarray(r, dtype=np.float64)
+        D = self.D
+        if self.distortion_model == 'equidistant':
+            theta = np.arctan(r)
+            t2 = theta * theta
+            return theta * (1 + t2 * (D[0] + t2 * (D[1] + t2 * (D[2] + t2 * D[3]))))
+        if self.distortion_model == 'none':
+            return r
+        r2 = r * r
+        num = 1 + r2 * (D[0] + r2 * (D[1] + r2 * D[4]))
+        if self.distortion_model == 'rational_polynomial':
+            num = num / (1 + r2 * (D[5] + r2 * (D[6] + r2 * D[7])))
+        return r * num
+
+    def _valid_radius(self) -> float:
+        """Largest undistorted normalised radius whose projection is trusted (see class doc)."""
+        corners = np.array([[0, 0], [self.width - 1, 0], [0, self.height - 1],
+                            [self.width - 1, self.height - 1]], dtype=np.float64)
+        fx, s, cx = self.K[0]
+        fy, cy = self.K[1, 1], self.K[1, 2]
+        yn = (corners[:, 1] - cy) / fy
+        xn = (corners[:, 0] - cx - s * yn) / fx
+        rd_image = float(np.max(np.hypot(xn, yn)))
+        if self.distortion_model == 'none' or not self.distorted:
+            return rd_image * _RADIUS_MARGIN
+        r = np.tan(np.linspace(0.0, _MAX_THETA, 4001))
+        rd = self._radial_map(r)
+        if self.distortion_model == 'rational_polynomial':
+            D = self.D
+            r2 = r * r
+            denom = 1 + r2 * (D[5] + r2 * (D[6] + r2 * D[7]))
+            rd = np.where(denom > 0, rd, np.nan)
+        bad = ~(np.diff(rd) > 0)  # folds back, or NaN
+        n_valid = int(np.argmax(bad)) + 1 if bad.any() else r.size
+        r_fold = float(r[n_valid - 1])
+        covering = np.nonzero(rd[:n_valid] >= rd_image)[0]
+        if covering.size == 0:  # the image reaches past the model's valid range
+            return r_fold
+        return min(r_fold, float(r[covering[0]]) * _RADIUS_MARGIN)
+
+
+def _check_transform(T: np.ndarray) -> np.ndarray:
+    T = np.asarray(T, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise LidarError(f'transform must be a finite (4, 4) matrix, got shape {T.shape}')
+    if not np.allclose(T[3], (0, 0, 0, 1)):
+        raise LidarError(f'transform bottom row must be 0 0 0 1, got {T[3].tolist()}')
+    return T
+
+
+def _transform_row(T: np.ndarray, points: np.ndarray, row: int) -> np.ndarray:
+    """One output coordinate of ``T @ points``, float64 ``(N,)``.
+
+    Elementwise on purpose: a BLAS matmul with an inner dimension of 3 is many times slower,
+    and much slower still when another process holds a core.
+    """
+    r = T[row]
+    return r[0] * points[:, 0] + r[1] * points[:, 1] + r[2] * points[:, 2] + r[3]
+
+
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a ``(4, 4)`` rigid or affine transform to ``(N, 3)`` points; float64 ``(N, 3)``."""
+    T = _check_transform(T)
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise LidarError(f'points must be (N, 3), got shape {points.shape}')
+    p = points.astype(np.float64, copy=False)
+    out = np.empty((p.shape[0], 3))
+    for row in range(3):
+        out[:, row] = _transform_row(T, p, row)
+    return out
+
+
+def project_points(points_cam: np.ndarray, camera: CameraModel,
+                   min_depth: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Project points in the camera optical frame into the (distorted) image.
+
+    Parameters
+    ----------
+    points_cam : np.ndarray
+        ``(N, 3)`` points in the camera optical frame, metres.
+    camera : CameraModel
+        Intrinsics and distortion of the image the pixels refer to.
+    min_depth : float
+        Points with optical ``z < min_depth`` (behind or too close to the camera) are dropped,
+        as are points with a non-finite coordinate.
+
+    Returns
+    -------
+    uv : np.ndarray
+        ``(M, 2)`` float64 pixel coordinates in the distorted image, inside the hull of pixel
+        centres: ``0 <= u <= width - 1``, ``0 <= v <= height - 1`` (so rounding, flooring and
+        bilinear sampling all land on valid pixels).
+    z : np.ndarray
+        ``(M,)`` float64 depth along the optical axis, metres.
+    index : np.ndarray
+        ``(M,)`` int64 indices of the kept points into ``points_cam``.
+
+    Points with a normalised radius beyond ``camera.max_radius`` are dropped before distortion:
+    there the distortion polynomial is extrapolated and may fold far-off points into the image.
+    """
+    pts = np.asarray(points_cam)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise LidarError(f'points must be (N, 3), got shape {pts.shape}')
+    pts = pts.astype(np.float64, copy=False)
+    u, v, z, index = _project(pts[:, 0], pts[:, 1], pts[:, 2], camera, min_depth)
+    return np.stack([u, v], axis=1), z, index
+
+
+def _project(x: np.ndarray, y: np.ndarray, z: np.ndarray, camera: CameraModel,
+             min_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`project_points` on float64 optical-frame columns; returns u, v, z, index."""
+    with np.errstate(invalid='ignore'):
+        index = np.nonzero((z >= min_depth) & (z < np.inf))[0]
+    if index.size < z.size:
+        x, y, z = x[index], y[index], z[index]
+    inv_z = 1.0 / z
+    x = x * inv_z
+    y = y * inv_z
+    if camera.distorted:
+        r2 = x * x + y * y
+        keep = r2 <= camera.max_radius ** 2  # False for NaN
+        if not keep.all():
+            index, z, x, y, r2 = index[keep], z[keep], x[keep], y[keep], r2[keep]
+        D = camera.D
+        if camera.distortion_model == 'equidistant':
+            r = np.sqrt(r2)
+            theta = np.arctan(r)
+            t2 = theta * theta
+            theta_d = theta * (1 + t2 * (D[0] + t2 * (D[1] + t2 * (D[2] + t2 * D[3]))))
+            with np.errstate(invalid='ignore', divide='ignore'):
+                factor = np.where(r > 1e-12, theta_d / r, 1.0)
+            x, y = x * factor, y * factor
+        else:  # plumb_bob, rational_polynomial
+            k1, k2, p1, p2, k3 = D[:5]
+            radial = 1 + r2 * (k1 + r2 * (k2 + r2 * k3))
+            if camera.distortion_model == 'rational_polynomial':
+                radial /= 1 + r2 * (D[5] + r2 * (D[6] + r2 * D[7]))
+            xy2 = 2 * x * y
+            x, y = (x * radial + p1 * xy2 + p2 * (r2 + 2 * x * x),
+                    y * radial + p1 * (r2 + 2 * y * y) + p2 * xy2)
+    K = camera.K
+    u = K[0, 0] * x + K[0, 2]
+    if K[0, 1] != 0:
+        u += K[0, 1] * y
+    v = K[1, 1] * y + K[1, 2]
+    inside = np.nonzero((u >= 0) & (u <= camera.width - 1)
+                        & (v >= 0) & (v <= camera.height - 1))[0]
+    return u[inside], v[inside], z[inside], index[inside]
+
+
+def occlusion_mask(uv: np.ndarray, z: np.ndarray, width: int, height: int, window: int = 5,
+                   tolerance: float = 0.1) -> np.ndarray:
+    """Reject LiDAR points hidden behind nearer points in the camera's view.
+
+    The LiDAR sees surfaces the camera cannot (behind foreground edges); projected, those returns
+    land on foreground pixels. A point is rejected when a point near it in the image is nearer by
+    more than ``tolerance`` of its depth: ``z_other < (1 - tolerance) * z``.
+
+    "Near" is the 3 x 3 block of grid cells of ``window // 2`` pixels around the point's cell, a
+    square of ``3 * (window // 2)`` pixels that always contains the point's ``window`` x
+    ``window`` box (exactly that box for ``window`` 3, a 6 x 6 block for 5). The coarse grid keeps
+    the cost independent of the image size. ``window`` 1 or less disables the filter.
+
+    Parameters
+    ----------
+    uv : np.ndarray
+        ``(M, 2)`` pixel coordinates inside a ``width`` x ``height`` image.
+    z : np.ndarray
+        ``(M,)`` depths, metres.
+
+    Returns
+    -------
+    np.ndarray
+        ``(M,)`` bool, True for points to keep.
+    """
+    uv = np.asarray(uv)
+    z = np.asarray(z, dtype=np.float64)
+    n = z.shape[0]
+    if uv.shape != (n, 2):
+        raise LidarError(f'uv must be (M, 2) matching z (M,), got {uv.shape} and {z.shape}')
+    half = int(window) // 2
+    if n == 0 or half < 1:
+        return np.ones(n, dtype=bool)
+    rows = (int(height) - 1) // half + 1
+    cols = (int(width) - 1) // half + 1
+    # Cell of the nearest pixel, shifted by one for a border of +inf cells, so the 3 x 3 minimum
+    # needs no edge cases. Flat indices: np.minimum.at is several times faster with them.
+    cu = np.clip((uv[:, 0] + 0.5).astype(np.int64) // half, 0, cols - 1) + 1
+    cv = np.clip((uv[:, 1] + 0.5).astype(np.int64) // half, 0, rows - 1) + 1
+    flat = cv * (cols + 2) + cu
+    zbuf = np.full((rows + 2) * (cols + 2), np.inf)
+    np.minimum.at(zbuf, flat, z)
+    zbuf = zbuf.reshape(rows + 2, cols + 2)
+    row_min = np.minimum(np.minimum(zbuf[:, :-2], zbuf[:, 1:-1]), zbuf[:, 2:])
+    block_min = np.minimum(np.minimum(row_min[:-2], row_min[1:-1]), row_min[2:])
+    return block_min[cv - 1, cu - 1] >= (1.0 - tolerance) * z
+
+
+def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: CameraModel,
+                   out_width: int, out_height: int,
+                   occlusion_window: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """LiDAR scan to sparse depth samples in the prediction's pixel grid.
+
+    Transforms the points into the camera optical frame, projects them with the camera's
+    distortion, expresses the pixels in an ``out_width`` x ``out_height`` image of the same view
+    (the prediction's size; see :meth:`CameraModel.scaled`), and drops occluded points with
+    :func:`occlusion_mask` (``occlusion_window`` in output pixels).
+
+    Parameters
+    ----------
+    points_lidar : np.ndarray
+        ``(N, 3)`` or ``(N, >3)`` points in the LiDAR frame, metres; columns past the third
+        (intensity, ring) are ignored.
+    T_camera_lidar : np.ndarray
+        ``(4, 4)`` transform mapping LiDAR-frame points into the camera optical frame.
+    camera : CameraModel
+        The camera the image was taken with, at its native size.
+
+    Returns
+    -------
+    uv : np.ndarray
+        ``(M, 2)`` float32 pixel coordinates in the output image, ``0 <= u <= out_width - 1``.
+    z : np.ndarray
+        ``(M,)`` float32 depth along the optical axis, metres.
+    """
+    pts = np.asarray(points_lidar)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise LidarError(f'points must be (N, 3) or (N, >3), got shape {pts.shape}')
+    T = _check_transform(T_camera_lidar)
+    out_camera = camera.scaled(out_width, out_height)
+    # Cull a full 360-degree scan on two camera-frame coordinates before computing the third:
+    # optical z, then the horizontal field of view (|x| <= max_radius * z).
+    pts = pts[:, :3]
+    z = _transform_row(T, pts, 2)
+    x = _transform_row(T, pts, 0)
+    with np.errstate(invalid='ignore'):
+        candidates = np.nonzero((z >= _MIN_DEPTH) & (z < np.inf)
+                                & (np.abs(x) <= out_camera.max_radius * z))[0]
+    y = _transform_row(T, pts[candidates], 1)
+    u, v, z, _ = _project(x[candidates], y, z[candidates], out_camera, _MIN_DEPTH)
+    keep = np.nonzero(occlusion_mask(np.stack([u, v], axis=1), z, out_camera.width,
+                                     out_camera.height, occlusion_window))[0]
+    uv = np.empty((keep.size, 2), dtype=np.float32)
+    uv[:, 0] = u[keep]
+    uv[:, 1] = v[keep]
+    return uv, z[keep].astype(np.float32)
