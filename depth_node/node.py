@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 import math
+import os
 import sys
 import threading
 import time
@@ -19,7 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -72,6 +74,9 @@ def stamp_to_sec(stamp: Any) -> float:
 def _descriptor(spec: cfg.ParamSpec) -> ParameterDescriptor:
     d = ParameterDescriptor(name=spec.name, type=_PARAM_TYPES[spec.type_name].value,
                             description=spec.description, read_only=spec.read_only)
+    if spec.type_name == 'double':
+        # '-p cloud.max_depth:=20' arrives as an integer; accept it (validation converts it).
+        d.dynamic_typing = True
     if spec.choices:
         d.additional_constraints = 'one of: ' + ', '.join(map(str, spec.choices))
     if spec.type_name == 'int' and (spec.min is not None or spec.max is not None):
@@ -111,7 +116,10 @@ class DepthNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         for spec in cfg.PARAMS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            try:
+                self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            except ParameterException as exc:
+                raise cfg.ConfigError(f'{spec.name}: {exc} ({spec.description})') from exc
         values = {spec.name: self.get_parameter(spec.name).value for spec in cfg.PARAMS}
         self._cfg = cfg.validate_values(values)
         self._counters = Counters()
@@ -330,7 +338,9 @@ class DepthNode(Node):
             timer.mark('decode')
         else:
             if kind == 'compressed':
-                rgb = decode_compressed(msg.format, msg.data)
+                refuse = c['input.oversize'] == 'refuse' and c['input.max_pixels'] > 0
+                rgb = decode_compressed(msg.format, msg.data, **(
+                    {'max_pixels': c['input.max_pixels']} if refuse else {}))
             else:
                 rgb = decode_image(msg.encoding, msg.height, msg.width, msg.step,
                                    bool(msg.is_bigendian), msg.data)
@@ -534,25 +544,42 @@ class DepthNode(Node):
         super().destroy_node()
 
 
-def main(args: Optional[list[str]] = None) -> int:
-    """Entry point of ``ros2 run depth_node depth_node``; returns the exit code."""
+def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
+    """Entry point of ``ros2 run depth_node depth_node``.
+
+    Exit code 0 after SIGINT / SIGTERM, 2 for a configuration error. With ``exit_process`` the
+    process ends right after the node and rclpy are shut down, skipping the interpreter's own
+    teardown: with torch loaded that takes 1-2 s on a small CPU and would break the promise that
+    a signal stops the node within 2 s. Otherwise the code is returned.
+    """
     rclpy.init(args=args)
     node = None
     code = 0
     try:
+        executor = SingleThreadedExecutor()  # before the node: a signal may come at any time
         node = DepthNode()
-        rclpy.spin(node)
+        executor.add_node(node)
+        executor.spin()
     except cfg.ConfigError as exc:
         print(f'[depth_node] configuration error: {exc}', file=sys.stderr)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # SIGINT/SIGTERM during startup shut the context down under the constructor: a clean
+        # stop, not an error.
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if exit_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()
