@@ -1,0 +1,934 @@
+"""Monocular depth network wrapper, free of ROS: load once, preprocess, forward, postprocess.
+
+:class:`DepthEstimator` loads a Hugging Face depth model (hub id or local directory) once and
+turns ``(H, W, 3)`` uint8 RGB frames into ``(H, W)`` float32 predictions at the input
+resolution. Whether the prediction is metric depth or relative disparity is read from the model
+config (:attr:`DepthEstimator.is_metric`, :attr:`DepthEstimator.output_kind`), never guessed.
+
+Supported model types (checked against transformers 5.23 sources):
+
+===================  ===============================  ==========================================
+``model_type``       output                           preprocessing replica
+===================  ===============================  ==========================================
+``depth_anything``   relative disparity, or metres    ``DPTImageProcessor``: exact on CPU
+                     when ``depth_estimation_type``
+                     is ``'metric'`` (V1/V2 Metric)
+``dpt``              relative disparity (MiDaS-style  ``DPTImageProcessor``: exact on CPU
+                     inverse depth)
+``glpn``             metres                           ``GLPNImageProcessor``: exact on CPU
+``zoedepth``         metres                           ``ZoeDepthImageProcessor`` (reflect pad,
+                                                      torch resize): exact on CPU
+``depth_pro``        metres (needs the focal length:  ``DepthProImageProcessor`` replicated in
+                     ``fx`` or the model's FoV head)  torch; that processor needs torchvision,
+                                                      so parity was not measured here
+===================  ===============================  ==========================================
+
+Preprocessing tolerance against the model's own (PIL-backed) image processor:
+
+* CPU (``preprocess_backend='pil'``, the default there): the uint8 image is resized with PIL
+  exactly as the processor does, then normalised through a 256-entry lookup table built with
+  the processor's own arithmetic, so ``pixel_values`` are bit-identical.
+* CUDA (``preprocess_backend='torch'``, the default there): the uint8 frame is uploaded once and
+  resized on the device with ``torch.nn.functional.interpolate`` (antialiased, separable, rounded
+  to integers after each pass as PIL does), then normalised through the same table. Measured
+  with this code on the CPU against PIL on the real frames (640x480, 1224x370, 1242x375,
+  1600x900, 1920x1200): at most 2 grey levels off on at most 0.04 % of pixels, i.e.
+  ``pixel_values`` max abs difference <= 2 / 255 / std (0.035 with ImageNet std) and mean abs
+  difference < 1e-4 (``test/test_estimator.py`` checks this bound). The CUDA kernels of the same
+  torch ops were not measured (no GPU when this was written); expect the same bound.
+
+Postprocessing upsamples the prediction back to ``(H, W)`` on the device with the mode the
+model's ``post_process_depth_estimation`` uses (bicubic, ``align_corners=False`` for DPT, Depth
+Anything, GLPN and ZoeDepth; bilinear for DepthPro), then makes one device-to-host copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import re
+import time
+import warnings
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = 'depth-anything/Depth-Anything-V2-Small-hf'
+
+RANDOM_WEIGHTS_WARNING = ('RANDOM WEIGHTS: output is meaningless, for pipeline tests and timing '
+                          'only')
+
+#: Architectures ``random_init`` can build, with the published checkpoint each one mirrors.
+RANDOM_INIT_CHOICES = {
+    'depth-anything-v2-small': 'depth-anything/Depth-Anything-V2-Small-hf',
+    'depth-anything-v2-base': 'depth-anything/Depth-Anything-V2-Base-hf',
+    'depth-anything-v2-small-metric': 'depth-anything/Depth-Anything-V2-Metric-Outdoor-Small-hf',
+}
+
+_METRIC_MODEL_TYPES = ('zoedepth', 'depth_pro', 'glpn')
+_RELATIVE_MODEL_TYPES = ('dpt',)
+SUPPORTED_MODEL_TYPES = ('depth_anything',) + _RELATIVE_MODEL_TYPES + _METRIC_MODEL_TYPES
+
+_PRECISIONS = {
+    'fp32': torch.float32, 'float32': torch.float32,
+    'fp16': torch.float16, 'float16': torch.float16, 'half': torch.float16,
+    'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16,
+}
+_PIL_NEAREST, _PIL_BILINEAR, _PIL_BICUBIC = 0, 2, 3
+_TORCH_MODES = {_PIL_BILINEAR: 'bilinear', _PIL_BICUBIC: 'bicubic'}
+_HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')
+_TRUE = ('1', 'true', 'yes', 'on')
+
+
+class EstimatorError(RuntimeError):
+    """The model could not be loaded or run; the message says what to change."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turn a device string into a usable :class:`torch.device`.
+
+    Parameters
+    ----------
+    device : str
+        ``'auto'`` (first CUDA device when one is usable, else CPU), ``'cpu'``, ``'cuda'`` or
+        ``'cuda:N'``.
+
+    Raises
+    ------
+    EstimatorError
+        Unknown string, or CUDA asked for but not usable (CPU-only torch build, no driver, or
+        index out of range).
+    """
+    text = str(device).strip().lower()
+    if text == 'auto':
+        return torch.device('cuda', 0) if torch.cuda.is_available() else torch.device('cpu')
+    if text == 'cpu':
+        return torch.device('cpu')
+    match = re.fullmatch(r'cuda(?::(\d+))?', text)
+    if match is None:
+        raise EstimatorError(
+            f"device '{device}' is not understood; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if not torch.cuda.is_available():
+        build = 'a CPU-only torch build' if torch.version.cuda is None else 'no usable CUDA driver'
+        raise EstimatorError(
+            f"device '{device}' asked for, but CUDA is not available ({build}, torch "
+            f"{torch.__version__}); use device 'cpu' or 'auto'")
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise EstimatorError(
+            f"device '{device}' asked for, but only {count} CUDA device(s) are visible "
+            f'(cuda:0..cuda:{count - 1}); check CUDA_VISIBLE_DEVICES')
+    return torch.device('cuda', index)
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Pick the compute dtype for ``precision`` on ``device``.
+
+    Parameters
+    ----------
+    precision : str
+        ``'auto'`` (fp16 on CUDA, fp32 on CPU), ``'fp32'``, ``'fp16'`` or ``'bf16'``.
+    device : torch.device
+        Where the model runs.
+
+    Raises
+    ------
+    EstimatorError
+        Unknown string; fp16 on CPU (refused: PyTorch has no fast fp16 matmul on most CPUs, it
+        measured 7x slower than fp32 here, so use bf16 or fp32); bf16 on a GPU without bf16.
+    """
+    text = str(precision).strip().lower()
+    device = torch.device(device)
+    if text == 'auto':
+        return torch.float16 if device.type == 'cuda' else torch.float32
+    if text not in _PRECISIONS:
+        raise EstimatorError(
+            f"precision '{precision}' is not understood; use 'auto', 'fp32', 'fp16' or 'bf16'")
+    dtype = _PRECISIONS[text]
+    if dtype == torch.float16 and device.type == 'cpu':
+        raise EstimatorError(
+            "precision 'fp16' is refused on CPU: PyTorch emulates half-precision matmuls there "
+            "(measured 7x slower than fp32 on the project's CPU); use 'bf16' (runs under "
+            "autocast, ~1.4x faster than fp32 on CPUs with AVX512-BF16/AMX) or 'fp32'")
+    if dtype == torch.bfloat16 and device.type == 'cuda':
+        if not torch.cuda.is_bf16_supported():
+            raise EstimatorError(
+                f"precision 'bf16' is not supported by {torch.cuda.get_device_name(device)}; "
+                "use 'fp16' or 'fp32'")
+    return dtype
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """Preprocessing and postprocessing parameters of one model, as its image processor has them.
+
+    ``family`` selects the pipeline: ``'dpt'`` (resize uint8, rescale, normalise, optional
+    centre pad; DPT and Depth Anything), ``'glpn'`` (resize uint8 down to a multiple of
+    ``size_divisor``, rescale, optional normalise), ``'zoedepth'`` (rescale, reflect pad, float
+    resize with ``align_corners=True``, normalise) and ``'depth_pro'`` (rescale and normalise,
+    then float bilinear resize to a fixed size).
+    """
+
+    family: str
+    size: Optional[tuple[int, int]]
+    do_resize: bool
+    resample: int
+    keep_aspect_ratio: bool
+    ensure_multiple_of: float
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    do_pad: bool
+    size_divisor: Optional[int]
+    upsample: str
+
+
+_IMAGENET_DEFAULT = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_IMAGENET_STANDARD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+# Class defaults of the transformers 5.23 image processors, used for keys a
+# preprocessor_config.json leaves out.
+_PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    'dpt': dict(size=(384, 384), do_resize=True, resample=_PIL_BICUBIC, keep_aspect_ratio=False,
+                ensure_multiple_of=1, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                image_mean=_IMAGENET_STANDARD[0], image_std=_IMAGENET_STANDARD[1], do_pad=False,
+                size_divisor=None, upsample='bicubic'),
+    'glpn': dict(size=None, do_resize=True, resample=_PIL_BILINEAR, keep_aspect_ratio=False,
+                 ensure_multiple_of=1, do_rescale=True, rescale_factor=1 / 255,
+                 do_normalize=False, image_mean=_IMAGENET_STANDARD[0],
+                 image_std=_IMAGENET_STANDARD[1], do_pad=False, size_divisor=32,
+                 upsample='bicubic'),
+    'zoedepth': dict(size=(384, 512), do_resize=True, resample=_PIL_BILINEAR,
+                     keep_aspect_ratio=True, ensure_multiple_of=1 / 32, do_rescale=True,
+                     rescale_factor=1 / 255, do_normalize=True,
+                     image_mean=_IMAGENET_STANDARD[0], image_std=_IMAGENET_STANDARD[1],
+                     do_pad=True, size_divisor=None, upsample='bicubic'),
+    'depth_pro': dict(size=(1536, 1536), do_resize=True, resample=_PIL_BILINEAR,
+                      keep_aspect_ratio=False, ensure_multiple_of=1, do_rescale=True,
+                      rescale_factor=1 / 255, do_normalize=True,
+                      image_mean=_IMAGENET_STANDARD[0], image_std=_IMAGENET_STANDARD[1],
+                      do_pad=False, size_divisor=None, upsample='bilinear'),
+}
+
+# What Depth Anything checkpoints ship (518, multiple of 14, keep aspect, bicubic, ImageNet).
+_DEPTH_ANYTHING_PROCESSOR = dict(size=(518, 518), keep_aspect_ratio=True, ensure_multiple_of=14,
+                                 resample=_PIL_BICUBIC, image_mean=_IMAGENET_DEFAULT[0],
+                                 image_std=_IMAGENET_DEFAULT[1])
+
+
+def _family(model_type: str) -> str:
+    return 'dpt' if model_type in ('dpt', 'depth_anything') else model_type
+
+
+def _make_recipe(model_type: str, processor: Optional[dict]) -> _Recipe:
+    """Merge a ``preprocessor_config.json`` dict over the processor class defaults."""
+    family = _family(model_type)
+    values = dict(_PROCESSOR_DEFAULTS[family])
+    if processor is None:
+        if model_type == 'depth_anything':
+            values.update(_DEPTH_ANYTHING_PROCESSOR)
+    else:
+        for key in values:
+            if key in processor and processor[key] is not None:
+                values[key] = processor[key]
+    size = values['size']
+    if isinstance(size, int):
+        size = (size, size)
+    elif isinstance(size, dict):
+        if 'height' not in size or 'width' not in size:
+            raise EstimatorError(
+                f'preprocessor_config.json size {size} is not supported for {model_type}; '
+                'expected {"height": H, "width": W}')
+        size = (int(size['height']), int(size['width']))
+    elif size is not None:
+        size = (int(size[0]), int(size[1]))
+    values['size'] = size
+    values['resample'] = int(values['resample'])
+    values['image_mean'] = _triple(values['image_mean'])
+    values['image_std'] = _triple(values['image_std'])
+    return _Recipe(family=family, **values)
+
+
+def _triple(value: Any) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3
+    return tuple(float(v) for v in value)
+
+
+def _dpt_resize_shape(height: int, width: int, recipe: _Recipe) -> tuple[int, int]:
+    """``get_resize_output_image_size`` of transformers' DPT processor (Python rounding)."""
+    out_h, out_w = recipe.size
+    scale_h, scale_w = out_h / height, out_w / width
+    if recipe.keep_aspect_ratio:
+        if abs(1 - scale_w) < abs(1 - scale_h):
+            scale_h = scale_w
+        else:
+            scale_w = scale_h
+    multiple = recipe.ensure_multiple_of
+
+    def constrain(value: float) -> int:
+        x = round(value / multiple) * multiple
+        if x < 0:
+            x = math.ceil(value / multiple) * multiple
+        return int(x)
+
+    return constrain(scale_h * height), constrain(scale_w * width)
+
+
+def _zoe_resize_shape(height: int, width: int, recipe: _Recipe) -> tuple[int, int]:
+    """``get_resize_output_image_size`` of transformers' ZoeDepth processor (NumPy rounding)."""
+    out_h, out_w = recipe.size
+    scale_h, scale_w = out_h / height, out_w / width
+    if recipe.keep_aspect_ratio:
+        if abs(1 - scale_w) < abs(1 - scale_h):
+            scale_h = scale_w
+        else:
+            scale_w = scale_h
+    multiple = recipe.ensure_multiple_of
+
+    def constrain(value: float) -> int:
+        x = int((np.round(value / multiple) * multiple).astype(int))
+        if x < 0:
+            x = math.ceil(value / multiple) * multiple
+        return int(x)
+
+    return constrain(scale_h * height), constrain(scale_w * width)
+
+
+def _zoe_pad(height: int, width: int) -> tuple[int, int]:
+    """Reflect padding ZoeDepth adds around the image (and removes after the forward)."""
+    return int(np.sqrt(height / 2) * 3), int(np.sqrt(width / 2) * 3)
+
+
+def _centre_pad(size: int, divisor: int) -> tuple[int, int]:
+    extra = math.ceil(size / divisor) * divisor - size
+    return extra // 2, extra - extra // 2
+
+
+def _normalisation_table(recipe: _Recipe) -> np.ndarray:
+    """``(3, 256)`` float32: the processor's rescale + normalise of every uint8 value.
+
+    Built with the same NumPy operations the PIL processor applies (float64 rescale cast to
+    float32, then float32 ``(x - mean) / std``), so looking values up is bit-exact.
+    """
+    values = np.arange(256, dtype=np.uint8)[None, :].repeat(3, axis=0)
+    if recipe.do_rescale:
+        table = (values.astype(np.float64) * recipe.rescale_factor).astype(np.float32)
+    else:
+        table = values.astype(np.float32)
+    if recipe.do_normalize:
+        mean = np.asarray(recipe.image_mean, dtype=np.float32)[:, None]
+        std = np.asarray(recipe.image_std, dtype=np.float32)[:, None]
+        table = (table - mean) / std
+    return np.ascontiguousarray(table, dtype=np.float32)
+
+
+def _offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (env read at call time)."""
+    if any(os.environ.get(k, '').strip().lower() in _TRUE
+           for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')):
+        return True
+    try:
+        from huggingface_hub import constants
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return False
+
+
+def _download_hint(model_id: str) -> str:
+    return (f'On a machine with network access run `hf download {model_id} --local-dir DIR` '
+            f'(older huggingface_hub: `huggingface-cli download {model_id} --local-dir DIR`), '
+            'copy DIR here and pass model.name:=DIR (the local directory) instead of the hub id.')
+
+
+def _randomize_weights(model: torch.nn.Module, seed: int = 0) -> None:
+    """Draw every weight matrix from N(0, 1/fan_in) and biases from N(0, 0.01), seeded.
+
+    The transformers initialisation leaves a randomly initialised depth head almost constant
+    (relative heads output ~0 after their ReLU), which hides pipeline bugs; these weights give
+    an output that varies over the image. Still meaningless as depth.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2:
+                fan_in = max(1, param[0].numel())
+                param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
+            elif name.endswith('bias'):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+def _random_depth_anything(choice: str) -> torch.nn.Module:
+    """Build a Depth Anything V2 architecture from a config written here, random weights."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    base = choice.startswith('depth-anything-v2-base')
+    hidden, heads = (768, 12) if base else (384, 6)
+    backbone = Dinov2Config(hidden_size=hidden, num_hidden_layers=12, num_attention_heads=heads,
+                            image_size=518, patch_size=14, out_indices=[3, 6, 9, 12],
+                            reshape_hidden_states=False, apply_layernorm=True)
+    metric = choice.endswith('-metric')
+    config = DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=hidden, patch_size=14,
+        neck_hidden_sizes=[96, 192, 384, 768] if base else [48, 96, 192, 384],
+        fusion_hidden_size=128 if base else 64,
+        depth_estimation_type='metric' if metric else 'relative',
+        max_depth=80 if metric else 1)
+    model = DepthAnythingForDepthEstimation(config)
+    _randomize_weights(model)
+    return model
+
+
+class DepthEstimator:
+    """A depth network loaded once, turning RGB frames into depth or disparity images.
+
+    Parameters
+    ----------
+    name : str
+        Hugging Face hub id or local directory holding ``config.json``, the weights and
+        ``preprocessor_config.json``. With ``HF_HUB_OFFLINE=1`` only the local cache is read.
+    device : str
+        ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see :func:`resolve_device`).
+    precision : str
+        ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'`` (see :func:`resolve_dtype`). On CPU bf16
+        runs under ``torch.autocast`` (Depth Anything V2 Small at 518x686 on 2 AVX512-BF16
+        cores: ~1.4x faster than fp32, as fast as casting the whole model and closer to fp32);
+        on CUDA the model is cast to the dtype.
+    random_init : str or None
+        ``None`` to load ``name``. One of :data:`RANDOM_INIT_CHOICES` builds that architecture
+        with random weights and the stock Depth Anything preprocessing, for pipeline tests and
+        timing without a download; a loud warning is logged. ``name`` is then not loaded.
+    channels_last : bool or None
+        Run convolutions in channels-last memory format; ``None`` means on for CUDA, off for CPU
+        (on CPU it changed the forward time by less than 5 %).
+    compile : bool
+        Wrap the model in ``torch.compile``; compilation happens on the first frame of each
+        input shape (use :meth:`warmup`).
+    preprocess_backend : str
+        ``'auto'`` (PIL on CPU, torch on CUDA), ``'pil'`` (bit-exact, resize on the CPU) or
+        ``'torch'`` (resize on the device; see the module docstring for its tolerance).
+    upsample : str
+        How the prediction is resized to the image: ``'auto'`` (what the model's
+        ``post_process_depth_estimation`` does: bicubic for most, bilinear for DepthPro),
+        ``'bilinear'`` or ``'bicubic'``. Bicubic can overshoot by a few percent at depth edges.
+
+    Attributes
+    ----------
+    is_metric : bool
+        True when the prediction is metric depth, told from the model config.
+    output_kind : str
+        ``'metric_depth'`` (metres along the camera optical z axis) or ``'relative_disparity'``
+        (affine-invariant inverse depth, larger = nearer, unknown scale and shift).
+    device : torch.device
+    dtype : torch.dtype
+        Compute dtype (bf16 on CPU means autocast; weights stay fp32).
+    model_name : str
+        The hub id or directory loaded, or ``'random-init:<choice>'``.
+    model_type : str
+        ``config.model_type`` of the network.
+    last_timings : dict[str, float]
+        Seconds spent in ``'preprocess'``, ``'forward'`` and ``'postprocess'`` by the last
+        :meth:`predict` or :meth:`predict_batch` call (CUDA is synchronised for each).
+    """
+
+    def __init__(self, name: str = DEFAULT_MODEL, device: str = 'auto', precision: str = 'auto',
+                 random_init: str | None = None, channels_last: bool | None = None,
+                 compile: bool = False, preprocess_backend: str = 'auto',
+                 upsample: str = 'auto') -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(precision, self.device)
+        self._autocast = self.device.type == 'cpu' and self.dtype == torch.bfloat16
+        if preprocess_backend not in ('auto', 'pil', 'torch'):
+            raise EstimatorError(
+                f"preprocess_backend '{preprocess_backend}' is not understood; use 'auto', "
+                "'pil' or 'torch'")
+        if upsample not in ('auto', 'bilinear', 'bicubic'):
+            raise EstimatorError(
+                f"upsample '{upsample}' is not understood; use 'auto', 'bilinear' or 'bicubic'")
+        if preprocess_backend == 'auto':
+            preprocess_backend = 'torch' if self.device.type == 'cuda' else 'pil'
+        self.preprocess_backend = preprocess_backend
+
+        if random_init:  # None or '' (an unset ROS string parameter) loads ``name``
+            model, processor = self._build_random(random_init, name)
+            self.model_name = f'random-init:{random_init}'
+        else:
+            model, processor = self._load(name)
+            self.model_name = str(name)
+        config = model.config
+        self.model_type = str(config.model_type)
+        self.is_metric = self._config_is_metric(config)
+        self.output_kind = 'metric_depth' if self.is_metric else 'relative_disparity'
+        self._recipe = _make_recipe(self.model_type, processor)
+        if upsample != 'auto':
+            self._recipe = replace(self._recipe, upsample=upsample)
+        self._check_resample()
+
+        model.eval()
+        model.requires_grad_(False)
+        model.to(self.device)
+        if not self._autocast:
+            model.to(self.dtype)
+        self.channels_last = (self.device.type == 'cuda') if channels_last is None \
+            else bool(channels_last)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.compiled = bool(compile)
+        self._forward_module = torch.compile(model) if compile else model
+        self._table = torch.from_numpy(_normalisation_table(self._recipe)).to(self.device)
+        self._table_flat = self._table.reshape(-1)
+        self._table_offsets = torch.arange(3, device=self.device).view(1, 3, 1, 1) * 256
+        self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
+        self._warned_no_focal = False
+        self.last_timings: dict[str, float] = {'preprocess': 0.0, 'forward': 0.0,
+                                               'postprocess': 0.0}
+        logger.info('depth model %s (%s, %s) on %s, %s%s', self.model_name, self.model_type,
+                    self.output_kind, self.device, str(self.dtype).replace('torch.', ''),
+                    ' autocast' if self._autocast else '')
+
+    # ------------------------------------------------------------------ loading
+
+    @staticmethod
+    def _config_is_metric(config: Any) -> bool:
+        model_type = config.model_type
+        if model_type == 'depth_anything':
+            return getattr(config, 'depth_estimation_type', 'relative') == 'metric'
+        return model_type in _METRIC_MODEL_TYPES
+
+    @staticmethod
+    def _build_random(choice: str, name: str) -> tuple[torch.nn.Module, None]:
+        if choice not in RANDOM_INIT_CHOICES:
+            raise EstimatorError(
+                f"random_init '{choice}' is not known; use one of "
+                f"{', '.join(sorted(RANDOM_INIT_CHOICES))} (or leave it empty to load a model)")
+        logger.warning('%s (random_init=%s builds the %s architecture; no weights loaded)',
+                       RANDOM_WEIGHTS_WARNING, choice, RANDOM_INIT_CHOICES[choice])
+        if name and name != DEFAULT_MODEL:
+            logger.warning("random_init is set, so model name '%s' is not loaded", name)
+        try:
+            return _random_depth_anything(choice), None
+        except Exception as exc:  # transformers config/API change
+            raise EstimatorError(f'could not build random_init={choice}: {exc}') from exc
+
+    def _load(self, name: str) -> tuple[torch.nn.Module, Optional[dict]]:
+        from transformers import AutoConfig, AutoModelForDepthEstimation
+
+        name = str(name).strip()
+        if not name:
+            raise EstimatorError('model name is empty; pass a hub id such as '
+                                 f"'{DEFAULT_MODEL}' or a local model directory")
+        path = Path(name).expanduser()
+        local = path.exists() or not _HUB_ID.match(name)
+        if local:
+            if not path.is_dir():
+                what = 'is a file, not a directory' if path.exists() else 'does not exist'
+                raise EstimatorError(
+                    f"model directory '{path}' {what}. Point model.name at a directory holding "
+                    'config.json, the weights (model.safetensors) and preprocessor_config.json, '
+                    f"or at a hub id such as '{DEFAULT_MODEL}'.")
+            if not (path / 'config.json').is_file():
+                raise EstimatorError(
+                    f"model directory '{path}' has no config.json; it must hold a model saved "
+                    'with save_pretrained or downloaded with `hf download <id> --local-dir DIR`')
+            source, offline = str(path), True
+        else:
+            source, offline = name, _offline()
+
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=offline)
+        except (OSError, ValueError) as exc:
+            raise self._load_error(name, local, offline, exc) from exc
+        model_type = getattr(config, 'model_type', None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise EstimatorError(
+                f"'{name}' is a '{model_type}' model, which this node does not support; use a "
+                f"depth model of type {', '.join(SUPPORTED_MODEL_TYPES)}")
+        try:
+            model = AutoModelForDepthEstimation.from_pretrained(
+                source, config=config, local_files_only=offline)
+        except (OSError, ValueError) as exc:
+            raise self._load_error(name, local, offline, exc) from exc
+        return model, self._read_processor(source, local, offline, name)
+
+    @staticmethod
+    def _load_error(name: str, local: bool, offline: bool, exc: Exception) -> EstimatorError:
+        if local:
+            return EstimatorError(f"could not load the model in '{name}': {exc}")
+        if offline:
+            reason = ('the Hugging Face hub is not contacted (HF_HUB_OFFLINE / '
+                      'TRANSFORMERS_OFFLINE is set) and the model is not in the local cache')
+        else:
+            reason = (f'it could not be fetched from the Hugging Face hub or found in the local '
+                      f'cache ({exc.__class__.__name__}: {exc})')
+        hint = _download_hint(name)
+        if '/' in name:
+            hint += (f" (If '{name}' was meant as a local directory: it does not exist under "
+                     f"'{Path.cwd()}'.)")
+        return EstimatorError(f"could not load model '{name}': {reason}. {hint}")
+
+    @staticmethod
+    def _read_processor(source: str, local: bool, offline: bool, name: str) -> Optional[dict]:
+        file = Path(source) / 'preprocessor_config.json' if local else None
+        if not local:
+            try:
+                from huggingface_hub import hf_hub_download
+                file = Path(hf_hub_download(source, 'preprocessor_config.json',
+                                            local_files_only=offline))
+            except Exception as exc:  # missing file or unreachable hub after the weights loaded
+                logger.warning('no preprocessor_config.json for %s (%s); using the processor '
+                               'defaults of its model type', name, exc)
+                return None
+        if not file.is_file():
+            logger.warning('%s has no preprocessor_config.json; using the processor defaults of '
+                           'its model type', name)
+            return None
+        try:
+            return json.loads(file.read_text())
+        except (OSError, ValueError) as exc:
+            raise EstimatorError(f"could not read '{file}': {exc}") from exc
+
+    def _check_resample(self) -> None:
+        recipe = self._recipe
+        if recipe.family in ('zoedepth', 'depth_pro') and recipe.resample not in _TORCH_MODES:
+            raise EstimatorError(f'{self.model_type} preprocessing with resample='
+                                 f'{recipe.resample} is not supported (bilinear or bicubic)')
+        if self.preprocess_backend == 'torch' and recipe.resample not in _TORCH_MODES \
+                and recipe.family in ('dpt', 'glpn'):
+            logger.warning('resample=%d has no torch equivalent; resizing with PIL on the CPU',
+                           recipe.resample)
+            self.preprocess_backend = 'pil'
+
+    # ------------------------------------------------------------------ shapes
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Network input ``(height, width)`` in pixels for an image of ``height`` x ``width``.
+
+        Padding added by the processor is included (ZoeDepth reflect pad before resizing, DPT
+        ``do_pad`` after).
+        """
+        key = (int(height), int(width))
+        size = self._sizes.get(key)
+        if size is None:
+            size = self._compute_input_size(*key)
+            self._sizes[key] = size
+        return size
+
+    def _resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size after the resize step only (before a DPT centre pad)."""
+        recipe = self._recipe
+        if not recipe.do_resize:
+            return height, width
+        if recipe.family == 'dpt':
+            return _dpt_resize_shape(height, width, recipe)
+        if recipe.family == 'glpn':
+            divisor = recipe.size_divisor or 1
+            return height // divisor * divisor, width // divisor * divisor
+        if recipe.family == 'zoedepth':
+            if recipe.do_pad:
+                pad_h, pad_w = _zoe_pad(height, width)
+                height, width = height + 2 * pad_h, width + 2 * pad_w
+            return _zoe_resize_shape(height, width, recipe)
+        return recipe.size
+
+    def _compute_input_size(self, height: int, width: int) -> tuple[int, int]:
+        if height < 1 or width < 1:
+            raise EstimatorError(f'image size {height}x{width} is empty')
+        out_h, out_w = self._resized_size(height, width)
+        if out_h < 1 or out_w < 1:
+            raise EstimatorError(f'image {width}x{height} is too small for {self.model_name} '
+                                 f'(it would be resized to {out_w}x{out_h})')
+        recipe = self._recipe
+        if recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
+            out_h += sum(_centre_pad(out_h, recipe.size_divisor))
+            out_w += sum(_centre_pad(out_w, recipe.size_divisor))
+        return out_h, out_w
+
+    # ------------------------------------------------------------------ preprocessing
+
+    def _check_images(self, images: Sequence[np.ndarray]) -> tuple[int, int]:
+        if len(images) == 0:
+            raise EstimatorError('predict_batch needs at least one image')
+        shape = None
+        for image in images:
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
+                    or image.dtype != np.uint8:
+                got = (f'{image.dtype} array of shape {image.shape}'
+                       if isinstance(image, np.ndarray) else type(image).__name__)
+                raise EstimatorError(f'expected an (H, W, 3) uint8 RGB array, got {got}; '
+                                     'convert BGR/mono/16-bit images before predicting')
+            if shape is None:
+                shape = image.shape
+            elif image.shape != shape:
+                raise EstimatorError(f'predict_batch needs images of one size, got {shape} and '
+                                     f'{image.shape}; predict them separately')
+        return int(shape[0]), int(shape[1])
+
+    def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(B, 3, H, W)`` uint8 on the device, one host-to-device copy."""
+        batch = np.stack(images) if len(images) > 1 else images[0][None]
+        with warnings.catch_warnings():
+            # Frames decoded by PIL are read-only; the tensor is only ever read.
+            warnings.simplefilter('ignore', UserWarning)
+            tensor = torch.from_numpy(np.ascontiguousarray(batch))
+        return tensor.to(self.device).permute(0, 3, 1, 2)
+
+    def _lookup(self, values: torch.Tensor) -> torch.Tensor:
+        """Rescale + normalise integer pixel values ``(B, 3, h, w)`` through the table."""
+        return torch.take(self._table_flat, values.long() + self._table_offsets)
+
+    def _resize_uint8(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+        """Resize like the processor's PIL step; returns integer-valued ``(B, 3, h, w)``."""
+        recipe = self._recipe
+        height, width = images[0].shape[:2]
+        if not recipe.do_resize or size == (height, width):
+            return self._upload(images)
+        if self.preprocess_backend == 'pil':
+            from PIL import Image
+
+            resized = [np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+                (size[1], size[0]), resample=recipe.resample)) for image in images]
+            return self._upload(resized)
+        mode = _TORCH_MODES[recipe.resample]
+        x = self._upload(images).float()
+        # PIL resamples horizontally, then vertically, rounding to uint8 after each pass.
+        if size[1] != width:
+            x = F.interpolate(x, size=(height, size[1]), mode=mode, antialias=True,
+                              align_corners=False).round_().clamp_(0, 255)
+        if size[0] != height:
+            x = F.interpolate(x, size=size, mode=mode, antialias=True,
+                              align_corners=False).round_().clamp_(0, 255)
+        return x
+
+    def _rescale(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 the way the processor rescales (float64 multiply, float32 cast)."""
+        if not self._recipe.do_rescale:
+            return x.float()
+        return (x.double() * self._recipe.rescale_factor).float()
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        recipe = self._recipe
+        if not recipe.do_normalize:
+            return x
+        mean = torch.tensor(recipe.image_mean, dtype=torch.float32, device=x.device)
+        std = torch.tensor(recipe.image_std, dtype=torch.float32, device=x.device)
+        return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+    def _preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """``pixel_values`` ``(B, 3, h, w)`` float32 on the device, as the processor makes."""
+        recipe = self._recipe
+        height, width = images[0].shape[:2]
+        if recipe.family in ('dpt', 'glpn'):
+            x = self._lookup(self._resize_uint8(images, self._resized_size(height, width)))
+            if recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
+                top, bottom = _centre_pad(x.shape[-2], recipe.size_divisor)
+                left, right = _centre_pad(x.shape[-1], recipe.size_divisor)
+                x = F.pad(x, (left, right, top, bottom), value=0.0)
+            return x
+        x = self._upload(images)
+        mode = _TORCH_MODES[recipe.resample]
+        if recipe.family == 'zoedepth':
+            x = self._rescale(x)
+            if recipe.do_pad:
+                pad_h, pad_w = _zoe_pad(height, width)
+                x = F.pad(x, (pad_w, pad_w, pad_h, pad_h), mode='reflect')
+            if recipe.do_resize:
+                x = F.interpolate(x, size=self.input_size(height, width), mode=mode,
+                                  align_corners=True)
+            return self._normalize(x)
+        # depth_pro: fused rescale + normalise in float32, then resize without antialiasing.
+        x = x.float()
+        if recipe.do_rescale and recipe.do_normalize:
+            scale = 1.0 / recipe.rescale_factor
+            mean = torch.tensor(recipe.image_mean, device=x.device) * scale
+            std = torch.tensor(recipe.image_std, device=x.device) * scale
+            x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        elif recipe.do_rescale:
+            x = self._rescale(x)
+        elif recipe.do_normalize:
+            x = self._normalize(x)
+        if recipe.do_resize:
+            x = F.interpolate(x, size=recipe.size, mode=mode, antialias=False,
+                              align_corners=False)
+        return x
+
+    # ------------------------------------------------------------------ forward / postprocess
+
+    def _forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        if not self._autocast:
+            pixel_values = pixel_values.to(self.dtype)
+        try:
+            if self._autocast:
+                with torch.autocast('cpu', dtype=torch.bfloat16):
+                    outputs = self._forward_module(pixel_values=pixel_values)
+            else:
+                outputs = self._forward_module(pixel_values=pixel_values)
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            raise EstimatorError(f'forward failed with torch.compile on ({type(exc).__name__}: '
+                                 f'{exc}); run with compile off') from exc
+        fov = getattr(outputs, 'field_of_view', None)
+        return outputs.predicted_depth, fov
+
+    def _postprocess(self, depth: torch.Tensor, fov: Optional[torch.Tensor],
+                     height: int, width: int, fx: Any) -> np.ndarray:
+        """``(B, h, w)`` network output -> ``(B, H, W)`` float32 host array."""
+        recipe = self._recipe
+        depth = depth.float().unsqueeze(1)
+        if recipe.family == 'zoedepth' and recipe.do_pad:
+            pad_h, pad_w = _zoe_pad(height, width)
+            depth = F.interpolate(depth, size=(height + 2 * pad_h, width + 2 * pad_w),
+                                  mode='bicubic', align_corners=False)
+            depth = depth[..., pad_h:pad_h + height, pad_w:pad_w + width]
+        elif recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
+            depth = self._crop_dpt_pad(depth, height, width)
+        if recipe.family == 'depth_pro':
+            depth = self._depth_pro_inverse(depth, fov, width, fx)
+        if depth.shape[-2:] != (height, width):
+            depth = F.interpolate(depth, size=(height, width), mode=recipe.upsample,
+                                  align_corners=False)
+        if recipe.family == 'depth_pro':
+            depth = 1.0 / torch.clamp(depth, min=1e-4, max=1e4)
+        return depth[:, 0].contiguous().cpu().numpy()
+
+    def _crop_dpt_pad(self, depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Drop the centre padding DPT's processor added (scaled to the output grid).
+
+        transformers' post_process leaves the padding in; cropping it keeps pixels aligned.
+        """
+        in_h, in_w = self.input_size(height, width)
+        res_h, res_w = self._resized_size(height, width)
+        top = _centre_pad(res_h, self._recipe.size_divisor)[0]
+        left = _centre_pad(res_w, self._recipe.size_divisor)[0]
+        out_h, out_w = depth.shape[-2:]
+        y0, y1 = round(top * out_h / in_h), round((top + res_h) * out_h / in_h)
+        x0, x1 = round(left * out_w / in_w), round((left + res_w) * out_w / in_w)
+        return depth[..., y0:y1, x0:x1]
+
+    def _depth_pro_inverse(self, depth: torch.Tensor, fov: Optional[torch.Tensor], width: int,
+                           fx: Any) -> torch.Tensor:
+        """Scale DepthPro's canonical inverse depth by ``width / focal`` (its post_process)."""
+        batch = depth.shape[0]
+        if fx is not None:
+            focal = torch.as_tensor(fx, dtype=torch.float32, device=depth.device).reshape(-1)
+            if focal.numel() == 1:
+                focal = focal.expand(batch)
+            if focal.numel() != batch or not bool(torch.all(focal > 0)):
+                raise EstimatorError(f'fx must be one positive focal length (pixels) per image, '
+                                     f'got {fx}')
+        elif fov is not None:
+            fov = fov.float().reshape(-1)
+            focal = 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov))
+        else:
+            if not self._warned_no_focal:
+                logger.warning('%s has no field-of-view head and no fx was given; its depth '
+                               'scale assumes a focal length equal to the image width',
+                               self.model_name)
+                self._warned_no_focal = True
+            return depth
+        return depth * (width / focal).view(-1, 1, 1, 1)
+
+    # ------------------------------------------------------------------ public
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def _run(self, images: Sequence[np.ndarray], fx: Any) -> np.ndarray:
+        height, width = self._check_images(images)
+        self.input_size(height, width)
+        start = time.perf_counter()
+        pixel_values = self._preprocess(images)
+        self._sync()
+        after_pre = time.perf_counter()
+        depth, fov = self._forward(pixel_values)
+        self._sync()
+        after_forward = time.perf_counter()
+        result = self._postprocess(depth, fov, height, width, fx)
+        end = time.perf_counter()
+        self.last_timings = {'preprocess': after_pre - start,
+                             'forward': after_forward - after_pre,
+                             'postprocess': end - after_forward}
+        return result
+
+    @torch.inference_mode()
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Network input for same-size ``(H, W, 3)`` uint8 RGB images.
+
+        Returns
+        -------
+        torch.Tensor
+            ``pixel_values``, ``(B, 3, h, w)`` float32 on :attr:`device` with
+            ``(h, w) == input_size(H, W)``: what the model's image processor produces (see the
+            module docstring for the tolerance).
+        """
+        images = list(images)
+        self._check_images(images)
+        return self._preprocess(images)
+
+    def predict(self, rgb: np.ndarray, fx: Optional[float] = None) -> np.ndarray:
+        """Predict one frame.
+
+        Parameters
+        ----------
+        rgb : np.ndarray
+            ``(H, W, 3)`` uint8 RGB image.
+        fx : float, optional
+            Horizontal focal length in pixels of this image. Used only by models whose metric
+            scale depends on it (DepthPro, which otherwise uses its own FoV estimate); ignored
+            by the others.
+
+        Returns
+        -------
+        np.ndarray
+            ``(H, W)`` float32: metres along the optical axis when :attr:`is_metric`, else
+            relative disparity (larger = nearer).
+        """
+        return self._run([rgb], fx)[0]
+
+    def predict_batch(self, images: list[np.ndarray],
+                      fx: Optional[float | Sequence[float]] = None) -> list[np.ndarray]:
+        """Predict several same-size frames in one forward pass.
+
+        Parameters
+        ----------
+        images : list of np.ndarray
+            ``(H, W, 3)`` uint8 RGB images, all of one size.
+        fx : float or sequence of float, optional
+            Focal length(s) in pixels, as in :meth:`predict`.
+
+        Returns
+        -------
+        list of np.ndarray
+            One ``(H, W)`` float32 prediction per image, as :meth:`predict` gives.
+        """
+        return list(self._run(list(images), fx))
+
+    def warmup(self, height: int, width: int, iterations: int = 2) -> float:
+        """Run ``iterations`` synthetic ``height`` x ``width`` frames; return seconds taken.
+
+        Triggers lazy initialisation (CUDA kernels, cuDNN autotuning, ``torch.compile``) for
+        that input shape so the first real frame is not slow.
+        """
+        ramp = np.linspace(0, 255, num=int(width), dtype=np.float32)
+        frame = np.broadcast_to(ramp[None, :, None], (int(height), int(width), 3))
+        frame = np.ascontiguousarray(frame.astype(np.uint8))
+        start = time.perf_counter()
+        for _ in range(max(1, int(iterations))):
+            self.predict(frame)
+        return time.perf_counter() - start
