@@ -61,6 +61,12 @@ LIDAR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                         reliability=ReliabilityPolicy.RELIABLE)
 
+_TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'relative_depth'}
+"""Input topic of each kind of frame, for log lines."""
+
+PROBLEM_HOLD = 10.0
+"""Seconds /diagnostics stays WARN after the last bad message or skipped frame."""
+
 _PARAM_TYPES = {'bool': Parameter.Type.BOOL, 'int': Parameter.Type.INTEGER,
                 'double': Parameter.Type.DOUBLE, 'string': Parameter.Type.STRING,
                 'double_array': Parameter.Type.DOUBLE_ARRAY}
@@ -129,12 +135,16 @@ class DepthNode(Node):
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._pending: Optional[tuple[str, Any]] = None
+        self._displaced: Optional[tuple[str, Any]] = None
         self._stop = threading.Event()
         self._intrinsics: Optional[Intrinsics] = None
         self._warned_no_info = False
         self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
         self._consecutive_failures = 0
         self._last_alignment: Optional[Alignment] = None
+        self._problems: dict[str, int] = {}  # problem counters at the last change
+        self._problems_changed = -math.inf    # monotonic time of that change
+        self._problems_new: list[str] = []    # the counters that changed then
 
         self._estimator = None
         mode = self._cfg['input.mode']
@@ -263,13 +273,45 @@ class DepthNode(Node):
 
     # ---------------------------------------------------------------- callbacks
     def _submit(self, kind: str, msg: Any) -> None:
-        """Newest frame wins: replace a frame the worker has not started, counting it dropped."""
+        """Newest frame wins: replace a frame the worker has not started, counting it dropped.
+
+        A raw image whose fields cannot describe its data is refused here, so it never
+        displaces a good frame that is waiting. The frame a newcomer displaces is kept until the
+        worker starts, and served instead when the newcomer fails to decode (a corrupt JPEG).
+        """
+        self._counters.add('frames_received')
+        try:
+            self._check_fields(kind, msg)
+        except ImageDecodeError as exc:
+            self._bad_input('image', f'{_TOPICS[kind]} refused: {exc}')
+            return
         with self._cv:
-            self._counters.add('frames_received')
             if self._pending is not None:
                 self._counters.add('frames_dropped')
+                self._displaced = self._pending
             self._pending = (kind, msg)
             self._cv.notify()
+
+    def _check_fields(self, kind: str, msg: Any) -> None:
+        """O(1) checks of a raw Image: data length, then the codec decodes the first two rows
+        (encoding, size, step and its own rules), then ``input.max_pixels`` with ``refuse``."""
+        if kind == 'compressed':
+            return
+        decode = decode_relative_depth if kind == 'relative' else decode_image
+        height, width, step = int(msg.height), int(msg.width), int(msg.step)
+        if len(msg.data) != step * height:
+            raise ImageDecodeError(
+                f'{msg.encoding}: data is {len(msg.data)} bytes, step {step} x height {height} '
+                f'needs {step * height}')
+        rows = min(height, 2)
+        decode(msg.encoding, rows, width, step, bool(msg.is_bigendian),
+               memoryview(msg.data)[:step * rows])
+        max_pixels = self._cfg['input.max_pixels']
+        if (kind == 'image' and self._cfg['input.oversize'] == 'refuse' and
+                0 < max_pixels < width * height):
+            raise ImageDecodeError(
+                f'{width}x{height} is over input.max_pixels={max_pixels} '
+                '(set input.oversize:=downscale or raise the limit)')
 
     def _on_image(self, msg: Image) -> None:
         self._submit('image', msg)
@@ -314,16 +356,28 @@ class DepthNode(Node):
                 while self._pending is None and not self._stop.is_set():
                     self._cv.wait(0.1)
                 job, self._pending = self._pending, None
+                displaced, self._displaced = self._displaced, None
             if job is None:
                 continue
             try:
-                self._process(*job)
-            except ImageDecodeError as exc:
-                self._bad_input('image', f'image refused: {exc}')
-            except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
+                if not self._run(job) and displaced is not None:
+                    self._counters.add('frames_dropped', -1)  # served after all
+                    self._run(displaced)
+            except Exception:  # noqa: BLE001 - e.g. from logging: the worker must live on
                 self._counters.add('frame_errors')
-                if self._throttle.ready('frame_error'):
-                    self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
+
+    def _run(self, job: tuple[str, Any]) -> bool:
+        """Process one frame; False when its image did not decode."""
+        try:
+            self._process(*job)
+        except ImageDecodeError as exc:
+            self._bad_input('image', f'{_TOPICS[job[0]]} refused: {exc}')
+            return False
+        except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
+            self._counters.add('frame_errors')
+            if self._throttle.ready('frame_error'):
+                self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
+        return True
 
     def _process(self, kind: str, msg: Any) -> None:
         timer = self._timer
@@ -360,6 +414,10 @@ class DepthNode(Node):
                 timer.add(stage, self._estimator.last_timings.get(stage, 0.0))
             timer.mark('inference')
         height, width = prediction.shape
+        if not self._is_metric and c['output.relative']:
+            # first: whatever happens to the metric path, the prediction itself is served
+            self._publish_image(self._pub_relative, header, prediction, '32FC1')
+            timer.mark('publish_relative')
         intr = self._intrinsics_for(src_w, src_h, width, height)
 
         metric: Optional[np.ndarray] = None
@@ -369,10 +427,6 @@ class DepthNode(Node):
         elif self._is_metric:
             metric = np.where(prediction > 0, prediction, np.float32(np.nan))
 
-        published = 0
-        if not self._is_metric and c['output.relative']:
-            self._publish_image(self._pub_relative, header, prediction, '32FC1')
-            published += 1
         if metric is not None:
             if c['output.encoding'] == '16UC1':
                 self._publish_image(self._pub_depth, header, depth_to_uint16_mm(metric),
@@ -438,11 +492,15 @@ class DepthNode(Node):
             T = self._extrinsics(scan[1], header)
             if T is not None:
                 height, width = prediction.shape
-                camera = CameraModel(K=intr.K, D=intr.D, distortion_model=intr.distortion_model,
-                                     width=width, height=height)
                 n_scan = len(scan[2])
-                uv, z = prepare_points(scan[2], T, camera, width, height,
-                                       occlusion_window=self._cfg['lidar.occlusion_window'])
+                try:
+                    camera = CameraModel(K=intr.K, D=intr.D,
+                                         distortion_model=intr.distortion_model,
+                                         width=width, height=height)
+                    uv, z = prepare_points(scan[2], T, camera, width, height,
+                                           occlusion_window=self._cfg['lidar.occlusion_window'])
+                except LidarError as exc:  # e.g. more non-zero D than the model has
+                    self._bad_input('camera_info', f'camera_info unusable for LiDAR: {exc}')
         alignment = self._aligner.align(prediction, uv, z, stamp)
         self._last_alignment = alignment
         self._publish_alignment(header, alignment, n_scan)
@@ -510,11 +568,19 @@ class DepthNode(Node):
 
     def _publish_diagnostics(self) -> None:
         counts = self._counters.snapshot()
+        now = time.monotonic()
+        problems = {k: v for k, v in counts.items()
+                    if k.startswith('bad_') or k in ('frame_errors', 'forward_failures')}
+        if problems != self._problems:
+            new = sorted(k for k, v in problems.items() if v != self._problems.get(k))
+            self._problems, self._problems_changed, self._problems_new = problems, now, new
         if self._consecutive_failures >= 3:
             level, message = DiagnosticStatus.ERROR, (
                 f'forward pass failing ({self._consecutive_failures} in a row)')
-        elif any(k.startswith('bad_') for k in counts) or counts.get('frame_errors'):
-            level, message = DiagnosticStatus.WARN, 'bad input or skipped frames seen'
+        elif now - self._problems_changed < PROBLEM_HOLD:
+            level, message = DiagnosticStatus.WARN, (
+                f'bad input or skipped frames in the last {PROBLEM_HOLD:g} s: '
+                + ', '.join(self._problems_new))
         else:
             level, message = DiagnosticStatus.OK, 'ok'
         values = [KeyValue(key=k, value=str(v)) for k, v in sorted(counts.items())]

@@ -16,8 +16,15 @@ REAL_DATA = Path(os.environ.get('DEPTH_NODE_REAL_DATA',
 # localhost-only discovery, logs and ROS_HOME under a temp dir. Set before rclpy is imported.
 _ROS_TMP = tempfile.mkdtemp(prefix='depth_node_test_ros_')
 os.environ.setdefault('ROS_DOMAIN_ID', str(100 + os.getpid() % 100))
-os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')  # Jazzy and later
+if os.environ.get('ROS_DISTRO') == 'humble':
+    os.environ.setdefault('ROS_LOCALHOST_ONLY', '1')
+# Fast DDS reads its XML profile once per process, at the first participant: set it before any
+# test creates one, so in-process and cross-process tests all use the large shared-memory
+# segment (without it, multi-megabyte best-effort frames between processes are mostly lost).
+_PROFILE = str(REPO_ROOT / 'config' / 'fastdds_shm.xml')
+os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE', _PROFILE)
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', _PROFILE)
 os.environ.setdefault('ROS_LOG_DIR', os.path.join(_ROS_TMP, 'log'))
 os.environ.setdefault('ROS_HOME', os.path.join(_ROS_TMP, 'home'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
