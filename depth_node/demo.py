@@ -24,13 +24,8 @@ import numpy as np
 
 from depth_node.config import DEFAULT_MODEL
 
-OFFLINE_HINT = (
-    'The Hugging Face hub is unreachable from this machine, so {model} cannot be downloaded.\n'
-    'On a connected machine run:\n'
-    '  huggingface-cli download {model} --local-dir ~/models/Depth-Anything-V2-Small-hf\n'
-    'copy the folder here and run again with --model ~/models/Depth-Anything-V2-Small-hf\n'
-    '(for a pipeline smoke test without weights: --random-init depth-anything-v2-small, whose '
-    'output is MEANINGLESS).')
+DEMO_HINT = ('Point the demo at a local copy with --model DIR, or run a pipeline smoke test '
+             'with --random-init depth-anything-v2-small (RANDOM WEIGHTS: meaningless output).')
 
 
 def simulated_lidar(depth_gt: np.ndarray, K: np.ndarray, rows: int = 64,
@@ -107,8 +102,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             node = DepthNode(parameter_overrides=overrides)
         except ConfigError as exc:
             print(f'depth_node-demo: cannot start the node: {exc}', file=sys.stderr)
-            if not args.random_init and not Path(args.model).is_dir():
-                print(OFFLINE_HINT.format(model=args.model), file=sys.stderr)
+            if not args.random_init:
+                print(DEMO_HINT, file=sys.stderr)
             return 2
         return _run(node, folders, out, args, load_frame, SingleThreadedExecutor, Parameter)
     finally:
