@@ -170,3 +170,41 @@ def test_scan_too_far_in_time_is_not_paired(session, tum):
     assert values['state'] == 'no_fit'
     assert probe.wait_stamp('depth/image', (400, 0), timeout=1.0) is None
     assert node.counters.get('lidar_unpaired', 0) >= 1
+
+
+def test_extrinsics_from_tf2_where_available(session, tum):
+    """With lidar.T_camera_lidar unset the node looks the transform up in tf2 at the stamp."""
+    tf2_ros = pytest.importorskip('tf2_ros', reason='tf2_ros is not installed (PyPI wheels)')
+    from geometry_msgs.msg import TransformStamped
+
+    node = session.start_depth_node({
+        'input.mode': 'relative_depth', 'lidar.enabled': True, 'lidar.smoothing': 0.0,
+        'cloud.max_depth': 10.0})
+    probe = session.probe()
+    broadcaster = tf2_ros.StaticTransformBroadcaster(probe.node)
+    tf = TransformStamped()
+    tf.header.frame_id = FRAME
+    tf.child_frame_id = 'lidar'
+    tf.transform.translation.x, tf.transform.translation.y, tf.transform.translation.z = \
+        (float(v) for v in T_CAMERA_LIDAR[:3, 3])
+    # R_CAM_LIDAR as a quaternion (x, y, z, w)
+    tf.transform.rotation.x, tf.transform.rotation.y = 0.5, -0.5
+    tf.transform.rotation.z, tf.transform.rotation.w = 0.5, 0.5
+    broadcaster.sendTransform(tf)
+    assert probe.wait_subscribers('relative_depth')
+    assert probe.wait_subscribers('lidar/points')
+    stamp = _publish(probe, tum, 600)
+    values = status_values(probe.wait_stamp('depth/alignment', stamp))
+    assert values['state'] == 'ok', values
+    assert node.counters.get('bad_tf', 0) == 0
+
+
+def test_tf_transform_to_matrix():
+    from geometry_msgs.msg import Transform
+
+    from depth_node.node import _transform_to_matrix
+
+    t = Transform()
+    t.translation.x, t.translation.y, t.translation.z = (float(v) for v in T_CAMERA_LIDAR[:3, 3])
+    t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w = 0.5, -0.5, 0.5, 0.5
+    np.testing.assert_allclose(_transform_to_matrix(t), T_CAMERA_LIDAR, atol=1e-12)
