@@ -303,7 +303,7 @@ class DepthNode(Node):
             raise ImageDecodeError(
                 f'{msg.encoding}: data is {len(msg.data)} bytes, step {step} x height {height} '
                 f'needs {step * height}')
-        rows = min(height, 2)
+        rows = min(height, 2) if width > 0 else height  # an empty image says its real size
         decode(msg.encoding, rows, width, step, bool(msg.is_bigendian),
                memoryview(msg.data)[:step * rows])
         max_pixels = self._cfg['input.max_pixels']
@@ -374,6 +374,8 @@ class DepthNode(Node):
             self._bad_input('image', f'{_TOPICS[job[0]]} refused: {exc}')
             return False
         except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
+            if self._stop.is_set():
+                return True  # shutting down: the publishers are gone, nothing went wrong
             self._counters.add('frame_errors')
             if self._throttle.ready('frame_error'):
                 self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
@@ -618,7 +620,12 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
     teardown: with torch loaded that takes 1-2 s on a small CPU and would break the promise that
     a signal stops the node within 2 s. Otherwise the code is returned.
     """
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except Exception as exc:  # noqa: BLE001 - rcl refuses a malformed command line (RCLError)
+        print(f'[depth_node] configuration error: the command line does not parse: {exc}',
+              file=sys.stderr)
+        return _exit(2, exit_process)
     node = None
     code = 0
     try:
@@ -640,6 +647,11 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    return _exit(code, exit_process)
+
+
+def _exit(code: int, exit_process: bool) -> int:
+    """End the process with ``code`` right away (see :func:`main`), or return it."""
     if exit_process:
         sys.stdout.flush()
         sys.stderr.flush()
