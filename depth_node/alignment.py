@@ -435,8 +435,9 @@ def sample_prediction(prediction: np.ndarray, uv: np.ndarray,
     i00 = v0 * width + u0
     f00, f01 = flat[i00], flat[i00 + du]
     f10, f11 = flat[i00 + dv], flat[i00 + dv + du]
-    top = f00 + fu * (f01 - f00)
-    out = top + fv * (f10 + fu * (f11 - f10) - top)
+    with np.errstate(invalid='ignore'):  # inf - inf in a neighbourhood: handled just below
+        top = f00 + fu * (f01 - f00)
+        out = top + fv * (f10 + fu * (f11 - f10) - top)
     bad = np.nonzero(~np.isfinite(out))[0]
     if bad.size:  # a neighbour is NaN (or inf): renormalise over the finite ones
         vals = np.stack([f00[bad], f01[bad], f10[bad], f11[bad]]).astype(np.float64)

@@ -25,8 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
-KNOWN_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
-"""ROS distortion models (sensor_msgs/distortion_models.hpp)."""
+DISTORTION_COEFFICIENTS = {'plumb_bob': 5, 'rational_polynomial': 8, 'equidistant': 4}
+"""ROS distortion models (sensor_msgs/distortion_models.hpp) and how many D values each uses."""
+
+KNOWN_DISTORTION_MODELS = tuple(DISTORTION_COEFFICIENTS)
 
 NO_DISTORTION_MODELS = ('', 'none')
 """Accepted names for an image without distortion; D must then be all zeros (or empty)."""
@@ -163,6 +165,11 @@ def intrinsics_from_fields(width: int, height: int, k: Sequence[float], d: Seque
     elif distortion_model not in KNOWN_DISTORTION_MODELS:
         raise CameraInfoError(f'unknown distortion_model {distortion_model!r}; expected one of '
                               f'{", ".join(KNOWN_DISTORTION_MODELS)} or an empty string')
+    else:
+        n = DISTORTION_COEFFICIENTS[distortion_model]
+        if np.any(D[n:] != 0):
+            raise CameraInfoError(f'{distortion_model} uses {n} distortion coefficients, got '
+                                  f'{D.size} with non-zero extras {D[n:].tolist()}')
 
     if not P.any():
         P = np.hstack([K, np.zeros((3, 1))])

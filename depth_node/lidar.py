@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from depth_node.camera_info import DISTORTION_COEFFICIENTS
+
 
 class LidarError(ValueError):
     """A point cloud, camera model or transform that cannot be used; the message says why."""
@@ -158,7 +160,7 @@ def read_points_xyz(fields: Sequence[tuple[str, int, int, int]], point_step: int
 
 
 # Distortion models: ROS CameraInfo name -> number of coefficients used (OpenCV order).
-_DISTORTION_SIZES = {'none': 0, 'plumb_bob': 5, 'rational_polynomial': 8, 'equidistant': 4}
+_DISTORTION_SIZES = {'none': 0, **DISTORTION_COEFFICIENTS}
 _MAX_THETA = math.radians(89.5)  # largest field angle searched for the valid distortion range
 _RADIUS_MARGIN = 1.15             # points may lie this far beyond the image's radius (tangential)
 _MIN_DEPTH = 0.1                  # metres; prepare_points drops nearer points

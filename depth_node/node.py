@@ -426,7 +426,8 @@ class DepthNode(Node):
         if self._aligner is not None:
             metric = self._align(header, prediction, intr)
             timer.mark('alignment')
-        elif self._is_metric:
+        if metric is None and self._is_metric:
+            # a metric model's own depth; LiDAR only refines it (depth/alignment says whether)
             metric = np.where(prediction > 0, prediction, np.float32(np.nan))
 
         if metric is not None:

@@ -158,3 +158,11 @@ def test_real_calibrations_validate_and_rescale(real_data):
         np.testing.assert_allclose(half.K[0, 0], frame.K[0, 0] * sx)
         np.testing.assert_allclose(half.K[1, 2], frame.K[1, 2] * sy)
         np.testing.assert_array_equal(half.P[:, :3], half.K)
+
+
+@pytest.mark.parametrize('model,n', [('plumb_bob', 5), ('rational_polynomial', 8),
+                                     ('equidistant', 4)])
+def test_extra_nonzero_distortion_coefficients_refused(model, n):
+    make(distortion_model=model, d=[0.01] * n + [0.0] * 3)  # zero padding is fine
+    with pytest.raises(CameraInfoError, match=f'{model} uses {n} distortion coefficients'):
+        make(distortion_model=model, d=[0.01] * (n + 1))

@@ -237,3 +237,14 @@ def test_runtime_parameter_change_validated(session, models):
     assert not results[0].successful  # read-only
     results = node.set_parameters([Parameter('cloud.stride', value=4)])
     assert results[0].successful and node._cfg['cloud.stride'] == 4
+
+
+def test_metric_model_keeps_its_depth_when_lidar_has_no_fit(session, models, tum):
+    """With LiDAR on but no scan, a metric model's own depth is still published; the
+    alignment status says there was no LiDAR correction."""
+    eye = [float(v) for v in np.eye(4).ravel()]
+    _, probe = _start(session, models['metric'],
+                      **{'lidar.enabled': True, 'lidar.T_camera_lidar': eye})
+    stamp = _send(probe, tum, 90)
+    assert status_values(probe.wait_stamp('depth/alignment', stamp))['state'] == 'no_fit'
+    assert probe.wait_stamp('depth/image', stamp) is not None
