@@ -192,6 +192,61 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, stride: int = 1, min_depth
     return out
 
 
+_device_rays: 'OrderedDict[tuple, tuple]' = OrderedDict()
+
+
+def depth_to_points_tensor(depth, K: np.ndarray, stride: int = 1, min_depth: float = 0.0,
+                           max_depth: float = float('inf')):
+    """:func:`depth_to_points` for a ``torch.Tensor`` depth, computed where the tensor lives.
+
+    Used on the GPU so that the cloud is built on the device and comes back in one copy; the
+    arithmetic is the same float32 products, so on any device the values equal
+    :func:`depth_to_points` exactly. torch is imported only when this is called.
+
+    Parameters
+    ----------
+    depth : torch.Tensor
+        ``(H, W)`` float depth in metres along the optical z axis, NaN where invalid.
+    K, stride, min_depth, max_depth
+        As for :func:`depth_to_points`.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(ceil(H / stride), ceil(W / stride), 3)`` float32 x, y, z in metres on
+        ``depth.device``, NaN in all three coordinates where the depth is invalid.
+    """
+    import torch
+
+    if depth.ndim != 2:
+        raise CloudError(f'depth must be a 2-D (H, W) tensor, got shape {tuple(depth.shape)}')
+    if not depth.is_floating_point():
+        raise CloudError(f'depth must be float metres, got dtype {depth.dtype}')
+    stride = _check_stride(stride)
+    K = _check_K(K)
+    if math.isnan(min_depth) or math.isnan(max_depth):
+        raise CloudError('min_depth and max_depth must not be NaN')
+    height, width = depth.shape
+    rx_np, ry_np = _rays(height, width, K, stride)
+    key = (height, width, stride, K.tobytes(), str(depth.device))
+    with _ray_lock:
+        rays = _device_rays.get(key)
+        if rays is not None:
+            _device_rays.move_to_end(key)
+    if rays is None:
+        rays = (torch.from_numpy(rx_np.copy()).to(depth.device),
+                torch.from_numpy(ry_np.copy()).to(depth.device))
+        with _ray_lock:
+            _device_rays[key] = rays
+            while len(_device_rays) > _RAY_CACHE_SIZE:
+                _device_rays.popitem(last=False)
+    rx, ry = rays
+    z = depth[::stride, ::stride].to(torch.float32)
+    valid = (z > 0) & (z >= min_depth) & (z <= max_depth) & torch.isfinite(z)
+    z = torch.where(valid, z, torch.full((), float('nan'), device=z.device))
+    return torch.stack([z * rx[None, :], z * ry[:, None], z], dim=-1)
+
+
 def strided_rgb(rgb: np.ndarray, stride: int) -> np.ndarray:
     """Sample an ``(H, W, 3)`` colour image on the same grid as :func:`depth_to_points`.
 

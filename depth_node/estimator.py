@@ -25,21 +25,44 @@ Supported model types (checked against transformers 5.23 sources):
 
 Preprocessing tolerance against the model's own (PIL-backed) image processor:
 
-* CPU (``preprocess_backend='pil'``, the default there): the uint8 image is resized with PIL
-  exactly as the processor does, then normalised through a 256-entry lookup table built with
+* ``preprocess_backend='pil'`` (the default on CPU in fp32): the uint8 image is resized with
+  PIL exactly as the processor does, then normalised through a 256-entry lookup table built with
   the processor's own arithmetic, so ``pixel_values`` are bit-identical.
-* CUDA (``preprocess_backend='torch'``, the default there): the uint8 frame is uploaded once and
-  resized on the device with ``torch.nn.functional.interpolate`` (antialiased, separable, rounded
-  to integers after each pass as PIL does), then normalised through the same table. Measured
-  with this code on the CPU against PIL on the real frames (640x480, 1224x370, 1242x375,
-  1600x900, 1920x1200): at most 2 grey levels off on at most 0.04 % of pixels, i.e.
-  ``pixel_values`` max abs difference <= 2 / 255 / std (0.035 with ImageNet std) and mean abs
-  difference < 1e-4 (``test/test_estimator.py`` checks this bound). The CUDA kernels of the same
-  torch ops were not measured (no GPU when this was written); expect the same bound.
+* ``'torch_uint8'`` (the default on CPU in bf16): torch's SIMD antialiased uint8 resize
+  (``interpolate`` on a channels-last uint8 tensor, the kernel torchvision uses), then the same
+  table. Measured on the real frames against PIL: Depth Anything and DPT (bicubic) at most 2
+  grey levels off on at most 0.5 % of values; GLPN (bilinear, a slight downscale to a multiple
+  of 32) at most 1 level, on up to 13 % of values of one KITTI frame (the float ``'torch'``
+  path differs there just as much). 4-5x faster than PIL on the project's 2-core VM
+  (640x480 -> 686x518: 1.0 ms against 4.9 ms; 1280x720 -> 924x518: 2.0 ms against 11 ms).
+  Depth Anything V2 Small's prediction moves by 0.04 % (mean relative) against 0.8 % for bf16
+  itself, so exactness buys nothing there.
+* ``'torch'`` (the default on CUDA): the uint8 frame is uploaded once and resized on the device
+  with ``torch.nn.functional.interpolate`` in float (antialiased, separable, rounded to integers
+  after each pass as PIL does), then normalised through the same table. Measured with this code
+  on the CPU against PIL on the real frames (640x480, 1224x370, 1242x375, 1600x900,
+  1920x1200): at most 2 grey levels off on at most 0.04 % of pixels, i.e. ``pixel_values`` max
+  abs difference <= 2 / 255 / std (0.035 with ImageNet std) and mean abs difference < 1e-4
+  (``test/test_estimator.py`` checks this bound). The CUDA kernels of the same torch ops were
+  not measured (no GPU when this was written); expect the same bound.
 
 Postprocessing upsamples the prediction back to ``(H, W)`` on the device with the mode the
 model's ``post_process_depth_estimation`` uses (bicubic, ``align_corners=False`` for DPT, Depth
 Anything, GLPN and ZoeDepth; bilinear for DepthPro), then makes one device-to-host copy.
+
+Speed (see ``BENCHMARKS.md``):
+
+* CPU bf16: the model is cast to bf16 and run channels-last (not under ``torch.autocast``, which
+  re-casts every weight on every forward): Depth Anything V2 Small at 518x686 on 2 AVX512-BF16
+  cores (no AMX) 0.80 s against 0.91 s with autocast and 1.2 s in fp32. The attention kernel
+  (``scaled_dot_product_attention``, half of the time) runs no faster in bf16 than in fp32 on
+  such a CPU; ``torch.compile`` did not change the forward time there either.
+* CUDA: the frame goes through one pinned staging buffer to the device (one host-to-device
+  copy), is resized and normalised there, runs in fp16 channels-last (cuDNN autotuning on), is
+  upsampled there and comes back with one device-to-host copy into pinned memory (the caching
+  host allocator recycles it, so nothing is pinned per frame after warm-up). ``cuda_graphs``
+  captures the forward per input shape (warm up with the camera's size); ``compile`` wraps the
+  model in ``torch.compile`` (``mode='reduce-overhead'`` together with ``cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -86,6 +109,7 @@ _PIL_NEAREST, _PIL_BILINEAR, _PIL_BICUBIC = 0, 2, 3
 _TORCH_MODES = {_PIL_BILINEAR: 'bilinear', _PIL_BICUBIC: 'bicubic'}
 _HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')
 _TRUE = ('1', 'true', 'yes', 'on')
+_BACKENDS = ('auto', 'pil', 'torch_uint8', 'torch')
 
 
 class EstimatorError(RuntimeError):
@@ -157,8 +181,8 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if dtype == torch.float16 and device.type == 'cpu':
         raise EstimatorError(
             "precision 'fp16' is refused on CPU: PyTorch emulates half-precision matmuls there "
-            "(measured 7x slower than fp32 on the project's CPU); use 'bf16' (runs under "
-            "autocast, ~1.4x faster than fp32 on CPUs with AVX512-BF16/AMX) or 'fp32'")
+            "(measured 7x slower than fp32 on the project's CPU); use 'bf16' (about "
+            "1.5x faster than fp32 on CPUs with AVX512-BF16, more with AMX) or 'fp32'")
     if dtype == torch.bfloat16 and device.type == 'cuda':
         if not torch.cuda.is_bf16_supported():
             raise EstimatorError(
@@ -401,23 +425,30 @@ class DepthEstimator:
     device : str
         ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see :func:`resolve_device`).
     precision : str
-        ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'`` (see :func:`resolve_dtype`). On CPU bf16
-        runs under ``torch.autocast`` (Depth Anything V2 Small at 518x686 on 2 AVX512-BF16
-        cores: ~1.4x faster than fp32, as fast as casting the whole model and closer to fp32);
-        on CUDA the model is cast to the dtype.
+        ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'`` (see :func:`resolve_dtype`). The model
+        is cast to the dtype on every device (on CPU this beat ``torch.autocast`` by 10 %: see
+        the module docstring).
     random_init : str or None
         ``None`` to load ``name``. One of :data:`RANDOM_INIT_CHOICES` builds that architecture
         with random weights and the stock Depth Anything preprocessing, for pipeline tests and
         timing without a download; a loud warning is logged. ``name`` is then not loaded.
     channels_last : bool or None
-        Run convolutions in channels-last memory format; ``None`` means on for CUDA, off for CPU
-        (on CPU it changed the forward time by less than 5 %).
+        Run convolutions in channels-last memory format; ``None`` means on for CUDA and for CPU
+        bf16 (oneDNN's bf16 convolutions and upsampling are faster there: 7-10 % of the whole
+        forward), off for CPU fp32 (no measurable difference).
     compile : bool
         Wrap the model in ``torch.compile``; compilation happens on the first frame of each
-        input shape (use :meth:`warmup`).
+        input shape (use :meth:`warmup`). It takes about a minute on a small CPU and did not
+        make the CPU forward faster there.
     preprocess_backend : str
-        ``'auto'`` (PIL on CPU, torch on CUDA), ``'pil'`` (bit-exact, resize on the CPU) or
-        ``'torch'`` (resize on the device; see the module docstring for its tolerance).
+        ``'auto'`` (``'torch'`` on CUDA; on CPU ``'pil'`` in fp32 and ``'torch_uint8'``
+        otherwise), ``'pil'`` (bit-exact, resize on the CPU), ``'torch_uint8'`` (CPU only:
+        torch's SIMD uint8 resize, 4-5x faster than PIL) or ``'torch'`` (float resize on the
+        device). See the module docstring for their tolerances.
+    cuda_graphs : bool
+        CUDA only (ignored with a warning elsewhere): capture the forward pass in a CUDA graph
+        for each input shape, on the first frame of that shape (use :meth:`warmup`), and replay
+        it afterwards. Keep the camera's size fixed; every new size captures another graph.
     upsample : str
         How the prediction is resized to the image: ``'auto'`` (what the model's
         ``post_process_depth_estimation`` does: bicubic for most, bilinear for DepthPro),
@@ -432,7 +463,7 @@ class DepthEstimator:
         (affine-invariant inverse depth, larger = nearer, unknown scale and shift).
     device : torch.device
     dtype : torch.dtype
-        Compute dtype (bf16 on CPU means autocast; weights stay fp32).
+        Compute dtype; the weights are cast to it.
     model_name : str
         The hub id or directory loaded, or ``'random-init:<choice>'``.
     model_type : str
@@ -445,20 +476,29 @@ class DepthEstimator:
     def __init__(self, name: str = DEFAULT_MODEL, device: str = 'auto', precision: str = 'auto',
                  random_init: str | None = None, channels_last: bool | None = None,
                  compile: bool = False, preprocess_backend: str = 'auto',
-                 upsample: str = 'auto') -> None:
+                 upsample: str = 'auto', cuda_graphs: bool = False) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
-        self._autocast = self.device.type == 'cpu' and self.dtype == torch.bfloat16
-        if preprocess_backend not in ('auto', 'pil', 'torch'):
+        cuda = self.device.type == 'cuda'
+        if preprocess_backend not in _BACKENDS:
             raise EstimatorError(
-                f"preprocess_backend '{preprocess_backend}' is not understood; use 'auto', "
-                "'pil' or 'torch'")
+                f"preprocess_backend '{preprocess_backend}' is not understood; use "
+                f"{', '.join(repr(b) for b in _BACKENDS)}")
+        if preprocess_backend == 'torch_uint8' and cuda:
+            raise EstimatorError("preprocess_backend 'torch_uint8' is a CPU kernel; use 'torch' "
+                                 "(or 'auto') on CUDA")
         if upsample not in ('auto', 'bilinear', 'bicubic'):
             raise EstimatorError(
                 f"upsample '{upsample}' is not understood; use 'auto', 'bilinear' or 'bicubic'")
         if preprocess_backend == 'auto':
-            preprocess_backend = 'torch' if self.device.type == 'cuda' else 'pil'
+            if cuda:
+                preprocess_backend = 'torch'
+            else:
+                preprocess_backend = 'pil' if self.dtype == torch.float32 else 'torch_uint8'
         self.preprocess_backend = preprocess_backend
+        if cuda_graphs and not cuda:
+            logger.warning('cuda_graphs is ignored on %s (CUDA only)', self.device)
+        self.cuda_graphs = bool(cuda_graphs) and cuda
 
         if random_init:  # None or '' (an unset ROS string parameter) loads ``name``
             model, processor = self._build_random(random_init, name)
@@ -477,26 +517,39 @@ class DepthEstimator:
 
         model.eval()
         model.requires_grad_(False)
-        model.to(self.device)
-        if not self._autocast:
-            model.to(self.dtype)
-        self.channels_last = (self.device.type == 'cuda') if channels_last is None \
-            else bool(channels_last)
+        model.to(device=self.device, dtype=self.dtype)
+        if channels_last is None:
+            channels_last = cuda or self.dtype != torch.float32
+        self.channels_last = bool(channels_last)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # input sizes are fixed per camera
         self.model = model
         self.compiled = bool(compile)
-        self._forward_module = torch.compile(model) if compile else model
+        if compile:
+            mode = 'reduce-overhead' if self.cuda_graphs else None
+            self._forward_module = torch.compile(model, mode=mode)
+        else:
+            self._forward_module = model
+        self._graphs: dict[tuple, tuple] = {}  # input shape -> captured CUDA graph
         self._table = torch.from_numpy(_normalisation_table(self._recipe)).to(self.device)
         self._table_flat = self._table.reshape(-1)
-        self._table_offsets = torch.arange(3, device=self.device).view(1, 3, 1, 1) * 256
+        # The table in the compute dtype: looking it up gives exactly the float32 values cast.
+        self._table_compute = self._table_flat.to(self.dtype)
+        self._table_offsets = torch.arange(3, dtype=torch.int32, device=self.device) * 256
+        self._staging: Optional[torch.Tensor] = None   # pinned upload buffer (CUDA)
+        self._staging_done: Optional[Any] = None       # its last host-to-device copy (event)
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
         self._warned_no_focal = False
         self.last_timings: dict[str, float] = {'preprocess': 0.0, 'forward': 0.0,
                                                'postprocess': 0.0}
-        logger.info('depth model %s (%s, %s) on %s, %s%s', self.model_name, self.model_type,
-                    self.output_kind, self.device, str(self.dtype).replace('torch.', ''),
-                    ' autocast' if self._autocast else '')
+        logger.info('depth model %s (%s, %s) on %s, %s%s, preprocessing %s%s%s',
+                    self.model_name, self.model_type, self.output_kind, self.device,
+                    str(self.dtype).replace('torch.', ''),
+                    ', channels-last' if self.channels_last else '', self.preprocess_backend,
+                    ', torch.compile' if self.compiled else '',
+                    ', CUDA graphs' if self.cuda_graphs else '')
 
     # ------------------------------------------------------------------ loading
 
@@ -604,8 +657,8 @@ class DepthEstimator:
         if recipe.family in ('zoedepth', 'depth_pro') and recipe.resample not in _TORCH_MODES:
             raise EstimatorError(f'{self.model_type} preprocessing with resample='
                                  f'{recipe.resample} is not supported (bilinear or bicubic)')
-        if self.preprocess_backend == 'torch' and recipe.resample not in _TORCH_MODES \
-                and recipe.family in ('dpt', 'glpn'):
+        if self.preprocess_backend in ('torch', 'torch_uint8') \
+                and recipe.resample not in _TORCH_MODES and recipe.family in ('dpt', 'glpn'):
             logger.warning('resample=%d has no torch equivalent; resizing with PIL on the CPU',
                            recipe.resample)
             self.preprocess_backend = 'pil'
@@ -676,17 +729,47 @@ class DepthEstimator:
         return int(shape[0]), int(shape[1])
 
     def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """``(B, 3, H, W)`` uint8 on the device, one host-to-device copy."""
+        """``(B, 3, H, W)`` uint8 on the device (channels-last memory), one host-to-device copy.
+
+        On CUDA the frames are copied into one pinned staging buffer (kept while the frame size
+        stays the same) and uploaded from there asynchronously.
+        """
+        if self.device.type == 'cuda':
+            return self._upload_cuda(images)
         batch = np.stack(images) if len(images) > 1 else images[0][None]
         with warnings.catch_warnings():
             # Frames decoded by PIL are read-only; the tensor is only ever read.
             warnings.simplefilter('ignore', UserWarning)
             tensor = torch.from_numpy(np.ascontiguousarray(batch))
-        return tensor.to(self.device).permute(0, 3, 1, 2)
+        return tensor.permute(0, 3, 1, 2)
 
-    def _lookup(self, values: torch.Tensor) -> torch.Tensor:
-        """Rescale + normalise integer pixel values ``(B, 3, h, w)`` through the table."""
-        return torch.take(self._table_flat, values.long() + self._table_offsets)
+    def _upload_cuda(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        shape = (len(images),) + tuple(images[0].shape)
+        staging = self._staging
+        if staging is None or tuple(staging.shape) != shape:
+            staging = self._staging = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        elif self._staging_done is not None:
+            self._staging_done.synchronize()  # the last upload from it has finished
+        host = staging.numpy()
+        for i, image in enumerate(images):
+            np.copyto(host[i], image)
+        tensor = staging.to(self.device, non_blocking=True)
+        self._staging_done = torch.cuda.Event()
+        self._staging_done.record(torch.cuda.current_stream(self.device))
+        return tensor.permute(0, 3, 1, 2)
+
+    def _lookup(self, values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Rescale + normalise integer pixel values ``(B, 3, h, w)`` through a flat table.
+
+        ``table`` is ``(3 * 256,)``, channel-major. The result has ``table``'s dtype and the
+        memory format of ``values`` (channels-last stays channels-last, without a copy).
+        """
+        if values.stride(1) == 1 and values.shape[1] > 1:  # channels-last memory
+            index = values.permute(0, 2, 3, 1).to(torch.int32) + self._table_offsets
+            out = table.index_select(0, index.reshape(-1)).view(index.shape)
+            return out.permute(0, 3, 1, 2)
+        index = values.to(torch.int32) + self._table_offsets.view(1, 3, 1, 1)
+        return table.index_select(0, index.reshape(-1)).view(index.shape)
 
     def _resize_uint8(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """Resize like the processor's PIL step; returns integer-valued ``(B, 3, h, w)``."""
@@ -701,6 +784,10 @@ class DepthEstimator:
                 (size[1], size[0]), resample=recipe.resample)) for image in images]
             return self._upload(resized)
         mode = _TORCH_MODES[recipe.resample]
+        if self.preprocess_backend == 'torch_uint8':
+            # uint8 in, uint8 out: torch's vectorised antialiased kernel (channels-last input).
+            return F.interpolate(self._upload(images), size=size, mode=mode, antialias=True,
+                                 align_corners=False)
         x = self._upload(images).float()
         # PIL resamples horizontally, then vertically, rounding to uint8 after each pass.
         if size[1] != width:
@@ -725,12 +812,18 @@ class DepthEstimator:
         std = torch.tensor(recipe.image_std, dtype=torch.float32, device=x.device)
         return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
-    def _preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """``pixel_values`` ``(B, 3, h, w)`` float32 on the device, as the processor makes."""
+    def _preprocess(self, images: Sequence[np.ndarray], compute: bool = False) -> torch.Tensor:
+        """``pixel_values`` ``(B, 3, h, w)`` on the device, as the processor makes.
+
+        float32, or with ``compute`` the compute dtype where the table gives it directly (DPT,
+        Depth Anything, GLPN: the float32 values rounded once, no extra pass).
+        """
         recipe = self._recipe
         height, width = images[0].shape[:2]
         if recipe.family in ('dpt', 'glpn'):
-            x = self._lookup(self._resize_uint8(images, self._resized_size(height, width)))
+            table = self._table_compute if compute else self._table_flat
+            x = self._lookup(self._resize_uint8(images, self._resized_size(height, width)),
+                             table)
             if recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
                 top, bottom = _centre_pad(x.shape[-2], recipe.size_divisor)
                 left, right = _centre_pad(x.shape[-1], recipe.size_divisor)
@@ -766,16 +859,15 @@ class DepthEstimator:
     # ------------------------------------------------------------------ forward / postprocess
 
     def _forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        pixel_values = pixel_values.to(self.dtype)
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        if not self._autocast:
-            pixel_values = pixel_values.to(self.dtype)
+        if self.cuda_graphs and not self.compiled:
+            graphed = self._graph_forward(pixel_values)
+            if graphed is not None:
+                return graphed
         try:
-            if self._autocast:
-                with torch.autocast('cpu', dtype=torch.bfloat16):
-                    outputs = self._forward_module(pixel_values=pixel_values)
-            else:
-                outputs = self._forward_module(pixel_values=pixel_values)
+            outputs = self._forward_module(pixel_values=pixel_values)
         except Exception as exc:
             if not self.compiled:
                 raise
@@ -784,9 +876,48 @@ class DepthEstimator:
         fov = getattr(outputs, 'field_of_view', None)
         return outputs.predicted_depth, fov
 
+    def _graph_forward(self, pixel_values: torch.Tensor,
+                       ) -> Optional[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """Replay the CUDA graph of this input shape, capturing it first; None if that failed.
+
+        The outputs are the graph's static tensors: valid until the next call, which is enough
+        because :meth:`_postprocess` reads them right away.
+        """
+        key = (tuple(pixel_values.shape), pixel_values.dtype)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(pixel_values)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: run eagerly
+                logger.warning('CUDA graph capture failed for input %s (%s: %s); running this '
+                               'model without CUDA graphs', tuple(pixel_values.shape),
+                               type(exc).__name__, exc)
+                self.cuda_graphs = False
+                torch.cuda.synchronize(self.device)
+                return None
+            self._graphs[key] = entry
+        graph, static_in, depth, fov = entry
+        static_in.copy_(pixel_values)
+        graph.replay()
+        return depth, fov
+
+    def _capture(self, pixel_values: torch.Tensor) -> tuple:
+        static_in = pixel_values.clone(memory_format=torch.preserve_format)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # cuDNN autotuning and lazy initialisation before capture
+                self.model(pixel_values=static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = self.model(pixel_values=static_in)
+        logger.info('captured a CUDA graph for input %s', tuple(pixel_values.shape))
+        return graph, static_in, outputs.predicted_depth, getattr(outputs, 'field_of_view', None)
+
     def _postprocess(self, depth: torch.Tensor, fov: Optional[torch.Tensor],
-                     height: int, width: int, fx: Any) -> np.ndarray:
-        """``(B, h, w)`` network output -> ``(B, H, W)`` float32 host array."""
+                     height: int, width: int, fx: Any) -> torch.Tensor:
+        """``(B, h, w)`` network output -> ``(B, H, W)`` float32 on the device."""
         recipe = self._recipe
         depth = depth.float().unsqueeze(1)
         if recipe.family == 'zoedepth' and recipe.do_pad:
@@ -803,7 +934,24 @@ class DepthEstimator:
                                   align_corners=False)
         if recipe.family == 'depth_pro':
             depth = 1.0 / torch.clamp(depth, min=1e-4, max=1e4)
-        return depth[:, 0].contiguous().cpu().numpy()
+        return depth[:, 0].contiguous()
+
+    def _to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
+        """One device-to-host copy per tensor (CUDA: into pinned memory, one synchronisation).
+
+        On CUDA the pinned buffers come from torch's caching host allocator, so nothing is
+        pinned per frame after warm-up. Each returned array owns its memory (it keeps its
+        tensor alive): nothing is overwritten by the next frame.
+        """
+        if self.device.type != 'cuda':
+            return [t.numpy() for t in tensors]
+        hosts = []
+        for t in tensors:
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            hosts.append(host)
+        torch.cuda.current_stream(self.device).synchronize()
+        return [host.numpy() for host in hosts]
 
     def _crop_dpt_pad(self, depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Drop the centre padding DPT's processor added (scaled to the output grid).
@@ -849,22 +997,35 @@ class DepthEstimator:
             torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
-    def _run(self, images: Sequence[np.ndarray], fx: Any) -> np.ndarray:
+    def _run(self, images: Sequence[np.ndarray], fx: Any,
+             cloud: Optional[dict[str, Any]] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Predict; with ``cloud`` (keyword arguments of :func:`depth_to_points_tensor`) also
+        back-project the first image's prediction on the device. One copy back per output."""
         height, width = self._check_images(images)
         self.input_size(height, width)
         start = time.perf_counter()
-        pixel_values = self._preprocess(images)
+        pixel_values = self._preprocess(images, compute=True)
         self._sync()
         after_pre = time.perf_counter()
         depth, fov = self._forward(pixel_values)
         self._sync()
         after_forward = time.perf_counter()
-        result = self._postprocess(depth, fov, height, width, fx)
-        end = time.perf_counter()
-        self.last_timings = {'preprocess': after_pre - start,
-                             'forward': after_forward - after_pre,
-                             'postprocess': end - after_forward}
-        return result
+        depth = self._postprocess(depth, fov, height, width, fx)
+        timings = {'preprocess': after_pre - start, 'forward': after_forward - after_pre}
+        if cloud is None:
+            result, xyz = self._to_host(depth)[0], None
+            timings['postprocess'] = time.perf_counter() - after_forward
+        else:
+            from depth_node.cloud import depth_to_points_tensor
+
+            self._sync()
+            after_post = time.perf_counter()
+            timings['postprocess'] = after_post - after_forward
+            points = depth_to_points_tensor(depth[0], **cloud)
+            result, xyz = self._to_host(depth, points)
+            timings['cloud'] = time.perf_counter() - after_post
+        self.last_timings = timings
+        return result, xyz
 
     @torch.inference_mode()
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -899,7 +1060,45 @@ class DepthEstimator:
             ``(H, W)`` float32: metres along the optical axis when :attr:`is_metric`, else
             relative disparity (larger = nearer).
         """
-        return self._run([rgb], fx)[0]
+        return self._run([rgb], fx)[0][0]
+
+    def predict_points(self, rgb: np.ndarray, K: np.ndarray, stride: int = 1,
+                       min_depth: float = 0.0, max_depth: float = float('inf'),
+                       fx: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Predict metric depth and back-project it on the device (the GPU path of a cloud).
+
+        Parameters
+        ----------
+        rgb : np.ndarray
+            ``(H, W, 3)`` uint8 RGB image.
+        K : np.ndarray
+            ``(3, 3)`` camera matrix of this image, pixels.
+        stride, min_depth, max_depth
+            As for :func:`depth_node.cloud.depth_to_points` (metres).
+        fx : float, optional
+            As for :meth:`predict`.
+
+        Returns
+        -------
+        depth : np.ndarray
+            ``(H, W)`` float32 metres along the optical axis, as :meth:`predict` returns.
+        xyz : np.ndarray
+            ``(ceil(H / stride), ceil(W / stride), 3)`` float32 points in the camera optical
+            frame, metres, NaN where invalid: equal to ``depth_to_points(depth, K, ...)``.
+            ``last_timings`` gains ``'cloud'`` (back-projection and both copies back).
+
+        Raises
+        ------
+        EstimatorError
+            For a relative model: its prediction is not metres (align it with LiDAR first and
+            use :func:`depth_node.cloud.depth_to_points`).
+        """
+        if not self.is_metric:
+            raise EstimatorError(f'{self.model_name} predicts relative disparity, not metres; '
+                                 'a cloud needs metric depth (align it first)')
+        cloud = {'K': K, 'stride': stride, 'min_depth': min_depth, 'max_depth': max_depth}
+        depth, xyz = self._run([rgb], fx, cloud=cloud)
+        return depth[0], xyz
 
     def predict_batch(self, images: list[np.ndarray],
                       fx: Optional[float | Sequence[float]] = None) -> list[np.ndarray]:
@@ -917,13 +1116,13 @@ class DepthEstimator:
         list of np.ndarray
             One ``(H, W)`` float32 prediction per image, as :meth:`predict` gives.
         """
-        return list(self._run(list(images), fx))
+        return list(self._run(list(images), fx)[0])
 
     def warmup(self, height: int, width: int, iterations: int = 2) -> float:
         """Run ``iterations`` synthetic ``height`` x ``width`` frames; return seconds taken.
 
-        Triggers lazy initialisation (CUDA kernels, cuDNN autotuning, ``torch.compile``) for
-        that input shape so the first real frame is not slow.
+        Triggers lazy initialisation (CUDA kernels, cuDNN autotuning, ``torch.compile``, CUDA
+        graph capture) for that input shape so the first real frame is not slow.
         """
         ramp = np.linspace(0, 255, num=int(width), dtype=np.float32)
         frame = np.broadcast_to(ramp[None, :, None], (int(height), int(width), 3))

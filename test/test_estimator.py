@@ -327,3 +327,113 @@ def test_random_init_warns_loudly(caplog):
     assert sum(p.numel() for p in est.model.parameters()) == pytest.approx(24.8e6, rel=0.01)
     with pytest.raises(EstimatorError, match='depth-anything-v2-small'):
         DepthEstimator(random_init='resnet', device='cpu')
+
+
+def test_cpu_bf16_casts_the_model_and_uses_the_fast_resize(tiny_dir, estimator):
+    fp32 = estimator('depth_anything')
+    assert fp32.preprocess_backend == 'pil' and not fp32.channels_last
+    assert all(p.dtype == torch.float32 for p in fp32.model.parameters())
+    est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='bf16')
+    assert est.preprocess_backend == 'torch_uint8' and est.channels_last
+    assert all(p.dtype == torch.bfloat16 for p in est.model.parameters())
+    exact = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='bf16',
+                           preprocess_backend='pil', channels_last=False)
+    assert exact.preprocess_backend == 'pil' and not exact.channels_last
+
+
+@pytest.mark.parametrize('kind, levels, fraction', [
+    ('depth_anything', 2, 5e-3), ('dpt', 2, 5e-3),
+    ('glpn', 1, 0.2),  # bilinear 1224x370 -> 1216x352: 1 level on 13 % (as the float path)
+])
+def test_torch_uint8_backend_within_stated_tolerance(kind, levels, fraction, tiny_dir, frames):
+    """torch's SIMD uint8 resize against PIL, as the module docstring states."""
+    exact = DepthEstimator(str(tiny_dir(kind)), device='cpu', preprocess_backend='pil')
+    fast = DepthEstimator(str(tiny_dir(kind)), device='cpu', preprocess_backend='torch_uint8')
+    scale = 1 / 255 / min(exact._recipe.image_std) if exact._recipe.do_normalize else 1 / 255
+    for name, image in frames.items():
+        got, expected = fast.preprocess([image]), exact.preprocess([image])
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        diff = (got - expected).abs()
+        assert float(diff.max()) <= levels * scale + 1e-6, name
+        assert float((diff > 1e-6).float().mean()) < fraction, name
+
+
+def test_compute_dtype_table_equals_cast_float32_values(tiny_dir, frames):
+    """The bf16 network input comes straight from a bf16 table: the float32 values, cast."""
+    est = DepthEstimator(str(tiny_dir('dpt_dinov2_pad')), device='cpu', precision='bf16')
+    image = frames['kitti']
+    with torch.inference_mode():
+        direct = est._preprocess([image], compute=True)
+        reference = est.preprocess([image]).to(torch.bfloat16)
+    assert direct.dtype == torch.bfloat16
+    assert torch.equal(direct, reference)
+
+
+def test_lookup_same_for_both_memory_formats(estimator, frames):
+    est = estimator('depth_anything')
+    pixels = torch.from_numpy(frames['tum'][:64, :80].copy()).permute(2, 0, 1)[None]
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
+    channels_last = est._lookup(pixels, est._table_flat)
+    contiguous = est._lookup(pixels.contiguous(), est._table_flat)
+    assert torch.equal(channels_last, contiguous)
+    manual = est._table[torch.arange(3)[:, None, None], pixels[0].long()]
+    assert torch.equal(contiguous[0], manual)
+
+
+def test_cuda_graphs_is_ignored_off_cuda(tiny_dir, estimator, frames, caplog):
+    with caplog.at_level(logging.WARNING, logger='depth_node.estimator'):
+        est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', cuda_graphs=True)
+    assert not est.cuda_graphs
+    assert any('cuda_graphs is ignored' in r.getMessage() for r in caplog.records)
+    image = frames['tum']
+    np.testing.assert_array_equal(est.predict(image), estimator('depth_anything').predict(image))
+
+
+def test_predictions_own_their_memory(estimator, frames):
+    est = estimator('depth_anything')
+    first = est.predict(frames['tum'])
+    kept = first.copy()
+    second = est.predict(frames['tum'][::-1].copy())
+    assert not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_unknown_or_misplaced_preprocess_backend(tiny_dir):
+    with pytest.raises(EstimatorError, match='torch_uint8'):
+        DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', preprocess_backend='cv2')
+    if torch.cuda.is_available():
+        with pytest.raises(EstimatorError, match='CPU kernel'):
+            DepthEstimator(str(tiny_dir('depth_anything')), device='cuda',
+                           preprocess_backend='torch_uint8')
+
+
+def test_predict_points_equals_host_back_projection(estimator, frames):
+    from depth_node.cloud import depth_to_points
+
+    est = estimator('depth_anything_metric')
+    image = frames['tum']
+    K = np.array([[525.0, 0.0, 319.5], [0.0, 525.0, 239.5], [0.0, 0.0, 1.0]])
+    depth, xyz = est.predict_points(image, K, stride=2, min_depth=0.5, max_depth=60.0)
+    assert 'cloud' in est.last_timings
+    np.testing.assert_array_equal(depth, est.predict(image))
+    expected = depth_to_points(depth, K, stride=2, min_depth=0.5, max_depth=60.0)
+    assert xyz.shape == (240, 320, 3) and xyz.dtype == np.float32
+    np.testing.assert_array_equal(xyz, expected)  # NaN in the same places
+    with pytest.raises(EstimatorError, match='relative disparity'):
+        estimator('depth_anything').predict_points(image, K)
+
+
+def test_depth_to_points_tensor_matches_numpy():
+    from depth_node.cloud import CloudError, depth_to_points, depth_to_points_tensor
+
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(-1.0, 30.0, (37, 53)).astype(np.float32)
+    depth[::5, ::3] = np.nan
+    depth[1, 1] = np.inf
+    K = np.array([[40.0, 0.0, 26.0], [0.0, 41.0, 18.5], [0.0, 0.0, 1.0]])
+    for stride, lo, hi in ((1, 0.0, float('inf')), (3, 0.5, 20.0)):
+        got = depth_to_points_tensor(torch.from_numpy(depth), K, stride, lo, hi).numpy()
+        np.testing.assert_array_equal(got, depth_to_points(depth, K, stride, lo, hi))
+    with pytest.raises(CloudError):
+        depth_to_points_tensor(torch.zeros(2, 3, 4), K)
+
