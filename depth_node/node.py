@@ -185,7 +185,8 @@ class DepthNode(Node):
             t0 = time.perf_counter()
             est = DepthEstimator(name, device=self._cfg['model.device'],
                                  precision=self._cfg['model.precision'],
-                                 random_init=random_init, compile=self._cfg['model.compile'])
+                                 random_init=random_init, compile=self._cfg['model.compile'],
+                                 cuda_graphs=self._cfg['model.cuda_graphs'])
             load_s = time.perf_counter() - t0
         except EstimatorError as exc:
             raise cfg.ConfigError(str(exc)) from exc
@@ -414,7 +415,7 @@ class DepthNode(Node):
                 return
             for stage in ('preprocess', 'forward', 'postprocess'):
                 timer.add(stage, self._estimator.last_timings.get(stage, 0.0))
-            timer.mark('inference')
+            timer.skip()  # the three stages above are the whole of predict()
         height, width = prediction.shape
         if not self._is_metric and c['output.relative']:
             # first: whatever happens to the metric path, the prediction itself is served
@@ -439,7 +440,8 @@ class DepthNode(Node):
             if intr is not None:
                 self._pub_info.publish(camera_info_msg(intr, header))
             timer.mark('publish_depth')
-            if c['cloud.enabled'] and intr is not None:
+            if c['cloud.enabled'] and intr is not None and \
+                    self._pub_points.get_subscription_count() > 0:
                 self._publish_cloud(header, metric, intr, rgb)
                 timer.mark('cloud')
         if self._pub_colored.get_subscription_count() > 0:

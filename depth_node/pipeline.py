@@ -68,6 +68,11 @@ class StageTimer:
         self._stages[stage] = self._stages.get(stage, 0.0) + now - self._last
         self._last = now
 
+    def skip(self) -> None:
+        """Start the next stage now without recording the time since the last mark (it was
+        recorded with :meth:`add` in finer stages)."""
+        self._last = time.perf_counter()
+
     def add(self, stage: str, seconds: float) -> None:
         self._stages[stage] = self._stages.get(stage, 0.0) + seconds
 
