@@ -290,8 +290,12 @@ def _triple(value: Any) -> tuple[float, float, float]:
     return tuple(float(v) for v in value)
 
 
-def _dpt_resize_shape(height: int, width: int, recipe: _Recipe) -> tuple[int, int]:
-    """``get_resize_output_image_size`` of transformers' DPT processor (Python rounding)."""
+def _keep_aspect_resize_shape(height: int, width: int, recipe: _Recipe) -> tuple[int, int]:
+    """``get_resize_output_image_size`` of transformers' DPT and ZoeDepth processors.
+
+    Both scale by the factor nearer to 1 when keeping the aspect ratio and round to the nearest
+    multiple (Python's ``round`` and NumPy's ``np.round`` both round half to even).
+    """
     out_h, out_w = recipe.size
     scale_h, scale_w = out_h / height, out_w / width
     if recipe.keep_aspect_ratio:
@@ -303,26 +307,6 @@ def _dpt_resize_shape(height: int, width: int, recipe: _Recipe) -> tuple[int, in
 
     def constrain(value: float) -> int:
         x = round(value / multiple) * multiple
-        if x < 0:
-            x = math.ceil(value / multiple) * multiple
-        return int(x)
-
-    return constrain(scale_h * height), constrain(scale_w * width)
-
-
-def _zoe_resize_shape(height: int, width: int, recipe: _Recipe) -> tuple[int, int]:
-    """``get_resize_output_image_size`` of transformers' ZoeDepth processor (NumPy rounding)."""
-    out_h, out_w = recipe.size
-    scale_h, scale_w = out_h / height, out_w / width
-    if recipe.keep_aspect_ratio:
-        if abs(1 - scale_w) < abs(1 - scale_h):
-            scale_h = scale_w
-        else:
-            scale_w = scale_h
-    multiple = recipe.ensure_multiple_of
-
-    def constrain(value: float) -> int:
-        x = int((np.round(value / multiple) * multiple).astype(int))
         if x < 0:
             x = math.ceil(value / multiple) * multiple
         return int(x)
@@ -684,7 +668,7 @@ class DepthEstimator:
         if not recipe.do_resize:
             return height, width
         if recipe.family == 'dpt':
-            return _dpt_resize_shape(height, width, recipe)
+            return _keep_aspect_resize_shape(height, width, recipe)
         if recipe.family == 'glpn':
             divisor = recipe.size_divisor or 1
             return height // divisor * divisor, width // divisor * divisor
@@ -692,7 +676,7 @@ class DepthEstimator:
             if recipe.do_pad:
                 pad_h, pad_w = _zoe_pad(height, width)
                 height, width = height + 2 * pad_h, width + 2 * pad_w
-            return _zoe_resize_shape(height, width, recipe)
+            return _keep_aspect_resize_shape(height, width, recipe)
         return recipe.size
 
     def _compute_input_size(self, height: int, width: int) -> tuple[int, int]:
