@@ -12,6 +12,7 @@ lists the cases and their results.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image as PILImage
@@ -326,22 +327,32 @@ def test_big_endian_16_bit_is_decoded_not_refused(image_rig, small, encoding):
     assert rig.count('bad_image') == before
 
 
-def test_bad_frame_never_displaces_a_waiting_good_frame(image_rig, small):
-    """The model is held inside a forward pass: frame A in the model, good frame B waiting,
-    then a bad frame C arrives. B must still be served, right."""
-    rig = image_rig
-    rgb = small[0]
-    estimator = rig.node._estimator
+@contextlib.contextmanager
+def held_forward(estimator: Any, entered: threading.Event,
+                 release: threading.Event) -> Iterator[None]:
+    """Hold every forward pass until ``release`` is set; ``entered`` is set when one starts."""
     predict = estimator.predict
-    entered, release = threading.Event(), threading.Event()
 
-    def held(image, *args, **kwargs):
+    def held(image: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
         entered.set()
         release.wait(TIMEOUT)
         return predict(image, *args, **kwargs)
 
     estimator.predict = held
     try:
+        yield
+    finally:
+        release.set()
+        del estimator.predict
+
+
+def test_bad_frame_never_displaces_a_waiting_good_frame(image_rig, small):
+    """The model is held inside a forward pass: frame A in the model, good frame B waiting,
+    then a bad frame C arrives. B must still be served, right."""
+    rig = image_rig
+    rgb = small[0]
+    entered, release = threading.Event(), threading.Event()
+    with held_forward(rig.node._estimator, entered, release):
         a, b, c = next_stamp(), next_stamp(), next_stamp()
         received = rig.count('frames_received')
         dropped, bad = rig.count('frames_dropped'), rig.count('bad_image')
@@ -355,9 +366,6 @@ def test_bad_frame_never_displaces_a_waiting_good_frame(image_rig, small):
         served_right(rig, a, rig.reference['rgb'])
         served_right(rig, b, rig.reference['rgb'])
         assert rig.count('frames_dropped') == dropped
-    finally:
-        release.set()
-        del estimator.predict
 
 
 # -------------------------------------------------------------------- compressed images
@@ -409,19 +417,10 @@ def test_corrupt_jpeg_displacing_a_waiting_frame_falls_back_to_it(compressed_rig
     frame, that frame is served instead."""
     rig = compressed_rig
     rgb = small[0]
-    estimator = rig.node._estimator
-    predict = estimator.predict
     entered, release = threading.Event(), threading.Event()
-
-    def held(image, *args, **kwargs):
-        entered.set()
-        release.wait(TIMEOUT)
-        return predict(image, *args, **kwargs)
-
     png = encoded(rgb, 'PNG')
     jpeg = encoded(rgb, 'JPEG', quality=90)
-    estimator.predict = held
-    try:
+    with held_forward(rig.node._estimator, entered, release):
         a, b, c = next_stamp(), next_stamp(), next_stamp()
         received = rig.count('frames_received')
         dropped, bad = rig.count('frames_dropped'), rig.count('bad_image')
@@ -436,9 +435,6 @@ def test_corrupt_jpeg_displacing_a_waiting_frame_falls_back_to_it(compressed_rig
         served_right(rig, b, rig.reference['rgb'])
         assert rig.count('bad_image') == bad + 1
         assert rig.count('frames_dropped') == dropped
-    finally:
-        release.set()
-        del estimator.predict
 
 
 # ------------------------------------------------------------------------------ faults
