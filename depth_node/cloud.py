@@ -140,6 +140,17 @@ def _rays(height: int, width: int, K: np.ndarray, stride: int) -> tuple[np.ndarr
     return rx, ry
 
 
+def _grid_rays(shape: tuple[int, int], K: np.ndarray, stride: int, min_depth: float,
+               max_depth: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Check the arguments shared by both back-projections; (stride, K, x rays, y rays)."""
+    stride = _check_stride(stride)
+    K = _check_K(K)
+    if math.isnan(min_depth) or math.isnan(max_depth):
+        raise CloudError('min_depth and max_depth must not be NaN')
+    rx, ry = _rays(shape[0], shape[1], K, stride)
+    return stride, K, rx, ry
+
+
 def depth_to_points(depth: np.ndarray, K: np.ndarray, stride: int = 1, min_depth: float = 0.0,
                     max_depth: float = float('inf')) -> np.ndarray:
     """Back-project a depth image into camera-optical-frame points.
@@ -170,12 +181,7 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, stride: int = 1, min_depth
     if depth.dtype.kind != 'f':
         raise CloudError(f'depth must be float metres, got dtype {depth.dtype} '
                          '(convert 16UC1 millimetres to metres first)')
-    stride = _check_stride(stride)
-    K = _check_K(K)
-    if math.isnan(min_depth) or math.isnan(max_depth):
-        raise CloudError('min_depth and max_depth must not be NaN')
-    height, width = depth.shape
-    rx, ry = _rays(height, width, K, stride)
+    stride, K, rx, ry = _grid_rays(depth.shape, K, stride, min_depth, max_depth)
 
     z = depth[::stride, ::stride]
     if z.dtype != np.float32:
@@ -222,12 +228,8 @@ def depth_to_points_tensor(depth, K: np.ndarray, stride: int = 1, min_depth: flo
         raise CloudError(f'depth must be a 2-D (H, W) tensor, got shape {tuple(depth.shape)}')
     if not depth.is_floating_point():
         raise CloudError(f'depth must be float metres, got dtype {depth.dtype}')
-    stride = _check_stride(stride)
-    K = _check_K(K)
-    if math.isnan(min_depth) or math.isnan(max_depth):
-        raise CloudError('min_depth and max_depth must not be NaN')
+    stride, K, rx_np, ry_np = _grid_rays(tuple(depth.shape), K, stride, min_depth, max_depth)
     height, width = depth.shape
-    rx_np, ry_np = _rays(height, width, K, stride)
     key = (height, width, stride, K.tobytes(), str(depth.device))
     with _ray_lock:
         rays = _device_rays.get(key)
