@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
+import re
 from typing import Any, Optional, Sequence
 
 DEFAULT_MODEL = 'depth-anything/Depth-Anything-V2-Small-hf'
+
+_CAMERA_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$')
 
 
 class ConfigError(ValueError):
@@ -29,6 +32,7 @@ class ParamSpec:
     min: Optional[float] = None
     max: Optional[float] = None
     array_len: tuple = ()  # allowed lengths for a list parameter
+    item_type: str = 'double'  # 'double', 'int' or 'string' for a list parameter
 
     @property
     def type_name(self) -> str:
@@ -40,7 +44,7 @@ class ParamSpec:
             return 'double'
         if isinstance(self.default, str):
             return 'string'
-        return 'double_array'
+        return f'{self.item_type}_array'
 
     def check(self, value: Any) -> Optional[str]:
         """Return why ``value`` is refused, or None when it is acceptable."""
@@ -56,16 +60,28 @@ class ParamSpec:
                 return f'{self.name} must be finite, got {value!r}'
         if t == 'string' and not isinstance(value, str):
             return f'{self.name} must be a string, got {value!r}'
-        if t == 'double_array':
-            try:
-                values = [float(v) for v in value]
-            except (TypeError, ValueError):
-                return f'{self.name} must be a list of numbers, got {value!r}'
+        if t.endswith('_array'):
+            if isinstance(value, (str, bytes)) or not hasattr(value, '__len__'):
+                return f'{self.name} must be a list, got {value!r}'
+            values = list(value)
+            if t == 'string_array' and not all(isinstance(v, str) for v in values):
+                return f'{self.name} must be a list of strings, got {value!r}'
+            if t == 'int_array' and not all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in values):
+                return f'{self.name} must be a list of integers, got {value!r}'
+            if t == 'double_array':
+                try:
+                    values = [float(v) for v in values]
+                except (TypeError, ValueError):
+                    return f'{self.name} must be a list of numbers, got {value!r}'
+                if not all(math.isfinite(v) for v in values):
+                    return f'{self.name} must hold finite numbers, got {value!r}'
             if self.array_len and len(values) not in self.array_len:
                 return (f'{self.name} must have {" or ".join(map(str, self.array_len))} '
                         f'values, got {len(values)}')
-            if not all(math.isfinite(v) for v in values):
-                return f'{self.name} must hold finite numbers, got {value!r}'
+            if self.min is not None and any(v < self.min for v in values):
+                return f'{self.name} values must be >= {self.min}, got {value!r}'
+            return None
         if self.choices and value not in self.choices:
             return f'{self.name} must be one of {", ".join(map(str, self.choices))}; got {value!r}'
         if self.min is not None and value < self.min:
@@ -94,10 +110,21 @@ PARAMS: tuple[ParamSpec, ...] = (
               'per input size at warm-up (fixed camera size); ignored on CPU.'),
     ParamSpec('model.warmup', True, 'Run two dummy frames at startup so the first real frame '
               'is not slow.'),
+    ParamSpec('model.warmup_size', [640, 480], 'Width and height of the warm-up frames: the '
+              "camera's size, so compile and CUDA graphs are ready for its first frame.",
+              item_type='int', array_len=(2,), min=1),
     # input
     ParamSpec('input.mode', 'image', "'image': run the network on camera images; "
               "'relative_depth': skip the network and align a prediction published by another "
               "node on 'relative_depth'.", choices=('image', 'relative_depth')),
+    ParamSpec('input.cameras', [], 'Several cameras through one forward pass: for each name N '
+              'the node subscribes N/image (or N/image/compressed, N/relative_depth) and '
+              'N/camera_info and publishes N/depth/*; frames waiting at the same time share a '
+              'batch. Unset (empty): one camera on image, camera_info and depth/*.',
+              item_type='string'),
+    ParamSpec('input.batch_wait', 0.0, 'With input.cameras: after the first frame of a batch '
+              "arrives, wait up to this long (s) for the other cameras' frames (0 = batch only "
+              'the frames already waiting).', min=0.0, max=1.0),
     ParamSpec('input.compressed', False, "Subscribe 'image/compressed' "
               '(sensor_msgs/CompressedImage, jpeg/png) instead of the raw image.'),
     ParamSpec('input.relative_kind', 'disparity', "In relative_depth mode: the incoming map is "
@@ -131,9 +158,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('lidar.enabled', False, "Make relative depth metric (or correct metric depth) "
               "with the LiDAR scans on 'lidar/points'."),
     ParamSpec('lidar.T_camera_lidar', [0.0],
-              'Row-major 4x4 (16 values) mapping LiDAR points into the camera optical frame. '
+              'Row-major 4x4 (16 values) mapping LiDAR points into the camera optical frame; '
+              'with input.cameras, 16 values per camera in that order. '
               '[0.0] (unset) = look the transform up in tf2 at the image stamp.',
-              read_only=False, array_len=(1, 16)),
+              read_only=False),
     ParamSpec('lidar.max_time_offset', 0.1, 'Largest |image stamp - scan stamp| (s) for a '
               'pair.', read_only=False, min=0.0),
     ParamSpec('lidar.max_fit_age', 1.0, 'Reuse the last good fit for frames without one while '
@@ -168,10 +196,20 @@ class NodeConfig:
         return self.values[name]
 
     @property
+    def cameras(self) -> list[str]:
+        """The camera names of ``input.cameras``; ``['']`` (one unnamed camera) when unset."""
+        return list(self.values['input.cameras']) or ['']
+
+    @property
     def T_camera_lidar(self) -> Optional[Sequence[float]]:
-        """The 16 values of ``lidar.T_camera_lidar``, or None to use tf2."""
+        """The 16 values of ``lidar.T_camera_lidar`` (the first camera's), or None for tf2."""
+        return self.T_camera_lidar_for(0)
+
+    def T_camera_lidar_for(self, index: int) -> Optional[Sequence[float]]:
+        """The 16 values of camera ``index`` (its place in ``input.cameras``), or None for
+        tf2."""
         value = list(self.values['lidar.T_camera_lidar'])
-        return value if len(value) == 16 else None
+        return value[16 * index:16 * index + 16] if len(value) >= 16 else None
 
 
 def validate_values(values: dict[str, Any]) -> NodeConfig:
@@ -210,14 +248,26 @@ def cross_check(values: dict[str, Any]) -> list[str]:
     if not (device in ('auto', 'cpu', 'cuda') or
             (device.startswith('cuda:') and device[5:].isdigit())):
         errors.append(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
-    T = list(values['lidar.T_camera_lidar'])
-    if len(T) == 16:
-        last = T[12:]
-        if any(abs(a - b) > 1e-6 for a, b in zip(last, (0.0, 0.0, 0.0, 1.0))):
-            errors.append('lidar.T_camera_lidar must be a rigid 4x4 transform with last row '
-                          '0 0 0 1 (row-major)')
+    cameras = list(values['input.cameras'])
+    for name in cameras:
+        if not _CAMERA_NAME.match(name):
+            errors.append(f'input.cameras: {name!r} is not a valid ROS name (letters, digits, '
+                          "'_' and '/' between parts, not starting with a digit)")
+    if len(set(cameras)) != len(cameras):
+        errors.append(f'input.cameras names must be unique, got {cameras}')
+    n = max(1, len(cameras))
+    T = [float(v) for v in values['lidar.T_camera_lidar']]
+    if len(T) == 16 * n:
+        for i in range(n):
+            last_row = T[16 * i + 12:16 * i + 16]
+            if any(abs(a - b) > 1e-6 for a, b in zip(last_row, (0.0, 0.0, 0.0, 1.0))):
+                which = f' (camera {cameras[i]})' if cameras else ''
+                errors.append(f'lidar.T_camera_lidar must be a rigid 4x4 transform{which} with '
+                              'last row 0 0 0 1 (row-major)')
     elif T != [0.0]:
-        errors.append('lidar.T_camera_lidar must hold 16 values, or [0.0] for tf2')
+        need = '16 values' if n == 1 else f'16 values per camera ({16 * n} for {n} cameras)'
+        errors.append(f'lidar.T_camera_lidar must hold {need}, or [0.0] for tf2; '
+                      f'got {len(T)} values')
     if values['input.mode'] == 'image' and not values['model.name'] and \
             not values['model.random_init']:
         errors.append('model.name is empty: set a hub id or a local model directory')

@@ -5,7 +5,9 @@ ROS-free modules of this package; this module wires them to topics.
 
 Subscribed: ``image`` (or ``image/compressed``, or ``relative_depth``), ``camera_info``,
 ``lidar/points``. Published: ``depth/image``, ``depth/relative``, ``depth/camera_info``,
-``depth/points``, ``depth/colored``, ``depth/alignment``, ``/diagnostics``.
+``depth/points``, ``depth/colored``, ``depth/alignment``, ``/diagnostics``. With
+``input.cameras`` each camera ``N`` has its own ``N/image``, ``N/camera_info`` and ``N/depth/*``,
+and the frames waiting at the same time go through one forward pass.
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ PROBLEM_HOLD = 10.0
 
 _PARAM_TYPES = {'bool': Parameter.Type.BOOL, 'int': Parameter.Type.INTEGER,
                 'double': Parameter.Type.DOUBLE, 'string': Parameter.Type.STRING,
-                'double_array': Parameter.Type.DOUBLE_ARRAY}
+                'double_array': Parameter.Type.DOUBLE_ARRAY,
+                'int_array': Parameter.Type.INTEGER_ARRAY,
+                'string_array': Parameter.Type.STRING_ARRAY}
 
 
 def stamp_to_sec(stamp: Any) -> float:
@@ -109,6 +113,45 @@ def _transform_to_matrix(transform: Any) -> np.ndarray:
     return T
 
 
+_Job = tuple[str, Any]
+"""A received frame: its kind ('image', 'compressed' or 'relative') and message."""
+
+
+class _Camera:
+    """One camera: its topics, its latest camera_info, its LiDAR fit and its waiting frame.
+
+    The node without ``input.cameras`` has one camera named ``''`` whose topics are the plain
+    ``image``, ``camera_info`` and ``depth/*``.
+    """
+
+    def __init__(self, name: str, index: int) -> None:
+        self.name = name
+        self.index = index  # place in input.cameras: selects its lidar.T_camera_lidar block
+        self.prefix = f'{name}/' if name else ''
+        self.intrinsics: Optional[Intrinsics] = None
+        self.warned_no_info = False
+        self.aligner: Optional[Aligner] = None
+        self.last_alignment: Optional[Alignment] = None
+        self.pending: Optional[_Job] = None    # not started yet
+        self.displaced: Optional[_Job] = None  # what pending replaced
+        self.pubs: dict[str, Any] = {}
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
+
+
+class _Frame:
+    """A decoded frame on its way through the worker."""
+
+    def __init__(self, camera: _Camera, kind: str, msg: Any) -> None:
+        self.camera = camera
+        self.kind = kind
+        self.msg = msg
+        self.rgb: Optional[np.ndarray] = None
+        self.prediction: Optional[np.ndarray] = None
+        self.src_w = self.src_h = 0
+
+
 class DepthNode(Node):
     """Camera image in; depth image, relative depth, camera_info and point cloud out.
 
@@ -121,12 +164,15 @@ class DepthNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        values = {}
         for spec in cfg.PARAMS:
             try:
-                self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+                # ROS cannot type an empty list: declare an unset list by its type
+                default = _PARAM_TYPES[spec.type_name] if spec.default == [] else spec.default
+                value = self.declare_parameter(spec.name, default, _descriptor(spec)).value
             except ParameterException as exc:
                 raise cfg.ConfigError(f'{spec.name}: {exc} ({spec.description})') from exc
-        values = {spec.name: self.get_parameter(spec.name).value for spec in cfg.PARAMS}
+            values[spec.name] = spec.default if value is None else value
         self._cfg = cfg.validate_values(values)
         self._counters = Counters()
         self._throttle = Throttle(period=5.0)
@@ -134,14 +180,11 @@ class DepthNode(Node):
         self.last_timings: dict[str, float] = {}
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
-        self._pending: Optional[tuple[str, Any]] = None
-        self._displaced: Optional[tuple[str, Any]] = None
+        self._cameras = [_Camera(name, i) for i, name in enumerate(self._cfg.cameras)]
+        self._named = bool(self._cfg['input.cameras'])
         self._stop = threading.Event()
-        self._intrinsics: Optional[Intrinsics] = None
-        self._warned_no_info = False
         self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
         self._consecutive_failures = 0
-        self._last_alignment: Optional[Alignment] = None
         self._problems: dict[str, int] = {}  # problem counters at the last change
         self._problems_changed = -math.inf    # monotonic time of that change
         self._problems_new: list[str] = []    # the counters that changed then
@@ -153,7 +196,9 @@ class DepthNode(Node):
             self._is_metric = self._estimator.is_metric
         else:
             self._is_metric = False
-        self._aligner = Aligner(self._aligner_config()) if self._cfg['lidar.enabled'] else None
+        if self._cfg['lidar.enabled']:
+            for camera in self._cameras:
+                camera.aligner = Aligner(self._aligner_config())
 
         self._tf_buffer = None
         if self._cfg['lidar.enabled'] and self._cfg.T_camera_lidar is None:
@@ -171,8 +216,10 @@ class DepthNode(Node):
                                         daemon=True)
         self._worker.start()
         kind = 'metric depth (metres)' if self._is_metric else 'relative inverse depth'
+        cameras = (f', {len(self._cameras)} cameras ({", ".join(self._cfg.cameras)}) batched'
+                   if self._named else '')
         self.get_logger().info(
-            f'ready: input {mode}, model output {kind}, LiDAR '
+            f'ready: input {mode}{cameras}, model output {kind}, LiDAR '
             f'{"on" if self._cfg["lidar.enabled"] else "off"}')
 
     # ------------------------------------------------------------------ startup
@@ -196,7 +243,13 @@ class DepthNode(Node):
                 'Use this for pipeline smoke tests and timing only.')
         warm_s = 0.0
         if self._cfg['model.warmup']:
-            warm_s = est.warmup(480, 640)
+            width, height = self._cfg['model.warmup_size']
+            warm_s = est.warmup(height, width)
+            if len(self._cameras) > 1:  # the batch of all cameras is another shape to warm up
+                t0 = time.perf_counter()
+                frame = np.full((height, width, 3), 128, dtype=np.uint8)
+                est.predict_batch([frame] * len(self._cameras))
+                warm_s += time.perf_counter() - t0
         self.startup_timings = {'model_load': load_s, 'warmup': warm_s}
         self.get_logger().info(
             f'model {random_init or name} on {est.device} ({est.dtype}), '
@@ -217,31 +270,35 @@ class DepthNode(Node):
 
     def _create_interfaces(self, mode: str) -> None:
         qos_opts = QoSOverridingOptions.with_default_policies
-        if mode == 'relative_depth':
-            self.create_subscription(Image, 'relative_depth', self._on_relative, SENSOR_QOS,
-                                     qos_overriding_options=qos_opts())
-        elif self._cfg['input.compressed']:
-            self.create_subscription(CompressedImage, 'image/compressed', self._on_compressed,
-                                     SENSOR_QOS, qos_overriding_options=qos_opts())
-        else:
-            self.create_subscription(Image, 'image', self._on_image, SENSOR_QOS,
-                                     qos_overriding_options=qos_opts())
-        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, SENSOR_QOS,
-                                 qos_overriding_options=qos_opts())
+        for cam in self._cameras:
+            if mode == 'relative_depth':
+                kind, msg_type, topic = 'relative', Image, 'relative_depth'
+            elif self._cfg['input.compressed']:
+                kind, msg_type, topic = 'compressed', CompressedImage, 'image/compressed'
+            else:
+                kind, msg_type, topic = 'image', Image, 'image'
+            self.create_subscription(
+                msg_type, cam.topic(topic),
+                lambda msg, cam=cam, kind=kind: self._submit(cam, kind, msg), SENSOR_QOS,
+                qos_overriding_options=qos_opts())
+            self.create_subscription(
+                CameraInfo, cam.topic('camera_info'),
+                lambda msg, cam=cam: self._on_camera_info(cam, msg), SENSOR_QOS,
+                qos_overriding_options=qos_opts())
+            if self._cfg['lidar.enabled']:
+                cam.pubs['alignment'] = self.create_publisher(
+                    DiagnosticStatus, cam.topic('depth/alignment'), OUTPUT_QOS)
+            for key, msg_type, topic in (('depth', Image, 'depth/image'),
+                                         ('relative', Image, 'depth/relative'),
+                                         ('info', CameraInfo, 'depth/camera_info'),
+                                         ('points', PointCloud2, 'depth/points')):
+                cam.pubs[key] = self.create_publisher(msg_type, cam.topic(topic), OUTPUT_QOS,
+                                                      qos_overriding_options=qos_opts())
+            cam.pubs['colored'] = self.create_publisher(Image, cam.topic('depth/colored'),
+                                                        OUTPUT_QOS)
         if self._cfg['lidar.enabled']:
             self.create_subscription(PointCloud2, 'lidar/points', self._on_lidar, LIDAR_QOS,
                                      qos_overriding_options=qos_opts())
-            self._pub_alignment = self.create_publisher(DiagnosticStatus, 'depth/alignment',
-                                                        OUTPUT_QOS)
-        self._pub_depth = self.create_publisher(Image, 'depth/image', OUTPUT_QOS,
-                                                qos_overriding_options=qos_opts())
-        self._pub_relative = self.create_publisher(Image, 'depth/relative', OUTPUT_QOS,
-                                                   qos_overriding_options=qos_opts())
-        self._pub_info = self.create_publisher(CameraInfo, 'depth/camera_info', OUTPUT_QOS,
-                                               qos_overriding_options=qos_opts())
-        self._pub_points = self.create_publisher(PointCloud2, 'depth/points', OUTPUT_QOS,
-                                                 qos_overriding_options=qos_opts())
-        self._pub_colored = self.create_publisher(Image, 'depth/colored', OUTPUT_QOS)
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(self._cfg['diagnostics.period'], self._publish_diagnostics)
 
@@ -261,37 +318,45 @@ class DepthNode(Node):
             values[p.name] = value
         errors = cfg.cross_check(values)
         if values['lidar.enabled'] and self._tf_buffer is None and \
-                len(values['lidar.T_camera_lidar']) != 16:
+                list(values['lidar.T_camera_lidar']) == [0.0]:
             errors.append('lidar.T_camera_lidar cannot be unset at run time: the node started '
                           'without tf2 (restart it with the parameter unset to use tf2)')
         if errors:
             return SetParametersResult(successful=False, reason='; '.join(errors))
         with self._lock:
             self._cfg = cfg.NodeConfig(values)
-            if self._aligner is not None:
-                self._aligner.config = self._aligner_config()
+            for cam in self._cameras:
+                if cam.aligner is not None:
+                    cam.aligner.config = self._aligner_config()
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------- callbacks
-    def _submit(self, kind: str, msg: Any) -> None:
+    def _submit(self, cam: _Camera, kind: str, msg: Any) -> None:
         """Newest frame wins: replace a frame the worker has not started, counting it dropped.
 
         A raw image whose fields cannot describe its data is refused here, so it never
         displaces a good frame that is waiting. The frame a newcomer displaces is kept until the
         worker starts, and served instead when the newcomer fails to decode (a corrupt JPEG).
+        Each camera has its own waiting frame.
         """
-        self._counters.add('frames_received')
+        self._count('frames_received', cam)
         try:
             self._check_fields(kind, msg)
         except ImageDecodeError as exc:
-            self._bad_input('image', f'{_TOPICS[kind]} refused: {exc}')
+            self._bad_input('image', f'{cam.topic(_TOPICS[kind])} refused: {exc}')
             return
         with self._cv:
-            if self._pending is not None:
-                self._counters.add('frames_dropped')
-                self._displaced = self._pending
-            self._pending = (kind, msg)
+            if cam.pending is not None:
+                self._count('frames_dropped', cam)
+                cam.displaced = cam.pending
+            cam.pending = (kind, msg)
             self._cv.notify()
+
+    def _count(self, name: str, cam: _Camera, n: int = 1) -> None:
+        """Add to a counter, and to the camera's own ``name.<camera>`` with input.cameras."""
+        self._counters.add(name, n)
+        if self._named:
+            self._counters.add(f'{name}.{cam.name}', n)
 
     def _check_fields(self, kind: str, msg: Any) -> None:
         """O(1) checks of a raw Image: data length, then the codec decodes the first two rows
@@ -314,24 +379,15 @@ class DepthNode(Node):
                 f'{width}x{height} is over input.max_pixels={max_pixels} '
                 '(set input.oversize:=downscale or raise the limit)')
 
-    def _on_image(self, msg: Image) -> None:
-        self._submit('image', msg)
-
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self._submit('compressed', msg)
-
-    def _on_relative(self, msg: Image) -> None:
-        self._submit('relative', msg)
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _on_camera_info(self, cam: _Camera, msg: CameraInfo) -> None:
         try:
             intr = intrinsics_from_fields(msg.width, msg.height, msg.k, msg.d,
                                           msg.distortion_model, msg.p, msg.r)
         except CameraInfoError as exc:
-            self._bad_input('camera_info', f'camera_info refused: {exc}')
+            self._bad_input('camera_info', f'{cam.topic("camera_info")} refused: {exc}')
             return
         with self._lock:
-            self._intrinsics = intr
+            cam.intrinsics = intr
 
     def _on_lidar(self, msg: PointCloud2) -> None:
         try:
@@ -354,78 +410,138 @@ class DepthNode(Node):
     def _work(self) -> None:
         while not self._stop.is_set():
             with self._cv:
-                while self._pending is None and not self._stop.is_set():
+                while not any(c.pending for c in self._cameras) and not self._stop.is_set():
                     self._cv.wait(0.1)
-                job, self._pending = self._pending, None
-                displaced, self._displaced = self._displaced, None
-            if job is None:
-                continue
-            try:
-                if not self._run(job) and displaced is not None:
-                    self._counters.add('frames_dropped', -1)  # served after all
-                    self._run(displaced)
-            except Exception:  # noqa: BLE001 - e.g. from logging: the worker must live on
-                self._counters.add('frame_errors')
+                wait = self._cfg['input.batch_wait']
+                if wait > 0 and len(self._cameras) > 1:  # let the other cameras catch up
+                    deadline = time.monotonic() + wait
+                    while not all(c.pending for c in self._cameras) and not self._stop.is_set():
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cv.wait(left)
+                jobs = []
+                for cam in self._cameras:
+                    if cam.pending is not None:
+                        jobs.append((cam, cam.pending, cam.displaced))
+                        cam.pending = cam.displaced = None
+            if jobs:
+                try:
+                    self._run_batch(jobs)
+                except Exception:  # noqa: BLE001 - e.g. from logging: the worker must live on
+                    self._counters.add('frame_errors')
 
-    def _run(self, job: tuple[str, Any]) -> bool:
-        """Process one frame; False when its image did not decode."""
+    def _run_batch(self, jobs: list[tuple[_Camera, _Job, Optional[_Job]]]) -> None:
+        """Decode each camera's frame (its displaced one when the newest does not decode), run
+        the network once per input size on all of them, then finish each frame."""
+        timer = self._timer
+        timer.start()
+        frames = []
+        for cam, job, displaced in jobs:
+            frame = self._decode_or_skip(cam, job)
+            if frame is None and displaced is not None:
+                self._count('frames_dropped', cam, -1)  # served after all
+                frame = self._decode_or_skip(cam, displaced)
+            if frame is not None:
+                frames.append(frame)
+        timer.mark('decode')
+        if self._estimator is not None:
+            by_size: dict[tuple[int, int], list[_Frame]] = {}
+            for frame in frames:
+                by_size.setdefault(frame.rgb.shape[:2], []).append(frame)
+            for group in by_size.values():
+                self._forward(group)
+                for stage in ('preprocess', 'forward', 'postprocess'):
+                    timer.add(stage, self._estimator.last_timings.get(stage, 0.0))
+            timer.skip()  # the three stages above are the whole of the forward passes
+        for frame in frames:
+            if frame.prediction is None:
+                continue  # its forward pass failed (counted)
+            try:
+                self._finish(frame, timer)
+            except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
+                if self._stop.is_set():
+                    return  # shutting down: the publishers are gone, nothing went wrong
+                self._counters.add('frame_errors')
+                if self._throttle.ready('frame_error'):
+                    self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
+        if frames:
+            self.last_timings = timer.finish()
+
+    def _decode_or_skip(self, cam: _Camera, job: _Job) -> Optional[_Frame]:
+        """The decoded frame, or None when it is refused (logged and counted)."""
         try:
-            self._process(*job)
+            return self._decode(cam, *job)
         except ImageDecodeError as exc:
-            self._bad_input('image', f'{_TOPICS[job[0]]} refused: {exc}')
-            return False
+            self._bad_input('image', f'{cam.topic(_TOPICS[job[0]])} refused: {exc}')
         except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
-            if self._stop.is_set():
-                return True  # shutting down: the publishers are gone, nothing went wrong
             self._counters.add('frame_errors')
             if self._throttle.ready('frame_error'):
                 self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
-        return True
+        return None
 
-    def _process(self, kind: str, msg: Any) -> None:
-        timer = self._timer
-        timer.start()
-        header = msg.header
+    def _decode(self, cam: _Camera, kind: str, msg: Any) -> _Frame:
+        frame = _Frame(cam, kind, msg)
         c = self._cfg
         if kind == 'relative':
-            prediction = decode_relative_depth(msg.encoding, msg.height, msg.width, msg.step,
-                                               bool(msg.is_bigendian), msg.data)
-            rgb = None
-            src_w, src_h = int(msg.width), int(msg.height)
-            timer.mark('decode')
+            frame.prediction = decode_relative_depth(msg.encoding, msg.height, msg.width,
+                                                     msg.step, bool(msg.is_bigendian), msg.data)
+            frame.src_w, frame.src_h = int(msg.width), int(msg.height)
+            return frame
+        if kind == 'compressed':
+            refuse = c['input.oversize'] == 'refuse' and c['input.max_pixels'] > 0
+            rgb = decode_compressed(msg.format, msg.data, **(
+                {'max_pixels': c['input.max_pixels']} if refuse else {}))
         else:
-            if kind == 'compressed':
-                refuse = c['input.oversize'] == 'refuse' and c['input.max_pixels'] > 0
-                rgb = decode_compressed(msg.format, msg.data, **(
-                    {'max_pixels': c['input.max_pixels']} if refuse else {}))
+            rgb = decode_image(msg.encoding, msg.height, msg.width, msg.step,
+                               bool(msg.is_bigendian), msg.data)
+        frame.src_h, frame.src_w = rgb.shape[:2]
+        max_pixels = c['input.max_pixels']
+        if max_pixels and frame.src_h * frame.src_w > max_pixels:
+            if c['input.oversize'] == 'refuse':
+                raise ImageDecodeError(
+                    f'{frame.src_w}x{frame.src_h} is over input.max_pixels={max_pixels} '
+                    '(set input.oversize:=downscale or raise the limit)')
+            rgb = limit_pixels(rgb, max_pixels)
+        frame.rgb = rgb
+        return frame
+
+    def _forward(self, frames: list[_Frame]) -> None:
+        """One forward pass over same-size frames; on failure each frame is skipped."""
+        try:
+            if len(frames) == 1:
+                predictions = [self._estimator.predict(frames[0].rgb)]
             else:
-                rgb = decode_image(msg.encoding, msg.height, msg.width, msg.step,
-                                   bool(msg.is_bigendian), msg.data)
-            src_h, src_w = rgb.shape[:2]
-            max_pixels = c['input.max_pixels']
-            if max_pixels and src_h * src_w > max_pixels:
-                if c['input.oversize'] == 'refuse':
-                    raise ImageDecodeError(
-                        f'{src_w}x{src_h} is over input.max_pixels={max_pixels} '
-                        '(set input.oversize:=downscale or raise the limit)')
-                rgb = limit_pixels(rgb, max_pixels)
-            timer.mark('decode')
-            prediction = self._forward(rgb)
-            if prediction is None:
-                return
-            for stage in ('preprocess', 'forward', 'postprocess'):
-                timer.add(stage, self._estimator.last_timings.get(stage, 0.0))
-            timer.skip()  # the three stages above are the whole of predict()
+                predictions = self._estimator.predict_batch([f.rgb for f in frames])
+        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
+            self._counters.add('forward_failures')
+            self._consecutive_failures += 1
+            if self._throttle.ready('forward'):
+                self.get_logger().error(
+                    f'forward pass failed ({self._consecutive_failures} in a row): '
+                    f'{type(exc).__name__}: {exc}')
+            return
+        self._consecutive_failures = 0
+        self._counters.add('forward_passes')
+        self._counters.add('forward_frames', len(frames))
+        for frame, prediction in zip(frames, predictions):
+            frame.prediction = prediction
+
+    def _finish(self, frame: _Frame, timer: StageTimer) -> None:
+        """Everything after the network for one frame: alignment, depth, cloud, publishing."""
+        cam, header, prediction, rgb = frame.camera, frame.msg.header, frame.prediction, frame.rgb
+        c = self._cfg
+        pubs = cam.pubs
         height, width = prediction.shape
         if not self._is_metric and c['output.relative']:
             # first: whatever happens to the metric path, the prediction itself is served
-            self._publish_image(self._pub_relative, header, prediction, '32FC1')
+            self._publish_image(pubs['relative'], header, prediction, '32FC1')
             timer.mark('publish_relative')
-        intr = self._intrinsics_for(src_w, src_h, width, height)
+        intr = self._intrinsics_for(cam, frame.src_w, frame.src_h, width, height)
 
         metric: Optional[np.ndarray] = None
-        if self._aligner is not None:
-            metric = self._align(header, prediction, intr)
+        if cam.aligner is not None:
+            metric = self._align(cam, header, prediction, intr)
             timer.mark('alignment')
         if metric is None and self._is_metric:
             # a metric model's own depth; LiDAR only refines it (depth/alignment says whether)
@@ -433,49 +549,34 @@ class DepthNode(Node):
 
         if metric is not None:
             if c['output.encoding'] == '16UC1':
-                self._publish_image(self._pub_depth, header, depth_to_uint16_mm(metric),
-                                    '16UC1')
+                self._publish_image(pubs['depth'], header, depth_to_uint16_mm(metric), '16UC1')
             else:
-                self._publish_image(self._pub_depth, header, metric, '32FC1')
+                self._publish_image(pubs['depth'], header, metric, '32FC1')
             if intr is not None:
-                self._pub_info.publish(camera_info_msg(intr, header))
+                pubs['info'].publish(camera_info_msg(intr, header))
             timer.mark('publish_depth')
             if c['cloud.enabled'] and intr is not None and \
-                    self._pub_points.get_subscription_count() > 0:
-                self._publish_cloud(header, metric, intr, rgb)
+                    pubs['points'].get_subscription_count() > 0:
+                self._publish_cloud(pubs['points'], header, metric, intr, rgb)
                 timer.mark('cloud')
-        if self._pub_colored.get_subscription_count() > 0:
+        if pubs['colored'].get_subscription_count() > 0:
             shown = metric if metric is not None else prediction
-            self._publish_image(self._pub_colored, header,
+            self._publish_image(pubs['colored'], header,
                                 colorize(shown, invert=metric is None), 'rgb8')
             timer.mark('colored')
-        self._counters.add('frames_processed')
-        self.last_timings = timer.finish()
+        self._count('frames_processed', cam)
 
-    def _forward(self, rgb: np.ndarray) -> Optional[np.ndarray]:
-        try:
-            prediction = self._estimator.predict(rgb)
-        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frame
-            self._counters.add('forward_failures')
-            self._consecutive_failures += 1
-            if self._throttle.ready('forward'):
-                self.get_logger().error(
-                    f'forward pass failed ({self._consecutive_failures} in a row): '
-                    f'{type(exc).__name__}: {exc}')
-            return None
-        self._consecutive_failures = 0
-        return prediction
-
-    def _intrinsics_for(self, src_w: int, src_h: int, width: int,
+    def _intrinsics_for(self, cam: _Camera, src_w: int, src_h: int, width: int,
                         height: int) -> Optional[Intrinsics]:
-        """The latest camera_info, fitted to the image and scaled to the output size."""
+        """The camera's latest camera_info, fitted to the image and scaled to the output
+        size."""
         with self._lock:
-            intr = self._intrinsics
+            intr = cam.intrinsics
         if intr is None:
-            if not self._warned_no_info:
-                self._warned_no_info = True
+            if not cam.warned_no_info:
+                cam.warned_no_info = True
                 self.get_logger().warn(
-                    'no camera_info received yet: publishing depth images only; '
+                    f'no {cam.topic("camera_info")} received yet: publishing depth images only; '
                     'no depth/points, depth/camera_info or LiDAR projection until it arrives')
             return None
         try:
@@ -487,14 +588,14 @@ class DepthNode(Node):
             intr = scale_intrinsics(intr, width, height)
         return intr
 
-    def _align(self, header: Any, prediction: np.ndarray,
+    def _align(self, cam: _Camera, header: Any, prediction: np.ndarray,
                intr: Optional[Intrinsics]) -> Optional[np.ndarray]:
         stamp = stamp_to_sec(header.stamp)
         uv = z = None
         n_scan = 0
         scan = self._nearest_scan(stamp)
         if scan is not None and intr is not None:
-            T = self._extrinsics(scan[1], header)
+            T = self._extrinsics(cam, scan[1], header)
             if T is not None:
                 height, width = prediction.shape
                 n_scan = len(scan[2])
@@ -506,9 +607,9 @@ class DepthNode(Node):
                                            occlusion_window=self._cfg['lidar.occlusion_window'])
                 except LidarError as exc:  # e.g. more non-zero D than the model has
                     self._bad_input('camera_info', f'camera_info unusable for LiDAR: {exc}')
-        alignment = self._aligner.align(prediction, uv, z, stamp)
-        self._last_alignment = alignment
-        self._publish_alignment(header, alignment, n_scan)
+        alignment = cam.aligner.align(prediction, uv, z, stamp)
+        cam.last_alignment = alignment
+        self._publish_alignment(cam, header, alignment, n_scan)
         if alignment.state == 'no_fit' and self._throttle.ready('no_fit'):
             reason = alignment.fit.reason if alignment.fit is not None else (
                 'no LiDAR scan within lidar.max_time_offset' if scan is None else
@@ -527,8 +628,8 @@ class DepthNode(Node):
             return None
         return best
 
-    def _extrinsics(self, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
-        T = self._cfg.T_camera_lidar
+    def _extrinsics(self, cam: _Camera, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
+        T = self._cfg.T_camera_lidar_for(cam.index)
         if T is not None:
             return np.asarray(T, dtype=np.float64).reshape(4, 4)
         try:
@@ -542,7 +643,7 @@ class DepthNode(Node):
     def _publish_image(self, pub: Any, header: Any, array: np.ndarray, encoding: str) -> None:
         pub.publish(image_msg(array, encoding, header))
 
-    def _publish_cloud(self, header: Any, depth: np.ndarray, intr: Intrinsics,
+    def _publish_cloud(self, pub: Any, header: Any, depth: np.ndarray, intr: Intrinsics,
                        rgb: Optional[np.ndarray]) -> None:
         c = self._cfg
         stride = c['cloud.stride']
@@ -551,10 +652,11 @@ class DepthNode(Node):
         colors = None
         if c['cloud.color'] and rgb is not None and rgb.shape[:2] == depth.shape:
             colors = strided_rgb(rgb, stride)
-        self._pub_points.publish(
+        pub.publish(
             cloud_msg(pack_cloud(xyz, colors, organized=c['cloud.organized']), header))
 
-    def _publish_alignment(self, header: Any, a: Alignment, n_scan: int) -> None:
+    def _publish_alignment(self, cam: _Camera, header: Any, a: Alignment,
+                           n_scan: int) -> None:
         level = {'ok': DiagnosticStatus.OK, 'stale': DiagnosticStatus.WARN}.get(
             a.state, DiagnosticStatus.ERROR)
         fit = a.fit
@@ -566,8 +668,9 @@ class DepthNode(Node):
             'reason': fit.reason if fit is not None else '',
             'stamp': f'{header.stamp.sec}.{header.stamp.nanosec:09d}',
         }
-        self._pub_alignment.publish(DiagnosticStatus(
-            level=level, name=f'{self.get_name()}: lidar alignment', message=a.state,
+        which = f' ({cam.name})' if cam.name else ''
+        cam.pubs['alignment'].publish(DiagnosticStatus(
+            level=level, name=f'{self.get_name()}: lidar alignment{which}', message=a.state,
             hardware_id=header.frame_id,
             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
 

@@ -50,7 +50,11 @@ def yaml_text():
         if _extra(p):
             desc += ' (' + '; '.join(_extra(p)) + ')'
         lines += ['    # ' + line for line in textwrap.wrap(desc, 90, break_on_hyphens=False)]
-        lines.append(f'    {p.name}: {_yaml_value(p.default)}')
+        if p.default == []:
+            # ROS cannot type an empty list from YAML: an unset list stays commented out
+            lines.append(f'    # {p.name}: ["front", "rear"]')
+        else:
+            lines.append(f'    {p.name}: {_yaml_value(p.default)}')
     return '\n'.join(lines) + '\n'
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -21,8 +23,16 @@ def _yaml_params() -> dict:
 
 def test_yaml_lists_every_parameter_with_its_default():
     params = _yaml_params()
-    assert set(params) == {p.name for p in cfg.PARAMS}
+    # ROS cannot type an empty list from YAML, so a list that is unset by default is shown
+    # commented out
+    unset = {p.name for p in cfg.PARAMS if p.default == []}
+    assert set(params) == {p.name for p in cfg.PARAMS} - unset
+    text = (ROOT / 'config' / 'depth.yaml').read_text()
+    for name in unset:
+        assert f'    # {name}: [' in text, name
     for spec in cfg.PARAMS:
+        if spec.name in unset:
+            continue
         assert params[spec.name] == spec.default, spec.name
         assert type(params[spec.name]) is type(spec.default), spec.name
 
@@ -93,13 +103,22 @@ def test_launch_description_builds_where_launch_is_installed():
     ('cloud.stride', 0, 'cloud.stride must be >= 1'),
     ('cloud.stride', 2.5, 'must be an integer'),
     ('lidar.smoothing', 1.5, 'lidar.smoothing must be <= 0.99'),
-    ('lidar.T_camera_lidar', [1.0] * 5, 'must have 1 or 16 values'),
+    ('lidar.T_camera_lidar', [1.0] * 5, 'must hold 16 values, or [0.0] for tf2; got 5'),
     ('lidar.T_camera_lidar', [1.0] * 16, 'last row 0 0 0 1'),
+    ('lidar.T_camera_lidar', ['a'] * 16, 'must be a list of numbers'),
+    ('input.cameras', ['front', 'front'], 'names must be unique'),
+    ('input.cameras', ['2nd'], 'not a valid ROS name'),
+    ('input.cameras', ['a//b'], 'not a valid ROS name'),
+    ('input.cameras', [1], 'must be a list of strings'),
+    ('model.warmup_size', [640], 'must have 2 values'),
+    ('model.warmup_size', [640, 0], 'values must be >= 1'),
+    ('model.warmup_size', [640.0, 480.0], 'must be a list of integers'),
+    ('input.batch_wait', -0.1, 'input.batch_wait must be >= 0'),
     ('model.device', 'gpu', "model.device must be 'auto'"),
     ('output.encoding', 'mono8', 'output.encoding must be one of'),
 ])
 def test_bad_values_refused_with_reason(name, value, fragment):
-    with pytest.raises(cfg.ConfigError, match=fragment.replace('(', r'\(')):
+    with pytest.raises(cfg.ConfigError, match=re.escape(fragment)):
         cfg.validate_values({name: value})
 
 
@@ -112,3 +131,21 @@ def test_defaults_are_valid_and_ints_accepted_for_doubles():
     config = cfg.validate_values({'cloud.max_depth': 20})
     assert config['cloud.max_depth'] == 20.0 and isinstance(config['cloud.max_depth'], float)
     assert config.T_camera_lidar is None
+    assert config.cameras == ['']
+
+
+def test_one_extrinsic_per_camera():
+    eye = [float(v) for v in np.eye(4).ravel()]
+    shifted = np.eye(4)
+    shifted[0, 3] = 0.5
+    values = {'input.cameras': ['front', 'rear/left'],
+              'lidar.T_camera_lidar': eye + [float(v) for v in shifted.ravel()]}
+    config = cfg.validate_values(values)
+    assert config.cameras == ['front', 'rear/left']
+    assert config.T_camera_lidar_for(0) == eye
+    assert config.T_camera_lidar_for(1)[3] == 0.5
+    with pytest.raises(cfg.ConfigError, match=r'16 values per camera \(32 for 2 cameras\)'):
+        cfg.validate_values({**values, 'lidar.T_camera_lidar': eye})
+    broken = eye + eye[:12] + [0.0, 0.0, 1.0, 1.0]
+    with pytest.raises(cfg.ConfigError, match=r'\(camera rear/left\)'):
+        cfg.validate_values({**values, 'lidar.T_camera_lidar': broken})

@@ -111,6 +111,7 @@ def test_sigterm_stops_the_node_cleanly(model_dir):
     (['-p', 'model.name:=/nonexistent/model/dir'], '/nonexistent/model/dir'),
     (['-p', 'cloud.stride:=0'], 'cloud.stride'),
     (['-p', 'model.precision:=fp8'], 'model.precision'),
+    (['-p', 'input.cameras:=[front, front]'], 'input.cameras names must be unique'),
     pytest.param(['-p', 'lidar.enabled:=true'], 'lidar.T_camera_lidar',
                  marks=pytest.mark.skipif(importlib.util.find_spec('tf2_ros') is not None,
                                           reason='with tf2_ros the node uses tf instead')),

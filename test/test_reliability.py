@@ -572,7 +572,7 @@ def publish_lidar_frame(rig: Rig, stamp: tuple[int, int], info: Any = 'good',
 
 def _holds(node: DepthNode, info: CameraInfo) -> bool:
     """Whether the node's current intrinsics are those of ``info``."""
-    intr = node._intrinsics
+    intr = node._cameras[0].intrinsics
     return (intr is not None and (intr.width, intr.height) == (info.width, info.height) and
             np.array_equal(intr.K.ravel(), np.asarray(info.k)) and
             np.array_equal(intr.D, np.asarray(info.d)))
