@@ -532,8 +532,10 @@ class DepthNode(Node):
         cam, header, prediction, rgb = frame.camera, frame.msg.header, frame.prediction, frame.rgb
         c = self._cfg
         pubs = cam.pubs
+        # nothing is built for an output nobody subscribes (depth/alignment is always sent)
+        wanted = {key: pub.get_subscription_count() > 0 for key, pub in pubs.items()}
         height, width = prediction.shape
-        if not self._is_metric and c['output.relative']:
+        if not self._is_metric and c['output.relative'] and wanted['relative']:
             # first: whatever happens to the metric path, the prediction itself is served
             self._publish_image(pubs['relative'], header, prediction, '32FC1')
             timer.mark('publish_relative')
@@ -543,23 +545,25 @@ class DepthNode(Node):
         if cam.aligner is not None:
             metric = self._align(cam, header, prediction, intr)
             timer.mark('alignment')
-        if metric is None and self._is_metric:
+        if metric is None and self._is_metric and (
+                wanted['depth'] or wanted['points'] or wanted['colored']):
             # a metric model's own depth; LiDAR only refines it (depth/alignment says whether)
             metric = np.where(prediction > 0, prediction, np.float32(np.nan))
 
         if metric is not None:
-            if c['output.encoding'] == '16UC1':
-                self._publish_image(pubs['depth'], header, depth_to_uint16_mm(metric), '16UC1')
-            else:
-                self._publish_image(pubs['depth'], header, metric, '32FC1')
-            if intr is not None:
+            if wanted['depth']:
+                if c['output.encoding'] == '16UC1':
+                    self._publish_image(pubs['depth'], header, depth_to_uint16_mm(metric),
+                                        '16UC1')
+                else:
+                    self._publish_image(pubs['depth'], header, metric, '32FC1')
+            if intr is not None and wanted['info']:
                 pubs['info'].publish(camera_info_msg(intr, header))
             timer.mark('publish_depth')
-            if c['cloud.enabled'] and intr is not None and \
-                    pubs['points'].get_subscription_count() > 0:
+            if c['cloud.enabled'] and intr is not None and wanted['points']:
                 self._publish_cloud(pubs['points'], header, metric, intr, rgb)
                 timer.mark('cloud')
-        if pubs['colored'].get_subscription_count() > 0:
+        if wanted['colored']:
             shown = metric if metric is not None else prediction
             self._publish_image(pubs['colored'], header,
                                 colorize(shown, invert=metric is None), 'rgb8')

@@ -248,3 +248,29 @@ def test_metric_model_keeps_its_depth_when_lidar_has_no_fit(session, models, tum
     stamp = _send(probe, tum, 90)
     assert status_values(probe.wait_stamp('depth/alignment', stamp))['state'] == 'no_fit'
     assert probe.wait_stamp('depth/image', stamp) is not None
+
+
+def test_outputs_nobody_subscribes_are_not_built(session, models, tum):
+    node = session.start_depth_node({'model.name': models['metric'], 'model.device': 'cpu',
+                                     'model.warmup': False})
+    quiet = session.probe(outputs=('/diagnostics',))  # subscribes no depth output
+    assert quiet.wait_subscribers('image') and quiet.wait_subscribers('camera_info')
+    _send(quiet, tum, 95, 1)
+    deadline = time.monotonic() + 30
+    while 'forward' not in node.last_timings:  # stored when the frame is done
+        assert time.monotonic() < deadline, 'the frame was never processed'
+        time.sleep(0.02)
+    assert 'publish_depth' not in node.last_timings and 'cloud' not in node.last_timings, \
+        node.last_timings
+    # a subscriber appears: the depth image is built and sent again
+    listener = session.probe()
+    deadline = time.monotonic() + 10
+    while node._cameras[0].pubs['depth'].get_subscription_count() == 0:
+        assert time.monotonic() < deadline, 'the listener was never matched'
+        time.sleep(0.02)
+    stamp = _send(listener, tum, 95, 2)
+    assert listener.wait_stamp('depth/image', stamp) is not None
+    deadline = time.monotonic() + 5  # the timings are stored just after the publishing
+    while 'publish_depth' not in node.last_timings:
+        assert time.monotonic() < deadline, node.last_timings
+        time.sleep(0.01)
