@@ -438,21 +438,16 @@ class Ros:
 
     def __init__(self) -> None:
         import rclpy
-        from rclpy.executors import SingleThreadedExecutor
+
+        from depth_node.spin import BackgroundExecutor
 
         rclpy.init(args=[])
         self.rclpy = rclpy
-        self.node = rclpy.create_node('depth_node_bench')
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races
-            pass
+        # The default context: nodes made without one (DepthNode in bench_batching) spin here.
+        self._spinner = BackgroundExecutor(rclpy.get_default_context())
+        self.executor = self._spinner.executor
+        self.thread = self._spinner.thread
+        self.node = self._spinner.add(rclpy.create_node('depth_node_bench'))
 
     def reliable(self, depth: int = 1) -> Any:
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -460,17 +455,17 @@ class Ros:
                           reliability=ReliabilityPolicy.RELIABLE)
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
+        self._spinner.close(timeout=1.0)
         self.rclpy.try_shutdown()
 
 
 def _sink_main() -> int:
     """``--sink``: subscribe the bench topics and spin until stdin closes."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+    from depth_node.spin import BackgroundExecutor
 
     rclpy.init(args=[])
     node = rclpy.create_node('depth_node_bench_sink')
@@ -478,9 +473,8 @@ def _sink_main() -> int:
     types = {'bench/relative': Image, 'bench/depth': Image, 'bench/camera_info': CameraInfo,
              'bench/points': PointCloud2}
     subs = [node.create_subscription(types[t], t, lambda m: None, qos) for t in SINK_TOPICS]
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = BackgroundExecutor(rclpy.get_default_context())
+    spinner.add(node)
     sys.stdin.read()  # the parent closes our stdin when done
     del subs
     os._exit(0)

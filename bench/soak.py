@@ -108,14 +108,15 @@ class Driver:
 
     def __init__(self, namespace: str, output: str) -> None:
         import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import MultiThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)
+        from depth_node.spin import BackgroundExecutor
+
+        self._spinner = BackgroundExecutor(num_threads=2)
+        self.context = self._spinner.context
+        self.executor = self._spinner.executor
         self.node = rclpy.create_node('soak_driver', namespace=namespace, context=self.context)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.pub = {'image': self.node.create_publisher(Image, 'image', qos),
@@ -128,16 +129,7 @@ class Driver:
         self.node.create_subscription(Image, output, self._on_output, qos)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, qos)
         self._hardware_id = f'{namespace}/depth_node'
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races
-            pass
+        self._spinner.add(self.node)
 
     def _on_output(self, msg: Any) -> None:
         now = time.perf_counter()
@@ -172,11 +164,7 @@ class Driver:
         return False
 
     def close(self) -> None:
-        import rclpy
-        self.executor.shutdown(timeout_sec=2.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=2.0)
+        self._spinner.close(timeout=2.0)
 
 
 def _bad_image(rgb: np.ndarray, kind: str, header: Any) -> Any:

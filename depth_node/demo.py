@@ -67,7 +67,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``depth_node-demo``; returns the exit code."""
     args = _parse_args(argv)
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from depth_node.config import ConfigError
@@ -105,7 +104,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not args.random_init:
                 print(DEMO_HINT, file=sys.stderr)
             return 2
-        return _run(node, folders, out, args, load_frame, SingleThreadedExecutor, Parameter)
+        return _run(node, folders, out, args, load_frame, Parameter)
     finally:
         if node is not None:
             node.destroy_node()
@@ -150,7 +149,7 @@ def _status_stamp(status: Any) -> tuple[int, int]:
 
 
 def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, load_frame: Any,
-         executor_cls: Any, Parameter: Any) -> int:
+         Parameter: Any) -> int:
     from diagnostic_msgs.msg import DiagnosticStatus
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
@@ -159,6 +158,7 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
     from depth_node.colormap import colorize
     from depth_node.messages import (camera_info_msg, cloud_to_array, image_msg, image_to_array,
                                      make_header, xyz_cloud_msg)
+    from depth_node.spin import BackgroundExecutor
 
     import rclpy
 
@@ -170,11 +170,9 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
     for topic, mtype in (('depth/image', Image), ('depth/relative', Image),
                          ('depth/points', PointCloud2), ('depth/alignment', DiagnosticStatus)):
         player.create_subscription(mtype, topic, collector.callback(topic), 5)
-    executor = executor_cls()
-    executor.add_node(node)
-    executor.add_node(player)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = BackgroundExecutor(node.context)
+    spinner.add(node)
+    spinner.add(player)
     time.sleep(1.0)  # discovery
 
     summary = {'model': args.random_init or args.model, 'random_weights': bool(args.random_init),
@@ -206,6 +204,7 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
                 if points is not None:
                     pub_lidar.publish(xyz_cloud_msg(points, make_header('lidar', t_sec, 0)))
                 time.sleep(0.2)
+                previous = node.last_timings
                 pub_image.publish(image_msg(frame.image, 'rgb8', header))
                 stamp = (t_sec, 0)
                 status = collector.wait('depth/alignment', stamp, args.timeout)
@@ -214,6 +213,9 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
                     return 1
                 if status.message != 'no_fit':
                     collector.wait('depth/points', stamp, 10.0)
+                deadline = time.monotonic() + 5.0  # stored just after the last publish
+                while node.last_timings is previous and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 runs.append(dict(node.last_timings))
                 last = (stamp, status)
             stamp, status = last
@@ -222,7 +224,7 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
             summary['frames'][name] = record
             _print_frame(name, record)
     finally:
-        executor.shutdown(timeout_sec=1.0)
+        spinner.close(timeout=1.0, destroy_nodes=False)  # main() destroys the node
         player.destroy_node()
     (out / 'timings.json').write_text(json.dumps(summary, indent=2))
     print(f'wrote {out}/ (PNG, PLY, timings.json)')

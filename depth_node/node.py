@@ -460,13 +460,18 @@ class DepthNode(Node):
             try:
                 self._finish(frame, timer)
             except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
-                if self._stop.is_set():
-                    return  # shutting down: the publishers are gone, nothing went wrong
+                if self._shutting_down():
+                    return  # the publishers are gone, nothing went wrong
                 self._counters.add('frame_errors')
                 if self._throttle.ready('frame_error'):
                     self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
         if frames:
             self.last_timings = timer.finish()
+
+    def _shutting_down(self) -> bool:
+        """Whether the node is stopping: destroy_node() began, or a signal shut its context
+        down first (SIGINT, SIGTERM), so publishing may fail."""
+        return self._stop.is_set() or not self.context.ok()
 
     def _decode_or_skip(self, cam: _Camera, job: _Job) -> Optional[_Frame]:
         """The decoded frame, or None when it is refused (logged and counted)."""

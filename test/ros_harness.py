@@ -12,12 +12,13 @@ from typing import Any, Callable, Iterable, Optional
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from depth_node.spin import BackgroundExecutor
 
 OUTPUTS = {
     'depth/image': Image,
@@ -109,23 +110,12 @@ class RosSession:
     """One rclpy context with a multi-threaded executor spinning in a background thread."""
 
     def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(args=[], context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._nodes: list[Node] = []
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races
-            pass
+        self._spinner = BackgroundExecutor(num_threads=2)
+        self.context = self._spinner.context
+        self.executor = self._spinner.executor
 
     def add(self, node: Node) -> Node:
-        self.executor.add_node(node)
-        self._nodes.append(node)
-        return node
+        return self._spinner.add(node)
 
     def start_depth_node(self, params: dict[str, Any]) -> Any:
         from depth_node.node import DepthNode
@@ -138,8 +128,4 @@ class RosSession:
         return probe
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        for node in self._nodes:
-            node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=2.0)
+        self._spinner.close(timeout=2.0)

@@ -7,6 +7,8 @@ pass when they have the same size.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,16 @@ def _start(session, params, topic='image'):
     return node, probes, root
 
 
+def _counters_when(node, name, value, timeout=10.0):
+    """The node's counters once ``name`` reaches ``value`` (a frame is counted just after its
+    outputs are published)."""
+    deadline = time.monotonic() + timeout
+    while node.counters.get(name, 0) < value:
+        assert time.monotonic() < deadline, node.counters
+        time.sleep(0.01)
+    return node.counters
+
+
 def _send(probe, frame, sec, frame_id, topic='image', image=None):
     header = make_header(frame_id, sec, 0)
     probe.publish('camera_info', camera_info_msg(_intr(frame), header))
@@ -80,8 +92,15 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
     node, probes, root = _start(session, {'model.name': models['relative'],
                                           'diagnostics.period': 0.2})
     front, rear = tum_pair
-    stamps = {'front': _send(probes['front'], front, 11, 'front_optical'),
-              'rear': _send(probes['rear'], rear, 12, 'rear_optical')}
+    # both images back to back (camera_info first), so they wait together
+    for name, frame, sec in (('front', front, 11), ('rear', rear, 12)):
+        probes[name].publish('camera_info', camera_info_msg(
+            _intr(frame), make_header(f'{name}_optical', sec, 0)))
+    probes['front'].wait_for('depth/image', lambda m: False, timeout=0.2)
+    for name, frame, sec in (('front', front, 11), ('rear', rear, 12)):
+        probes[name].publish('image', image_msg(frame.image, 'rgb8',
+                                                make_header(f'{name}_optical', sec, 0)))
+    stamps = {'front': (11, 0), 'rear': (12, 0)}
     for name, frame in zip(CAMERAS, tum_pair):
         msg = probes[name].wait_stamp('depth/relative', stamps[name])
         assert msg is not None, f'no {name}/depth/relative'
@@ -95,7 +114,7 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
     assert [m.header.frame_id for m in probes['rear'].received['depth/relative']] == \
         ['rear_optical']
     assert root.received['depth/relative'] == []
-    counters = node.counters
+    counters = _counters_when(node, 'frames_processed', 2)
     assert (counters['forward_passes'], counters['forward_frames']) == (1, 2), counters
     assert counters['frames_processed.front'] == counters['frames_processed.rear'] == 1
 
@@ -130,7 +149,7 @@ def test_cameras_of_different_sizes_get_their_own_depth_info_and_cloud(session, 
         xyz = cloud_to_array(cloud)
         np.testing.assert_allclose(xyz[..., 2], image_to_array(depth)[::2, ::2], rtol=1e-6,
                                    equal_nan=True)
-    counters = node.counters
+    counters = _counters_when(node, 'frames_processed', 2)
     # two sizes cannot be stacked: one forward pass each
     assert (counters['forward_passes'], counters['forward_frames']) == (2, 2), counters
 
