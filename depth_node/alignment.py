@@ -223,6 +223,18 @@ def _solve(a1: np.ndarray, a2: Optional[np.ndarray], w: np.ndarray) -> tuple[flo
     return (b1 * s22 - b2 * s12) / det, (s11 * b2 - s12 * b1) / det
 
 
+def _msac_costs(s: np.ndarray, t: np.ndarray, a1: np.ndarray, a2: Optional[np.ndarray],
+                threshold: float) -> np.ndarray:
+    """Truncated squared relative residual summed over the points, one cost per ``(s, t)``."""
+    r = np.multiply.outer(s, a1)  # (hypotheses, points): contiguous rows to reduce
+    r -= 1.0
+    if a2 is not None:
+        r += np.multiply.outer(t, a2)
+    np.square(r, out=r)
+    np.fmin(r, threshold ** 2, out=r)  # fmin: an overflowing (NaN) residual counts as outlier
+    return r.sum(axis=1)
+
+
 def _ransac(a1: np.ndarray, a2: Optional[np.ndarray], z: np.ndarray,
             config: AlignerConfig, rng: np.random.Generator) -> tuple[float, float]:
     """Best ``(s, t)`` by truncated squared residual (MSAC) over minimal samples."""
@@ -237,9 +249,9 @@ def _ransac(a1: np.ndarray, a2: Optional[np.ndarray], z: np.ndarray,
         t = np.zeros_like(s)
     else:
         # One point from the nearer half, one from the farther: well-conditioned pairs far
-        # more often than uniform sampling.
-        order = np.argsort(z, kind='stable')
+        # more often than uniform sampling. The halves need no order inside: a partition.
         half = max(1, n // 2)
+        order = np.argpartition(z, sorted({half - 1, n - half}))
         i = order[rng.integers(0, half, size=iters)]
         j = order[rng.integers(n - half, n, size=iters)]
         p, q = a1[i] * a2[j], a2[i] * a1[j]
@@ -252,13 +264,12 @@ def _ransac(a1: np.ndarray, a2: Optional[np.ndarray], z: np.ndarray,
         if not good.any():
             return math.nan, math.nan
         s, t = s[good], t[good]
-    r = np.multiply.outer(s, a1)  # (hypotheses, points): contiguous rows to reduce
-    r -= 1.0
-    if a2 is not None:
-        r += np.multiply.outer(t, a2)
-    np.square(r, out=r)
-    np.minimum(r, config.inlier_threshold ** 2, out=r)
-    best = int(np.argmin(r.sum(axis=1)))
+    # Scored in float32: half the memory traffic of the (hypotheses, points) matrix, and
+    # costs exact to ~1e-6 relative, far finer than the gaps between hypotheses that matter.
+    costs = _msac_costs(s.astype(np.float32), t.astype(np.float32), a1.astype(np.float32),
+                        None if a2 is None else a2.astype(np.float32),
+                        np.float32(config.inlier_threshold))
+    best = int(np.argmin(costs))
     return float(s[best]), float(t[best])
 
 

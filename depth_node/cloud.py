@@ -183,13 +183,18 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, stride: int = 1, min_depth
                          '(convert 16UC1 millimetres to metres first)')
     stride, K, rx, ry = _grid_rays(depth.shape, K, stride, min_depth, max_depth)
 
-    z = depth[::stride, ::stride]
-    if z.dtype != np.float32:
-        z = z.astype(np.float32)
+    # One contiguous float32 copy of the sampled pixels first: the comparisons below run
+    # about 5x faster on it than on the strided view, and it is ours to write NaN into.
+    z = np.empty((len(ry), len(rx)), dtype=np.float32)
+    np.copyto(z, depth[::stride, ::stride], casting='unsafe')
     with np.errstate(invalid='ignore'):
-        invalid = ~((z > 0) & (z >= min_depth) & (z <= max_depth) & np.isfinite(z))
+        invalid = z > 0
+        invalid &= z >= min_depth
+        invalid &= z <= max_depth
+        invalid &= np.isfinite(z)
+    np.logical_not(invalid, out=invalid)
     if invalid.any():
-        z = np.where(invalid, np.float32(np.nan), z)
+        np.copyto(z, np.float32(np.nan), where=invalid)
 
     out = np.empty(z.shape + (3,), dtype=np.float32)
     np.multiply(z, rx[np.newaxis, :], out=out[..., 0])

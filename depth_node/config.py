@@ -97,15 +97,18 @@ PARAMS: tuple[ParamSpec, ...] = (
               'Hugging Face hub id or local directory of a transformers depth model '
               '(AutoModelForDepthEstimation). Relative vs metric is read from its config.'),
     ParamSpec('model.device', 'auto', "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."),
-    ParamSpec('model.precision', 'auto', "'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16', "
-              "'bf16' (on CPUs with AVX512-BF16 about 1.5x faster than fp32, more with AMX).",
+    ParamSpec('model.precision', 'auto', "'auto' (fp16 on CUDA; on CPU bf16 when the CPU has "
+              "native bf16 instructions, AVX512-BF16 or AMX-BF16, else fp32), 'fp32', 'fp16' "
+              "(CUDA only), 'bf16' (on CPUs with AVX512-BF16 about 1.45x faster than fp32, more "
+              "with AMX).",
               choices=('auto', 'fp32', 'fp16', 'bf16')),
     ParamSpec('model.random_init', '',
               "TEST ONLY: build this architecture with RANDOM weights instead of loading "
               "model.name ('depth-anything-v2-small', 'depth-anything-v2-base'). Output is "
               "meaningless; for pipeline smoke tests and timing. Empty = off."),
-    ParamSpec('model.compile', False, 'torch.compile the model at startup (warm-up compiles; '
-              'keep the input size fixed).'),
+    ParamSpec('model.compile', False, 'torch.compile the model at startup (warm-up compiles, '
+              'about 20 s on 2 CPU cores, again for each new input size: set '
+              'model.warmup_size; on CPU Inductor with weight freezing, 5-13 % faster forward).'),
     ParamSpec('model.cuda_graphs', False, 'CUDA only: capture the forward pass in a CUDA graph '
               'per input size at warm-up (fixed camera size); ignored on CPU.'),
     ParamSpec('model.warmup', True, 'Run two dummy frames at startup so the first real frame '

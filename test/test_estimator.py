@@ -11,8 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import depth_node.estimator as estimator_module
 from depth_node.estimator import (DEFAULT_MODEL, DepthEstimator, EstimatorError,
-                                  RANDOM_WEIGHTS_WARNING, resolve_device, resolve_dtype)
+                                  RANDOM_WEIGHTS_WARNING, cpu_has_native_bf16, resolve_device,
+                                  resolve_dtype)
 from depth_node.sample_data import frame_folders, load_frame
 from tiny_models import (make_tiny_depth_anything, make_tiny_depth_pro, make_tiny_dpt,
                          make_tiny_glpn, make_tiny_zoedepth)
@@ -113,8 +115,10 @@ def test_preprocess_bit_exact_with_image_processor(kind, tiny_dir, estimator, fr
 @pytest.mark.parametrize('kind', ['depth_anything', 'dpt'])
 def test_torch_resize_backend_within_stated_tolerance(kind, tiny_dir, frames):
     """The device-side resize (used on CUDA) against PIL: <= 2 grey levels, very rarely."""
-    exact = DepthEstimator(str(tiny_dir(kind)), device='cpu', preprocess_backend='pil')
-    fast = DepthEstimator(str(tiny_dir(kind)), device='cpu', preprocess_backend='torch')
+    exact = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32',
+                           preprocess_backend='pil')
+    fast = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32',
+                          preprocess_backend='torch')
     std = min(exact._recipe.image_std)
     for name, image in frames.items():
         diff = (fast.preprocess([image]) - exact.preprocess([image])).abs()
@@ -302,7 +306,8 @@ def test_resolve_device():
 
 def test_resolve_dtype():
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
-    assert resolve_dtype('auto', cpu) == torch.float32
+    expected_auto = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert resolve_dtype('auto', cpu) == expected_auto
     assert resolve_dtype('auto', cuda) == torch.float16
     assert resolve_dtype('fp32', cpu) == torch.float32
     assert resolve_dtype('BF16', cpu) == torch.bfloat16
@@ -313,6 +318,57 @@ def test_resolve_dtype():
             resolve_dtype(bad, cpu)
     with pytest.raises(EstimatorError, match='not understood'):
         DepthEstimator(DEFAULT_MODEL, device='cpu', precision='float64')
+
+
+@pytest.mark.parametrize('native', [True, False])
+def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16(native, monkeypatch, tiny_dir):
+    monkeypatch.setattr(estimator_module, 'cpu_has_native_bf16', lambda: native)
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert resolve_dtype('auto', cpu) == (torch.bfloat16 if native else torch.float32)
+    assert resolve_dtype(' AUTO ', cpu) == resolve_dtype('auto', cpu)
+    assert resolve_dtype('auto', cuda) == torch.float16  # CUDA: unchanged by the CPU's flags
+    assert resolve_dtype('fp32', cpu) == torch.float32  # explicit choices are kept
+    assert resolve_dtype('bf16', cpu) == torch.bfloat16
+    est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu')
+    assert est.dtype == (torch.bfloat16 if native else torch.float32)
+    assert all(p.dtype == est.dtype for p in est.model.parameters())
+    # The bf16 defaults come with it: channels-last and the SIMD resize; fp32 stays exact.
+    assert est.channels_last is native
+    assert est.preprocess_backend == ('torch_uint8' if native else 'pil')
+
+
+@pytest.mark.parametrize('capabilities, native', [
+    ({'avx512_f': True, 'avx512_bf16': True, 'amx_bf16': False}, True),   # e.g. AMD Zen 4
+    ({'avx512_f': True, 'avx512_bf16': False, 'amx_bf16': True}, True),   # AMX only
+    ({'avx512_f': True, 'avx512_bf16': False, 'amx_bf16': False}, False),  # e.g. Skylake-SP
+    ({'architecture': 'x86_64', 'avx2': True}, False),
+])
+def test_cpu_has_native_bf16_reads_torch_capabilities(capabilities, native, monkeypatch):
+    monkeypatch.setattr(estimator_module, '_cpuinfo_flags',
+                        lambda: frozenset({'avx512_bf16', 'amx_bf16'}))  # must not be read
+    monkeypatch.setattr(torch.cpu, 'get_capabilities', lambda: capabilities)
+    assert cpu_has_native_bf16() is native
+
+
+def test_cpu_has_native_bf16_falls_back_to_proc_cpuinfo(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC\n'
+                       'flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\n'
+                       'processor\t: 1\nflags\t\t: fpu\n')
+    assert 'avx512_bf16' in estimator_module._cpuinfo_flags(str(cpuinfo))
+    assert estimator_module._cpuinfo_flags(str(tmp_path / 'missing')) == frozenset()
+
+    def broken():
+        raise RuntimeError('cpuinfo failed to initialize')
+
+    monkeypatch.setattr(torch.cpu, 'get_capabilities', broken)
+    for flags, native in (({'avx512f', 'avx512_bf16'}, True), ({'amx_bf16'}, True),
+                          ({'avx512f', 'avx512_vnni'}, False), (set(), False)):
+        monkeypatch.setattr(estimator_module, '_cpuinfo_flags', lambda f=flags: frozenset(f))
+        assert cpu_has_native_bf16() is native, flags
+    monkeypatch.delattr(torch.cpu, 'get_capabilities')  # an older torch
+    monkeypatch.setattr(estimator_module, '_cpuinfo_flags', lambda: frozenset({'avx512_bf16'}))
+    assert cpu_has_native_bf16() is True
 
 
 def test_random_init_warns_loudly(caplog):
@@ -347,8 +403,10 @@ def test_cpu_bf16_casts_the_model_and_uses_the_fast_resize(tiny_dir, estimator):
 ])
 def test_torch_uint8_backend_within_stated_tolerance(kind, levels, fraction, tiny_dir, frames):
     """torch's SIMD uint8 resize against PIL, as the module docstring states."""
-    exact = DepthEstimator(str(tiny_dir(kind)), device='cpu', preprocess_backend='pil')
-    fast = DepthEstimator(str(tiny_dir(kind)), device='cpu', preprocess_backend='torch_uint8')
+    exact = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32',
+                           preprocess_backend='pil')
+    fast = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32',
+                          preprocess_backend='torch_uint8')
     scale = 1 / 255 / min(exact._recipe.image_std) if exact._recipe.do_normalize else 1 / 255
     for name, image in frames.items():
         got, expected = fast.preprocess([image]), exact.preprocess([image])
@@ -382,7 +440,8 @@ def test_lookup_same_for_both_memory_formats(estimator, frames):
 
 def test_cuda_graphs_is_ignored_off_cuda(tiny_dir, estimator, frames, caplog):
     with caplog.at_level(logging.WARNING, logger='depth_node.estimator'):
-        est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', cuda_graphs=True)
+        est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32',
+                             cuda_graphs=True)
     assert not est.cuda_graphs
     assert any('cuda_graphs is ignored' in r.getMessage() for r in caplog.records)
     image = frames['tum']
@@ -437,3 +496,146 @@ def test_depth_to_points_tensor_matches_numpy():
     with pytest.raises(CloudError):
         depth_to_points_tensor(torch.zeros(2, 3, 4), K)
 
+
+def test_cpu_compile_freezes_this_model_only(monkeypatch, tiny_dir):
+    """compile=True on CPU: torch.compile with Inductor freezing as per-model options."""
+    import torch._inductor.config as inductor_config
+
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, 'compile', fake_compile)
+    freezing = inductor_config.freezing
+    plain = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32')
+    assert calls == [] and not plain.compiled and plain._forward_module is plain.model
+    est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32',
+                         compile=True)
+    assert est.compiled
+    assert calls == [{'options': {'freezing': True}}]
+    assert inductor_config.freezing == freezing  # the process-wide config is left alone
+    assert est.predict(np.zeros((60, 80, 3), np.uint8)).shape == (60, 80)
+
+
+@pytest.mark.slow
+def test_cpu_compile_with_freezing_matches_eager(tiny_dir, estimator, frames):
+    """A real Inductor compile (about 5-20 s): freezing runs, the output stays the same."""
+    import torch._inductor.config as inductor_config
+    import torch._inductor.freezing as inductor_freezing
+
+    frozen = []
+    original = inductor_freezing.freeze
+
+    def spy(*args, **kwargs):
+        frozen.append(True)
+        return original(*args, **kwargs)
+
+    freezing = inductor_config.freezing
+    image = np.ascontiguousarray(frames['tum'][::8, ::8])  # 80x60: a small graph to compile
+    eager = estimator('depth_anything').predict(image)
+    est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32',
+                         compile=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inductor_freezing, 'freeze', spy)
+        compiled = est.predict(image)
+    assert frozen, 'Inductor did not freeze the model'
+    assert inductor_config.freezing == freezing
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5 * float(np.abs(eager).max()))
+
+
+@pytest.mark.parametrize('kind', ['depth_anything', 'dpt'])
+def test_cpu_bf16_input_is_the_table_rounded(kind, tiny_dir, frames):
+    """The bf16 network input: the exact float32 processor output rounded once, channels-last."""
+    est = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='bf16')
+    for name in ('tum', 'kitti'):
+        image = frames[name]
+        with torch.inference_mode():
+            direct = est._preprocess([image], compute=True)
+            reference = est.preprocess([image]).to(torch.bfloat16)
+        assert direct.dtype == torch.bfloat16
+        assert direct.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(direct, reference), name
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shape', [(2, 3, 6, 8), (1, 3, 5, 7), (1, 3, 1, 1)])  # even, odd
+def test_host_lookup_pairs_and_single_pixels(dtype, shape, estimator):
+    """Two pixels per lookup (even planes) or one (odd, strided): the same table values."""
+    est = estimator('depth_anything')
+    table = est._table_flat.to(dtype)
+    rng = np.random.default_rng(sum(shape))
+    values = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+    values[0, :, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)
+    expected = table.view(3, 256)[torch.arange(3)[None, :, None, None], values.long()]
+    for layout in (values, values.contiguous(memory_format=torch.channels_last)):
+        for channels_last in (False, True):
+            got = est._lookup(layout, table, channels_last=channels_last)
+            assert got.dtype == dtype and got.shape == values.shape
+            assert got.is_contiguous(memory_format=torch.channels_last) is channels_last or \
+                shape[-2:] == (1, 1)
+            assert torch.equal(got.view(torch.int16) if dtype == torch.bfloat16 else got,
+                               expected.view(torch.int16) if dtype == torch.bfloat16
+                               else expected)
+
+
+@pytest.mark.parametrize('mode', ['bicubic', 'bilinear'])
+@pytest.mark.parametrize('shape, size', [
+    ((518, 924), (720, 1280)), ((518, 686), (480, 640)), ((518, 1708), (370, 1224)),
+    ((518, 686), (60, 80)), ((37, 1), (5, 3)), ((1, 9), (1, 9)),
+])
+def test_separable_resize_equals_interpolate(mode, shape, size):
+    from depth_node.estimator import _resize_taps, _separable_resize
+
+    rng = np.random.default_rng(sum(shape) + sum(size))
+    depth = torch.from_numpy(rng.uniform(0.05, 1.0, (2, 1) + shape).astype(np.float32))
+    rows, cols = _resize_taps(shape[0], size[0], mode), _resize_taps(shape[1], size[1], mode)
+    assert rows is not None and cols is not None
+    got = _separable_resize(depth.to(torch.bfloat16).float(), rows, cols)
+    expected = F.interpolate(depth.to(torch.bfloat16).float(), size=size, mode=mode,
+                             align_corners=False)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)  # a few float32 roundings
+    # A bf16 input is read as its float32 value (the cast happens in the first copy).
+    torch.testing.assert_close(_separable_resize(depth.to(torch.bfloat16), rows, cols), got,
+                               rtol=0, atol=0)
+
+
+def test_separable_resize_crop_and_fallback(estimator, monkeypatch, frames):
+    """ZoeDepth's padded resize + crop, and F.interpolate when the taps cannot be trusted."""
+    est = estimator('depth_anything')
+    depth = torch.from_numpy(np.random.default_rng(5).uniform(1, 2, (1, 1, 40, 50))).float()
+    crop = (3, 30, 4, 41)
+    full = F.interpolate(depth, size=(36, 49), mode='bicubic', align_corners=False)
+    expected = full[..., 3:33, 4:45]
+    torch.testing.assert_close(est._resize(depth, (36, 49), 'bicubic', crop=crop), expected,
+                               rtol=0, atol=1e-6)
+    image = frames['tum']
+    separable = est.predict(image)
+    monkeypatch.setattr(estimator_module, '_resize_taps', lambda *args: None)
+    torch.testing.assert_close(est._resize(depth, (36, 49), 'bicubic', crop=crop), expected,
+                               rtol=0, atol=0)
+    fallback = est.predict(image)
+    np.testing.assert_allclose(separable, fallback, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(separable, fallback)  # the two paths did run
+
+
+def test_resize_taps_refuse_a_rule_they_do_not_reproduce(monkeypatch):
+    """The read-back weights are checked against F.interpolate; a mismatch means None."""
+    from depth_node.estimator import _resize_taps
+
+    real = F.interpolate
+    calls = []
+
+    def shifted(x, *args, **kwargs):
+        calls.append(x.shape)
+        out = real(x, *args, **kwargs)
+        return out + 0.01 if len(calls) > 1 else out  # the check sees another rule
+
+    monkeypatch.setattr(estimator_module.F, 'interpolate', shifted)
+    _resize_taps.cache_clear()
+    try:
+        assert _resize_taps(23, 41, 'bicubic') is None
+    finally:
+        _resize_taps.cache_clear()

@@ -169,6 +169,17 @@ def test_real_frame_bgr8_with_padding(real_data):
     check_rgb(out, rgb)
 
 
+@pytest.mark.parametrize('pad', [0, 5])
+def test_real_frame_rgb8_block_copy(real_data, pad):
+    """rgb8 takes the one-copy path: the frame back exactly, with and without row padding."""
+    rgb = load_frame(frame_folders(real_data)[0]).image
+    height, width = rgb.shape[:2]
+    data = array.array('B', b''.join(rgb[y].tobytes() + PAD * pad for y in range(height)))
+    out = decode_image('rgb8', height, width, width * 3 + pad, False, data)
+    check_rgb(out, rgb)
+    assert not np.shares_memory(out, np.frombuffer(data, dtype=np.uint8))
+
+
 # --- YUV 4:2:2 -----------------------------------------------------------------------------
 
 def bt601_to_rgb(y: int, u: int, v: int) -> list[int]:

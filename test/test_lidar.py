@@ -414,6 +414,32 @@ def test_occlusion_window_contains_box():
             assert keep.tolist() == [True, False]
 
 
+def _occlusion_reference(uv, z, width, height, window, tolerance=0.1):
+    """The documented rule, point by point: cells of window // 2 pixels, 3 x 3 block minimum."""
+    half = window // 2
+    if half < 1:
+        return np.ones(len(z), dtype=bool)
+    rows, cols = (height - 1) // half + 1, (width - 1) // half + 1
+    cell_u = np.clip(np.floor(uv[:, 0] + 0.5).astype(int) // half, 0, cols - 1)
+    cell_v = np.clip(np.floor(uv[:, 1] + 0.5).astype(int) // half, 0, rows - 1)
+    keep = np.ones(len(z), dtype=bool)
+    for i in range(len(z)):
+        near = (np.abs(cell_u - cell_u[i]) <= 1) & (np.abs(cell_v - cell_v[i]) <= 1)
+        keep[i] = z[near].min() >= (1.0 - tolerance) * z[i]
+    return keep
+
+
+@pytest.mark.parametrize('n', [40, 3000])  # sparse (gathers per point) and dense (whole grid)
+def test_occlusion_matches_point_by_point_rule(n):
+    rng = np.random.default_rng(n)
+    for width, height, window in ((64, 48, 5), (33, 17, 3), (1, 9, 5), (50, 50, 9)):
+        uv = np.column_stack([rng.uniform(0, width - 1, n), rng.uniform(0, height - 1, n)])
+        z = rng.uniform(1.0, 10.0, n)
+        keep = occlusion_mask(uv, z, width, height, window)
+        np.testing.assert_array_equal(keep, _occlusion_reference(uv, z, width, height, window))
+        assert 0 < keep.sum() < n  # the cases exercise both outcomes
+
+
 # ---------------------------------------------------------------- prepare_points
 
 def test_prepare_points_synthetic():
