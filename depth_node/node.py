@@ -149,6 +149,7 @@ class _Frame:
         self.msg = msg
         self.rgb: Optional[np.ndarray] = None
         self.prediction: Optional[np.ndarray] = None
+        self.points: Optional[np.ndarray] = None  # the cloud, when built with the forward
         self.src_w = self.src_h = 0
 
 
@@ -451,9 +452,10 @@ class DepthNode(Node):
                 by_size.setdefault(frame.rgb.shape[:2], []).append(frame)
             for group in by_size.values():
                 self._forward(group)
-                for stage in ('preprocess', 'forward', 'postprocess'):
-                    timer.add(stage, self._estimator.last_timings.get(stage, 0.0))
-            timer.skip()  # the three stages above are the whole of the forward passes
+                for stage in ('preprocess', 'forward', 'postprocess', 'cloud'):
+                    if stage in self._estimator.last_timings:
+                        timer.add(stage, self._estimator.last_timings[stage])
+            timer.skip()  # the stages above are the whole of the forward passes
         for frame in frames:
             if frame.prediction is None:
                 continue  # its forward pass failed (counted)
@@ -514,7 +516,16 @@ class DepthNode(Node):
     def _forward(self, frames: list[_Frame]) -> None:
         """One forward pass over same-size frames; on failure each frame is skipped."""
         try:
-            if len(frames) == 1:
+            K = self._cloud_with_forward(frames[0]) if len(frames) == 1 else None
+            if K is not None:
+                # a metric model's cloud is back-projected where the depth is (the GPU), and
+                # comes back with it: one copy back per output
+                c = self._cfg
+                depth, frames[0].points = self._estimator.predict_points(
+                    frames[0].rgb, K, stride=c['cloud.stride'], min_depth=c['cloud.min_depth'],
+                    max_depth=c['cloud.max_depth'])
+                predictions = [depth]
+            elif len(frames) == 1:
                 predictions = [self._estimator.predict(frames[0].rgb)]
             else:
                 predictions = self._estimator.predict_batch([f.rgb for f in frames])
@@ -531,6 +542,24 @@ class DepthNode(Node):
         self._counters.add('forward_frames', len(frames))
         for frame, prediction in zip(frames, predictions):
             frame.prediction = prediction
+
+    def _cloud_with_forward(self, frame: _Frame) -> Optional[np.ndarray]:
+        """The camera matrix to build the cloud with the forward pass, or None.
+
+        Only a metric model's own depth (no LiDAR correction to apply first), only while
+        ``depth/points`` has a subscriber and the camera_info fits the image. Anything else
+        builds the cloud after the forward, where problems are logged.
+        """
+        cam = frame.camera
+        if not (self._is_metric and cam.aligner is None and self._cfg['cloud.enabled'] and
+                cam.pubs['points'].get_subscription_count() > 0):
+            return None
+        height, width = frame.rgb.shape[:2]
+        try:
+            intr = self._fitted_intrinsics(cam, frame.src_w, frame.src_h, width, height)
+        except CameraInfoError:
+            return None
+        return None if intr is None else intr.K
 
     def _finish(self, frame: _Frame, timer: StageTimer) -> None:
         """Everything after the network for one frame: alignment, depth, cloud, publishing."""
@@ -566,7 +595,7 @@ class DepthNode(Node):
                 pubs['info'].publish(camera_info_msg(intr, header))
             timer.mark('publish_depth')
             if c['cloud.enabled'] and intr is not None and wanted['points']:
-                self._publish_cloud(pubs['points'], header, metric, intr, rgb)
+                self._publish_cloud(pubs['points'], header, metric, intr, rgb, frame.points)
                 timer.mark('cloud')
         if wanted['colored']:
             shown = metric if metric is not None else prediction
@@ -575,26 +604,39 @@ class DepthNode(Node):
             timer.mark('colored')
         self._count('frames_processed', cam)
 
-    def _intrinsics_for(self, cam: _Camera, src_w: int, src_h: int, width: int,
-                        height: int) -> Optional[Intrinsics]:
-        """The camera's latest camera_info, fitted to the image and scaled to the output
-        size."""
+    def _fitted_intrinsics(self, cam: _Camera, src_w: int, src_h: int, width: int,
+                           height: int) -> Optional[Intrinsics]:
+        """The camera's latest camera_info fitted to the ``src_w`` x ``src_h`` image and scaled
+        to the ``width`` x ``height`` output; None before any camera_info.
+
+        Raises
+        ------
+        CameraInfoError
+            When the camera_info does not fit the image.
+        """
         with self._lock:
             intr = cam.intrinsics
         if intr is None:
-            if not cam.warned_no_info:
-                cam.warned_no_info = True
-                self.get_logger().warn(
-                    f'no {cam.topic("camera_info")} received yet: publishing depth images only; '
-                    'no depth/points, depth/camera_info or LiDAR projection until it arrives')
             return None
+        intr = fit_to_image(intr, src_w, src_h)
+        if (width, height) != (src_w, src_h):
+            intr = scale_intrinsics(intr, width, height)
+        return intr
+
+    def _intrinsics_for(self, cam: _Camera, src_w: int, src_h: int, width: int,
+                        height: int) -> Optional[Intrinsics]:
+        """:meth:`_fitted_intrinsics`, with a warning before the first camera_info and a
+        counted, throttled warning when it does not fit; None then."""
         try:
-            intr = fit_to_image(intr, src_w, src_h)
+            intr = self._fitted_intrinsics(cam, src_w, src_h, width, height)
         except CameraInfoError as exc:
             self._bad_input('camera_info', f'camera_info does not fit the image: {exc}')
             return None
-        if (width, height) != (src_w, src_h):
-            intr = scale_intrinsics(intr, width, height)
+        if intr is None and not cam.warned_no_info:
+            cam.warned_no_info = True
+            self.get_logger().warn(
+                f'no {cam.topic("camera_info")} received yet: publishing depth images only; '
+                'no depth/points, depth/camera_info or LiDAR projection until it arrives')
         return intr
 
     def _align(self, cam: _Camera, header: Any, prediction: np.ndarray,
@@ -653,11 +695,14 @@ class DepthNode(Node):
         pub.publish(image_msg(array, encoding, header))
 
     def _publish_cloud(self, pub: Any, header: Any, depth: np.ndarray, intr: Intrinsics,
-                       rgb: Optional[np.ndarray]) -> None:
+                       rgb: Optional[np.ndarray], xyz: Optional[np.ndarray] = None) -> None:
+        """Back-project ``depth`` (unless ``xyz`` already holds its points) and publish."""
         c = self._cfg
         stride = c['cloud.stride']
-        xyz = depth_to_points(depth, intr.K, stride=stride, min_depth=c['cloud.min_depth'],
-                              max_depth=c['cloud.max_depth'])
+        expected = (-(-depth.shape[0] // stride), -(-depth.shape[1] // stride), 3)
+        if xyz is None or xyz.shape != expected:  # none, or cloud.stride changed since
+            xyz = depth_to_points(depth, intr.K, stride=stride, min_depth=c['cloud.min_depth'],
+                                  max_depth=c['cloud.max_depth'])
         colors = None
         if c['cloud.color'] and rgb is not None and rgb.shape[:2] == depth.shape:
             colors = strided_rgb(rgb, stride)

@@ -274,3 +274,32 @@ def test_outputs_nobody_subscribes_are_not_built(session, models, tum):
     while 'publish_depth' not in node.last_timings:
         assert time.monotonic() < deadline, node.last_timings
         time.sleep(0.01)
+
+
+def test_metric_cloud_is_built_with_the_forward_pass(session, models, kitti):
+    """A metric model without LiDAR back-projects on the device with its forward pass
+    (``predict_points``); the cloud is the published depth back-projected, at every stride."""
+    from depth_node.cloud import depth_to_points
+
+    node, probe = _start(session, models['metric'])
+    calls = []
+    original = node._estimator.predict_points
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('stride'))
+        return original(*args, **kwargs)
+
+    node._estimator.predict_points = spy
+    for sec, stride in ((97, 2), (98, 3)):
+        if stride != 2:
+            from rclpy.parameter import Parameter
+            assert node.set_parameters([Parameter('cloud.stride', value=stride)])[0].successful
+        stamp = _send(probe, kitti, sec, frame_id='kitti_cam2_optical')
+        depth_msg = probe.wait_stamp('depth/image', stamp)
+        cloud = probe.wait_stamp('depth/points', stamp)
+        assert depth_msg is not None and cloud is not None
+        expected = depth_to_points(image_to_array(depth_msg), kitti.K, stride=stride,
+                                   min_depth=0.1, max_depth=80.0)
+        np.testing.assert_allclose(cloud_to_array(cloud), expected, rtol=1e-5, atol=1e-6,
+                                   equal_nan=True)
+    assert calls == [2, 3]

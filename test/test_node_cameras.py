@@ -118,9 +118,9 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
     assert (counters['forward_passes'], counters['forward_frames']) == (1, 2), counters
     assert counters['frames_processed.front'] == counters['frames_processed.rear'] == 1
 
-    def has_both(msg):
+    def has_both(msg):  # the counters of a diagnostics message sent after both frames
         values = status_values(msg.status[0])
-        return int(values.get('forward_frames', 0)) == 2
+        return all(int(values.get(f'frames_processed.{name}', 0)) >= 1 for name in CAMERAS)
 
     diag = root.wait_for('/diagnostics', has_both, timeout=5.0)
     assert diag is not None, 'batch counters never reached /diagnostics'
