@@ -32,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from bench_pipeline import (ARCHS, DATA, FRAME_640, REPO, Ros, _fast_precision, _loadavg,
-                            _machine, _median, _setup_ros_env)
+                            _machine, _median, prepare_run)
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -204,15 +204,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument('--domain', type=int, default=1 + os.getpid() % 99)
     ap.add_argument('--out', default=str(REPO / 'bench' / 'results' / 'batching.json'))
     args = ap.parse_args(argv)
-    _setup_ros_env(args.domain, profile=True)
-    if not DATA.is_dir():
-        print(f'real data not found at {DATA} (set DEPTH_NODE_REAL_DATA)', file=sys.stderr)
+    device = prepare_run(args.domain, args.device)
+    if device is None:
         return 2
-    from depth_node.estimator import resolve_device
-
-    args.device = str(resolve_device(args.device))
-    if args.device == 'cuda:0':
-        args.device = 'cuda'
+    args.device = device
     args.precision = args.precision or _fast_precision(args.device)
     if args.node_cameras is None:
         args.node_cameras = [min(args.cameras)]

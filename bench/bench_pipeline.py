@@ -91,6 +91,19 @@ def _setup_ros_env(domain: int, profile: bool) -> dict[str, str]:
     return env
 
 
+def prepare_run(domain: int, device: str) -> Optional[str]:
+    """A private ROS graph with the Fast DDS profile, the real data checked, ``device``
+    resolved (``'cuda'`` for the first GPU); None, after saying why, when the data is missing."""
+    _setup_ros_env(domain, profile=True)
+    if not DATA.is_dir():
+        print(f'real data not found at {DATA} (set DEPTH_NODE_REAL_DATA)', file=sys.stderr)
+        return None
+    from depth_node.estimator import resolve_device
+
+    resolved = str(resolve_device(device))
+    return 'cuda' if resolved == 'cuda:0' else resolved
+
+
 def _machine() -> dict[str, Any]:
     import torch
 
@@ -1240,17 +1253,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv is None and '--sink' in sys.argv[1:]:
         return _sink_main()
     args = _parse_args(argv)
-    _setup_ros_env(args.domain, profile=True)
-    if not DATA.is_dir():
-        print(f'real data not found at {DATA} (set DEPTH_NODE_REAL_DATA)', file=sys.stderr)
+    device = prepare_run(args.domain, args.device)
+    if device is None:
         return 2
+    args.device = device
     import torch
 
-    from depth_node.estimator import resolve_device
-
-    args.device = str(resolve_device(args.device))
-    if args.device == 'cuda:0':
-        args.device = 'cuda'
     if args.precisions is None:
         args.precisions = _precisions(args.device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

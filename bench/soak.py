@@ -187,7 +187,6 @@ def run_phase(name: str, params: list[str], duration: float, rate: float, frame:
               skip_outputs: int, drain_s: float, tmp: Path) -> dict[str, Any]:
     """Start the node with ``params``, drive it for ``duration`` s at ``rate`` Hz, stop it."""
     from sensor_msgs.msg import PointField
-    from depth_node.camera_info import intrinsics_from_fields
     from depth_node.messages import camera_info_msg, image_msg, make_header, xyz_cloud_msg
 
     namespace = f'/soak_{name}'
@@ -205,8 +204,7 @@ def run_phase(name: str, params: list[str], duration: float, rate: float, frame:
         if not driver.wait_for_node(proc, 180.0):
             raise RuntimeError(f'{name}: the node never subscribed image; see {log_path}')
         result['startup_s'] = time.perf_counter() - t_start
-        intr = intrinsics_from_fields(frame.width, frame.height, frame.K.ravel(), frame.D,
-                                      frame.distortion_model, [0.0] * 12, [0.0] * 9)
+        intr = frame.intrinsics()
         rss: list[tuple[float, int]] = []
         counts = {'images': 0, 'good_images': 0, 'bad_images': 0, 'bad_camera_info': 0,
                   'scans': 0, 'bad_scans': 0}

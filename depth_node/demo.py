@@ -153,7 +153,6 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
     from diagnostic_msgs.msg import DiagnosticStatus
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
-    from depth_node.camera_info import intrinsics_from_fields
     from depth_node.cloud import write_ply
     from depth_node.colormap import colorize
     from depth_node.messages import (camera_info_msg, cloud_to_array, image_msg, image_to_array,
@@ -193,8 +192,7 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
                 points, T, lidar_kind = None, np.eye(4), 'none'
             node.set_parameters([Parameter('lidar.T_camera_lidar',
                                            value=[float(v) for v in T.ravel()])])
-            intr = intrinsics_from_fields(frame.width, frame.height, frame.K.ravel(), frame.D,
-                                          frame.distortion_model, [0.0] * 12, [0.0] * 9)
+            intr = frame.intrinsics()
             runs = []
             last = None
             for _ in range(args.repeat):

@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from depth_node.camera_info import Intrinsics, intrinsics_from_fields
+
 
 class SampleDataError(ValueError):
     """A frame folder is missing a file or holds malformed calibration."""
@@ -58,6 +60,11 @@ class Frame:
     @property
     def height(self) -> int:
         return int(self.image.shape[0])
+
+    def intrinsics(self) -> Intrinsics:
+        """The frame's calibration as the node reads it from a CameraInfo (no P, no R)."""
+        return intrinsics_from_fields(self.width, self.height, self.K.ravel(), self.D,
+                                      self.distortion_model, [0.0] * 12, [0.0] * 9)
 
     @property
     def width(self) -> int:

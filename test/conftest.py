@@ -1,4 +1,5 @@
-"""Shared fixtures: the real-data folder and an isolated ROS 2 environment."""
+"""Shared fixtures: the real-data folder, an isolated ROS 2 environment, a ROS session and
+tiny depth models."""
 
 from __future__ import annotations
 
@@ -37,3 +38,31 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f'real data not found at {REAL_DATA} (set DEPTH_NODE_REAL_DATA)')
     return REAL_DATA
+
+
+@pytest.fixture
+def session():
+    """A :class:`ros_harness.RosSession` (own context, spinning executor), closed after the test."""
+    from ros_harness import RosSession
+
+    s = RosSession()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory) -> dict[str, str]:
+    """Directories of a tiny randomly initialised relative and metric Depth Anything."""
+    from tiny_models import make_tiny_depth_anything
+
+    root = tmp_path_factory.mktemp('models')
+    return {'relative': str(make_tiny_depth_anything(root, metric=False)),
+            'metric': str(make_tiny_depth_anything(root, metric=True))}
+
+
+@pytest.fixture(scope='module')
+def kitti(real_data):
+    """The first KITTI object frame (1224x370, with LiDAR)."""
+    from depth_node.sample_data import load_frame
+
+    return load_frame(real_data / 'kitti_object' / '000000')

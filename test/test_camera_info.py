@@ -151,8 +151,7 @@ def test_real_calibrations_validate_and_rescale(real_data):
     assert folders
     for folder in folders:
         frame = load_frame(folder)
-        intr = intrinsics_from_fields(frame.width, frame.height, frame.K.ravel(), frame.D,
-                                      frame.distortion_model, [0.0] * 12, [0.0] * 9)
+        intr = frame.intrinsics()
         half = fit_to_image(intr, frame.width // 2, frame.height // 2)
         sx, sy = (frame.width // 2) / frame.width, (frame.height // 2) / frame.height
         np.testing.assert_allclose(half.K[0, 0], frame.K[0, 0] * sx)

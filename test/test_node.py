@@ -13,43 +13,17 @@ import time
 import numpy as np
 import pytest
 
-from depth_node.camera_info import intrinsics_from_fields
 from depth_node.messages import (camera_info_msg, cloud_fields, cloud_to_array, image_msg,
                                  image_to_array, make_header)
 from depth_node.sample_data import load_frame
-from ros_harness import RosSession, status_values
-from tiny_models import make_tiny_depth_anything
+from ros_harness import status_values
 
 pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope='module')
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp('models')
-    return {'relative': str(make_tiny_depth_anything(root, metric=False)),
-            'metric': str(make_tiny_depth_anything(root, metric=True))}
-
-
-@pytest.fixture(scope='module')
 def tum(real_data):
     return load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
-
-
-@pytest.fixture(scope='module')
-def kitti(real_data):
-    return load_frame(real_data / 'kitti_object' / '000000')
-
-
-@pytest.fixture
-def session():
-    s = RosSession()
-    yield s
-    s.close()
-
-
-def _intr(frame):
-    return intrinsics_from_fields(frame.width, frame.height, frame.K.ravel(), frame.D,
-                                  frame.distortion_model, [0.0] * 12, [0.0] * 9)
 
 
 def _start(session, model, topic='image', **params):
@@ -66,7 +40,7 @@ def _send(probe, frame, sec, nanosec=0, encoding='rgb8', frame_id='cam_optical',
           info=True):
     header = make_header(frame_id, sec, nanosec)
     if info:
-        probe.publish('camera_info', camera_info_msg(_intr(frame), header))
+        probe.publish('camera_info', camera_info_msg(frame.intrinsics(), header))
         time.sleep(0.1)
     image = frame.image if encoding == 'rgb8' else np.ascontiguousarray(frame.image[..., ::-1])
     probe.publish('image', image_msg(image, encoding, header))

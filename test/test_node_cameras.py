@@ -12,14 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from depth_node.camera_info import intrinsics_from_fields
 from depth_node.config import ConfigError
 from depth_node.demo import simulated_lidar
 from depth_node.messages import (camera_info_msg, cloud_to_array, image_msg, image_to_array,
                                  make_header, xyz_cloud_msg)
 from depth_node.sample_data import load_frame
-from ros_harness import RosSession, status_values
-from tiny_models import make_tiny_depth_anything
+from ros_harness import status_values
 
 pytestmark = pytest.mark.ros
 
@@ -27,33 +25,9 @@ CAMERAS = ['front', 'rear']
 
 
 @pytest.fixture(scope='module')
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp('models')
-    return {'relative': str(make_tiny_depth_anything(root, metric=False)),
-            'metric': str(make_tiny_depth_anything(root, metric=True))}
-
-
-@pytest.fixture(scope='module')
 def tum_pair(real_data):
     first, second = sorted((real_data / 'tum_rgbd').iterdir())[:2]
     return load_frame(first), load_frame(second)
-
-
-@pytest.fixture(scope='module')
-def kitti(real_data):
-    return load_frame(real_data / 'kitti_object' / '000000')
-
-
-@pytest.fixture
-def session():
-    s = RosSession()
-    yield s
-    s.close()
-
-
-def _intr(frame):
-    return intrinsics_from_fields(frame.width, frame.height, frame.K.ravel(), frame.D,
-                                  frame.distortion_model, [0.0] * 12, [0.0] * 9)
 
 
 def _start(session, params, topic='image'):
@@ -81,7 +55,7 @@ def _counters_when(node, name, value, timeout=10.0):
 
 def _send(probe, frame, sec, frame_id, topic='image', image=None):
     header = make_header(frame_id, sec, 0)
-    probe.publish('camera_info', camera_info_msg(_intr(frame), header))
+    probe.publish('camera_info', camera_info_msg(frame.intrinsics(), header))
     probe.wait_for('depth/image', lambda m: False, timeout=0.1)  # let camera_info land first
     probe.publish(topic, image_msg(frame.image if image is None else image,
                                    '32FC1' if topic == 'relative_depth' else 'rgb8', header))
@@ -95,7 +69,7 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
     # both images back to back (camera_info first), so they wait together
     for name, frame, sec in (('front', front, 11), ('rear', rear, 12)):
         probes[name].publish('camera_info', camera_info_msg(
-            _intr(frame), make_header(f'{name}_optical', sec, 0)))
+            frame.intrinsics(), make_header(f'{name}_optical', sec, 0)))
     probes['front'].wait_for('depth/image', lambda m: False, timeout=0.2)
     for name, frame, sec in (('front', front, 11), ('rear', rear, 12)):
         probes[name].publish('image', image_msg(frame.image, 'rgb8',

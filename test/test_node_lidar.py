@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from depth_node.camera_info import intrinsics_from_fields
 from depth_node.demo import simulated_lidar
 from depth_node.evaluate import compute_metrics
 from depth_node.messages import (camera_info_msg, cloud_fields, cloud_to_array, image_msg,
                                  image_to_array, make_header, xyz_cloud_msg)
 from depth_node.sample_data import load_frame
-from ros_harness import RosSession, status_values
+from ros_harness import status_values
 
 pytestmark = pytest.mark.ros
 
@@ -41,16 +40,8 @@ def tum(real_data):
     # express the scan in the LiDAR frame: p_lidar = T^-1 p_cam
     T_inv = np.linalg.inv(T_CAMERA_LIDAR)
     points_lidar = (points_cam @ T_inv[:3, :3].T + T_inv[:3, 3]).astype(np.float32)
-    intr = intrinsics_from_fields(frame.width, frame.height, frame.K.ravel(), frame.D,
-                                  frame.distortion_model, [0.0] * 12, [0.0] * 9)
+    intr = frame.intrinsics()
     return frame, prediction, points_lidar, intr
-
-
-@pytest.fixture
-def session():
-    s = RosSession()
-    yield s
-    s.close()
 
 
 def _start(session, **params):
