@@ -451,7 +451,8 @@ class DepthNode(Node):
             for frame in frames:
                 by_size.setdefault(frame.rgb.shape[:2], []).append(frame)
             for group in by_size.values():
-                self._forward(group)
+                if not self._forward(group):
+                    continue
                 for stage in ('preprocess', 'forward', 'postprocess', 'cloud'):
                     if stage in self._estimator.last_timings:
                         timer.add(stage, self._estimator.last_timings[stage])
@@ -513,8 +514,9 @@ class DepthNode(Node):
         frame.rgb = rgb
         return frame
 
-    def _forward(self, frames: list[_Frame]) -> None:
-        """One forward pass over same-size frames; on failure each frame is skipped."""
+    def _forward(self, frames: list[_Frame]) -> bool:
+        """One forward pass over same-size frames; False when it failed (each frame is then
+        skipped, counted and logged)."""
         try:
             K = self._cloud_with_forward(frames[0]) if len(frames) == 1 else None
             if K is not None:
@@ -536,12 +538,13 @@ class DepthNode(Node):
                 self.get_logger().error(
                     f'forward pass failed ({self._consecutive_failures} in a row): '
                     f'{type(exc).__name__}: {exc}')
-            return
+            return False
         self._consecutive_failures = 0
         self._counters.add('forward_passes')
         self._counters.add('forward_frames', len(frames))
         for frame, prediction in zip(frames, predictions):
             frame.prediction = prediction
+        return True
 
     def _cloud_with_forward(self, frame: _Frame) -> Optional[np.ndarray]:
         """The camera matrix to build the cloud with the forward pass, or None.
