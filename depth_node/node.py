@@ -28,6 +28,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.subscription import Subscription
 from rcl_interfaces.msg import (
     FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -53,6 +54,9 @@ except ImportError:  # pragma: no cover - exercised where tf2_ros is absent (CI)
     TransformListener = None
 
 NODE_NAME = 'depth_node'
+
+_CALLBACK_WITH_INFO = hasattr(Subscription, 'CallbackType')
+"""Whether rclpy passes a subscription callback the message info (Iron and later)."""
 
 SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                         reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -134,6 +138,7 @@ class _Camera:
         self.last_alignment: Optional[Alignment] = None
         self.pending: Optional[_Job] = None    # not started yet
         self.displaced: Optional[_Job] = None  # what pending replaced
+        self.last_sequence: Optional[int] = None  # publisher's sequence number of the last frame
         self.pubs: dict[str, Any] = {}
 
     def topic(self, name: str) -> str:
@@ -280,7 +285,7 @@ class DepthNode(Node):
                 kind, msg_type, topic = 'image', Image, 'image'
             self.create_subscription(
                 msg_type, cam.topic(topic),
-                lambda msg, cam=cam, kind=kind: self._submit(cam, kind, msg), SENSOR_QOS,
+                self._frame_callback(cam, kind), SENSOR_QOS,
                 qos_overriding_options=qos_opts())
             self.create_subscription(
                 CameraInfo, cam.topic('camera_info'),
@@ -332,7 +337,29 @@ class DepthNode(Node):
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------- callbacks
-    def _submit(self, cam: _Camera, kind: str, msg: Any) -> None:
+    def _frame_callback(self, cam: _Camera, kind: str) -> Any:
+        """The camera's frame callback; with the message info where rclpy passes it (Iron and
+        later), to count the frames lost before the callback."""
+        if _CALLBACK_WITH_INFO:
+            return lambda msg, info: self._submit(cam, kind, msg, info)
+        return lambda msg: self._submit(cam, kind, msg)
+
+    def _count_lost(self, cam: _Camera, info: Any) -> None:
+        """Count the frames the publisher sent that never reached this callback (overwritten in
+        the depth-1 queue, or lost on the wire), from the gap in its sequence numbers.
+
+        A sequence number at or below the last one (another publisher on the topic, or one that
+        restarted) only restarts the count.
+        """
+        seq = info.get('publication_sequence_number') if isinstance(info, dict) else getattr(
+            info, 'publication_sequence_number', None)
+        if not seq:  # None (the RMW does not say) or 0 (unknown)
+            return
+        last, cam.last_sequence = cam.last_sequence, int(seq)
+        if last is not None and seq > last + 1:
+            self._count('frames_lost_before_callback', cam, int(seq - last - 1))
+
+    def _submit(self, cam: _Camera, kind: str, msg: Any, info: Any = None) -> None:
         """Newest frame wins: replace a frame the worker has not started, counting it dropped.
 
         A raw image whose fields cannot describe its data is refused here, so it never
@@ -340,6 +367,8 @@ class DepthNode(Node):
         worker starts, and served instead when the newcomer fails to decode (a corrupt JPEG).
         Each camera has its own waiting frame.
         """
+        if info is not None:
+            self._count_lost(cam, info)
         self._count('frames_received', cam)
         try:
             self._check_fields(kind, msg)

@@ -277,3 +277,33 @@ def test_metric_cloud_is_built_with_the_forward_pass(session, models, kitti):
         np.testing.assert_allclose(cloud_to_array(cloud), expected, rtol=1e-5, atol=1e-6,
                                    equal_nan=True)
     assert calls == [2, 3]
+
+
+def test_frames_lost_before_the_callback_are_counted(session, models, tum):
+    """A burst overruns the depth-1 queue: every frame the node did not receive is counted from
+    the gap in the publisher's sequence numbers (rclpy passes them from Iron on)."""
+    from depth_node import node as node_module
+
+    if not node_module._CALLBACK_WITH_INFO:
+        pytest.skip('this rclpy does not pass message info to callbacks')
+    node, probe = _start(session, models['relative'])
+    first = _send(probe, tum, 99, 0)
+    assert probe.wait_stamp('depth/relative', first) is not None
+    before = node.counters
+    burst = 40
+    for i in range(1, burst + 1):
+        probe.publish('image', image_msg(tum.image, 'rgb8', make_header('cam_optical', 99, i)))
+    assert probe.wait_stamp('depth/relative', (99, burst)) is not None
+    after = node.counters
+    received = after['frames_received'] - before['frames_received']
+    lost = (after.get('frames_lost_before_callback', 0) -
+            before.get('frames_lost_before_callback', 0))
+    assert received + lost == burst, (received, lost)
+
+    # the rule itself: a gap counts, a step back (another publisher, a restart) restarts
+    cam = node._cameras[0]
+    cam.last_sequence = None
+    start = node.counters.get('frames_lost_before_callback', 0)
+    for seq in (5, 6, 9, 3, 4, None, 0, 7):
+        node._count_lost(cam, {'publication_sequence_number': seq})
+    assert node.counters['frames_lost_before_callback'] - start == 2 + 2
