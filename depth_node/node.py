@@ -494,9 +494,7 @@ class DepthNode(Node):
             except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
                 if self._shutting_down():
                     return  # the publishers are gone, nothing went wrong
-                self._counters.add('frame_errors')
-                if self._throttle.ready('frame_error'):
-                    self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
+                self._frame_error(exc)
         if frames:
             self.last_timings = timer.finish()
 
@@ -512,10 +510,14 @@ class DepthNode(Node):
         except ImageDecodeError as exc:
             self._bad_input('image', f'{cam.topic(_TOPICS[job[0]])} refused: {exc}')
         except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
-            self._counters.add('frame_errors')
-            if self._throttle.ready('frame_error'):
-                self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
+            self._frame_error(exc)
         return None
+
+    def _frame_error(self, exc: Exception) -> None:
+        """Count a frame skipped by an unexpected error; log it (throttled)."""
+        self._counters.add('frame_errors')
+        if self._throttle.ready('frame_error'):
+            self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
 
     def _decode(self, cam: _Camera, kind: str, msg: Any) -> _Frame:
         frame = _Frame(cam, kind, msg)
