@@ -34,6 +34,13 @@ setup(
             'ros-diagnostic-msgs==5.3.6',
         ],
         'test': ['pytest>=7', 'hypothesis>=6'],
+        # Inference engines (model.engine); exporting to ONNX needs 'onnx'. GPU wheels
+        # (onnxruntime-gpu, tensorrt) are installed by hand on CUDA machines.
+        'onnx': ['onnx>=1.15'],
+        'onnxruntime': ['onnx>=1.15', 'onnxruntime>=1.17'],
+        'openvino': ['onnx>=1.15', 'openvino>=2024.0'],
+        'tensorrt': ['onnx>=1.15', 'tensorrt>=10.0'],
+        'engines': ['onnx>=1.15', 'onnxruntime>=1.17', 'openvino>=2024.0'],
     },
     zip_safe=True,
     maintainer='depth_node maintainers',
@@ -46,6 +53,7 @@ setup(
             'depth_node = depth_node.node:main',
             'depth_node-demo = depth_node.demo:main',
             'depth_node-eval = depth_node.evaluate:main',
+            'depth_node-export = depth_node.export_tool:main',
         ],
     },
 )

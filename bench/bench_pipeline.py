@@ -300,18 +300,19 @@ class Pipeline:
         self.stubbed = on
         if self.naive_model is not None or self.est is None:
             return
+        engine = self.est.engine
         if not on:
-            self.est.__dict__.pop('_forward', None)
+            engine.__dict__.pop('run', None)
             return
         with torch.inference_mode():
-            pixel_values = self.est.preprocess([self.inputs.rgb])
-            cached = self.est._forward(pixel_values)
-        self.est._forward = lambda pixel_values: cached
+            pixel_values = self.est.preprocessor.run([self.inputs.rgb], compute=True)
+            cached = engine.run(pixel_values)
+        engine.run = lambda pixel_values: cached
 
     def infer(self, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         if self.naive_model is None:
             prediction = self.est.predict(rgb)
-            return prediction, dict(self.est.last_timings)
+            return prediction.depth, dict(prediction.timings)
         import torch
         from PIL import Image
 
@@ -750,7 +751,7 @@ def measure_configs(args: argparse.Namespace, sink: Optional[Sink]) -> list[dict
                                   'input_size': list(est.input_size(inputs.height,
                                                                     inputs.width))}
             if inputs.scan is None:
-                inputs.make_scan(pipelines[-1].est.predict(inputs.rgb))
+                inputs.make_scan(pipelines[-1].est.predict(inputs.rgb).depth)
             if not args.no_naive:
                 if fp32_model is None:
                     fp32_model = DepthEstimator(random_init=ARCHS[arch], device=args.device,
@@ -824,10 +825,10 @@ def measure_device_path(args: argparse.Namespace) -> list[dict[str, Any]]:
                 loop = time.perf_counter()
                 for _ in range(args.iterations):
                     t = time.perf_counter()
-                    est.predict_points(inputs.rgb, inputs.K, stride=args.stride,
-                                       min_depth=MIN_DEPTH, max_depth=MAX_DEPTH)
+                    result = est.predict_points(inputs.rgb, inputs.K, stride=args.stride,
+                                                min_depth=MIN_DEPTH, max_depth=MAX_DEPTH)
                     latencies.append(time.perf_counter() - t)
-                    stages.append(dict(est.last_timings))
+                    stages.append(dict(result.timings))
                 loop = time.perf_counter() - loop
                 rec = {'arch': 'small-metric', 'size': size,
                        'precision': precision + ('+graphs' if graphs else ''),
@@ -850,14 +851,17 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
 
     precision = args.node_precision or _fast_precision(args.device)
     results = []
-    for arch in args.node_archs:
-        log_path = Path(args.out).parent / f'node_{arch}.log'
+    for arch, engine in [(a, e) for a in args.node_archs for e in args.node_engines]:
+        log_path = Path(args.out).parent / f'node_{arch}_{engine}.log'
+        first_h, first_w = SIZES[args.sizes[0]]
         params = {'model.random_init': ARCHS[arch], 'model.precision': precision,
+                  'model.engine': engine, 'model.warmup_size': [first_w, first_h],
                   'model.device': args.device, 'lidar.enabled': True,
                   'lidar.T_camera_lidar': list(np.eye(4).ravel()), 'lidar.smoothing': 0.0,
                   'cloud.stride': args.stride, 'diagnostics.period': 0.2}
-        print(f'[node {arch} {precision}] starting the depth_node process', flush=True)
-        est = DepthEstimator(random_init=ARCHS[arch], device=args.device, precision=precision)
+        print(f'[node {arch} {precision} {engine}] starting the depth_node process', flush=True)
+        est = DepthEstimator(random_init=ARCHS[arch], device=args.device, precision=precision,
+                             engine=engine)
         node = NodeRun(ros, params, log_path)
         try:
             ready = node.wait_ready(timeout=300)
@@ -871,7 +875,7 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
             for size in args.sizes:
                 inputs = Inputs(size)
                 est.warmup(inputs.height, inputs.width, iterations=1)
-                inputs.make_scan(est.predict(inputs.rgb))
+                inputs.make_scan(est.predict(inputs.rgb).depth)
                 if inputs.substitute is not None:
                     results.append({'arch': arch, 'size': size, 'error': 'the random network '
                                     'predicts a constant: the node cannot align it'})
@@ -885,14 +889,15 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
                         break
                     processed += 1
                     stages = node.stage_times(processed)
-                    est.predict(inputs.rgb)  # bare forward, interleaved, node idle
+                    bare = est.predict(inputs.rgb)  # bare forward, interleaved, node idle
                     if i < args.node_warmup:
                         continue
                     e2e.append(got['depth/points'])
                     outputs.append(got)
-                    forwards.append(est.last_timings['forward'])
+                    forwards.append(bare.timings['forward'])
                     node_stages.append(stages)
                 rec = _node_record(arch, size, precision, e2e, outputs, forwards, node_stages)
+                rec['engine'] = est.engine.name
                 rec['load_after'] = _loadavg()
                 print(f'[node {arch} {size}] e2e {rec["e2e_ms"]} ms, bare forward '
                       f'{rec["bare_forward_ms"]} ms, ratio {rec["e2e_over_forward"]}', flush=True)
@@ -1226,6 +1231,9 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument('--no-publish', action='store_true',
                     help='skip the sink process (publish stage not measured)')
     ap.add_argument('--node-archs', nargs='+', choices=sorted(ARCHS), default=['small'])
+    ap.add_argument('--node-engines', nargs='+', default=['torch'],
+                    choices=['auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt'],
+                    help='model.engine of each node run (default torch)')
     ap.add_argument('--node-precision', default=None,
                     help='default: bf16 on CPUs that support it, fp16 on CUDA')
     ap.add_argument('--node-frames', type=int, default=None,

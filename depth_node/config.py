@@ -95,13 +95,38 @@ PARAMS: tuple[ParamSpec, ...] = (
     # model
     ParamSpec('model.name', DEFAULT_MODEL,
               'Hugging Face hub id or local directory of a transformers depth model '
-              '(AutoModelForDepthEstimation). Relative vs metric is read from its config.'),
+              '(AutoModelForDepthEstimation), or a plain ONNX model (a .onnx file, or a '
+              'directory with model.onnx) with its card depth_node_model.yaml. Relative vs '
+              'metric is read from its config (or card).'),
+    ParamSpec('model.engine', 'auto',
+              "What runs the network: 'torch', 'onnxruntime', 'openvino', 'tensorrt' (CUDA), or "
+              "'auto': OpenVINO on the CPU when installed (1.3-1.4x faster than torch at the "
+              'same precision on AMX CPUs), else torch; torch on CUDA. ONNX engines export the '
+              'model per input size into model.cache_dir (a model that does not export falls '
+              "back to torch under 'auto').",
+              choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt')),
     ParamSpec('model.device', 'auto', "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."),
     ParamSpec('model.precision', 'auto', "'auto' (fp16 on CUDA; on CPU bf16 when the CPU has "
               "native bf16 instructions, AVX512-BF16 or AMX-BF16, else fp32), 'fp32', 'fp16' "
               "(CUDA only), 'bf16' (on CPUs with AVX512-BF16 about 1.45x faster than fp32, more "
               "with AMX).",
               choices=('auto', 'fp32', 'fp16', 'bf16')),
+    ParamSpec('model.input_size', 0,
+              "Short side of the network input in pixels, a multiple of the model's patch size "
+              '(518, 406, 308 for Depth Anything): smaller is faster and coarser. 0 = the '
+              "model's own (518 for Depth Anything).", min=0, max=4096),
+    ParamSpec('model.cache_dir', '',
+              'Where ONNX exports and compiled engines are cached (shared by nodes, written '
+              "atomically). Empty = $DEPTH_NODE_CACHE or ~/.cache/depth_node. Fill it ahead of "
+              'time with depth_node-export.'),
+    ParamSpec('model.threads', 0,
+              'Intra-op threads of ONNX Runtime and OpenVINO (0 = all cores).', min=0, max=1024),
+    ParamSpec('model.onnxruntime_providers', [],
+              "ONNX Runtime execution providers in order, e.g. ['TensorrtExecutionProvider', "
+              "'CUDAExecutionProvider', 'CPUExecutionProvider']; [] = CUDA then CPU on a CUDA "
+              'device, else CPU.', item_type='string'),
+    ParamSpec('model.openvino_device', 'CPU',
+              "OpenVINO device: 'CPU', 'GPU' (Intel GPU), 'NPU', 'AUTO'."),
     ParamSpec('model.random_init', '',
               "TEST ONLY: build this architecture with RANDOM weights instead of loading "
               "model.name ('depth-anything-v2-small', 'depth-anything-v2-base'). Output is "

@@ -236,10 +236,14 @@ class DepthNode(Node):
         random_init = self._cfg['model.random_init'] or None
         try:
             t0 = time.perf_counter()
-            est = DepthEstimator(name, device=self._cfg['model.device'],
-                                 precision=self._cfg['model.precision'],
-                                 random_init=random_init, compile=self._cfg['model.compile'],
-                                 cuda_graphs=self._cfg['model.cuda_graphs'])
+            c = self._cfg
+            est = DepthEstimator(name, device=c['model.device'], precision=c['model.precision'],
+                                 random_init=random_init, compile=c['model.compile'],
+                                 cuda_graphs=c['model.cuda_graphs'], engine=c['model.engine'],
+                                 input_size=c['model.input_size'],
+                                 cache_dir=c['model.cache_dir'], threads=c['model.threads'],
+                                 providers=[p for p in c['model.onnxruntime_providers'] if p],
+                                 openvino_device=c['model.openvino_device'])
             load_s = time.perf_counter() - t0
         except EstimatorError as exc:
             raise cfg.ConfigError(str(exc)) from exc
@@ -254,19 +258,23 @@ class DepthNode(Node):
             if len(self._cameras) > 1:  # the batch of all cameras is another shape to warm up
                 t0 = time.perf_counter()
                 frame = np.full((height, width, 3), 128, dtype=np.uint8)
+                est.prepare(height, width, batch=len(self._cameras))
                 est.predict_batch([frame] * len(self._cameras))
                 warm_s += time.perf_counter() - t0
         self.startup_timings = {'model_load': load_s, 'warmup': warm_s}
+        for note in est.startup_notes:  # engine choice; export / compile or cache load times
+            self.get_logger().info(note)
         self.get_logger().info(
-            f'model {random_init or name} on {est.device} ({est.dtype}), '
-            f'{"metric" if est.is_metric else "relative"}; load {load_s:.2f} s, '
+            f'model {random_init or name} on {est.device} ({est.dtype}), engine '
+            f'{est.engine.name}, {est.output_kind.replace("_", " ")}; load {load_s:.2f} s, '
             f'warm-up {warm_s:.2f} s')
         return est
 
     def _aligner_config(self) -> AlignerConfig:
         c = self._cfg
         relative_depth = (c['input.mode'] == 'relative_depth' and
-                          c['input.relative_kind'] == 'depth')
+                          c['input.relative_kind'] == 'depth') or (
+            self._estimator is not None and self._estimator.output_kind == 'relative_depth')
         space = 'depth' if (self._is_metric or relative_depth) else 'disparity'
         return AlignerConfig(space=space,
                              fit_shift=False if self._is_metric else c['lidar.fit_shift'],
@@ -480,11 +488,12 @@ class DepthNode(Node):
             for frame in frames:
                 by_size.setdefault(frame.rgb.shape[:2], []).append(frame)
             for group in by_size.values():
-                if not self._forward(group):
+                timings = self._forward(group)
+                if timings is None:
                     continue
                 for stage in ('preprocess', 'forward', 'postprocess', 'cloud'):
-                    if stage in self._estimator.last_timings:
-                        timer.add(stage, self._estimator.last_timings[stage])
+                    if stage in timings:
+                        timer.add(stage, timings[stage])
             timer.skip()  # the stages above are the whole of the forward passes
         for frame in frames:
             if frame.prediction is None:
@@ -545,23 +554,26 @@ class DepthNode(Node):
         frame.rgb = rgb
         return frame
 
-    def _forward(self, frames: list[_Frame]) -> bool:
-        """One forward pass over same-size frames; False when it failed (each frame is then
-        skipped, counted and logged)."""
+    def _forward(self, frames: list[_Frame]) -> Optional[dict[str, float]]:
+        """One forward pass over same-size frames; its stage timings, or None when it failed
+        (each frame is then skipped, counted and logged)."""
         try:
             K = self._cloud_with_forward(frames[0]) if len(frames) == 1 else None
             if K is not None:
                 # a metric model's cloud is back-projected where the depth is (the GPU), and
                 # comes back with it: one copy back per output
                 c = self._cfg
-                depth, frames[0].points = self._estimator.predict_points(
+                result = self._estimator.predict_points(
                     frames[0].rgb, K, stride=c['cloud.stride'], min_depth=c['cloud.min_depth'],
                     max_depth=c['cloud.max_depth'])
-                predictions = [depth]
+                frames[0].points = result.points
+                predictions = [result.depth]
             elif len(frames) == 1:
-                predictions = [self._estimator.predict(frames[0].rgb)]
+                result = self._estimator.predict(frames[0].rgb)
+                predictions = [result.depth]
             else:
-                predictions = self._estimator.predict_batch([f.rgb for f in frames])
+                result = self._estimator.predict_batch([f.rgb for f in frames])
+                predictions = list(result.depth)
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
             self._counters.add('forward_failures')
             self._consecutive_failures += 1
@@ -569,13 +581,13 @@ class DepthNode(Node):
                 self.get_logger().error(
                     f'forward pass failed ({self._consecutive_failures} in a row): '
                     f'{type(exc).__name__}: {exc}')
-            return False
+            return None
         self._consecutive_failures = 0
         self._counters.add('forward_passes')
         self._counters.add('forward_frames', len(frames))
         for frame, prediction in zip(frames, predictions):
             frame.prediction = prediction
-        return True
+        return result.timings
 
     def _cloud_with_forward(self, frame: _Frame) -> Optional[np.ndarray]:
         """The camera matrix to build the cloud with the forward pass, or None.

@@ -10,12 +10,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 . "$VENV/bin/activate"
-if ! python -c 'import torch, transformers, rclpy, sensor_msgs, diagnostic_msgs, depth_node' \
-    2>/dev/null; then
+if ! python -c 'import torch, transformers, rclpy, sensor_msgs, diagnostic_msgs, depth_node, onnx,
+onnxruntime, openvino' 2>/dev/null || [ -z "$(ls "$VENV"/bin/depth_node-export 2>/dev/null)" ]; then
   echo '[setup] installing into' "$VENV" '(torch first: 2.13.0 is the CPU wheel here)'
   python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
   python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt \
-    -e '.[ros-wheels,test]'
+    -e '.[ros-wheels,test,engines]'
 fi
 python -c 'import torch, transformers, rclpy; print("[setup] ok: torch", torch.__version__,
 "transformers", transformers.__version__)'

@@ -28,6 +28,8 @@ os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE', _PROFILE)
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', _PROFILE)
 os.environ.setdefault('ROS_LOG_DIR', os.path.join(_ROS_TMP, 'log'))
 os.environ.setdefault('ROS_HOME', os.path.join(_ROS_TMP, 'home'))
+# Engine exports and compiled engines go to a per-run cache, never the user's.
+os.environ.setdefault('DEPTH_NODE_CACHE', os.path.join(_ROS_TMP, 'cache'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import depth_node.estimator as estimator_module
+import depth_node.estimator.device as device_module
+import depth_node.estimator.postprocess as postprocess_module
 from depth_node.estimator import (DEFAULT_MODEL, DepthEstimator, EstimatorError,
                                   RANDOM_WEIGHTS_WARNING, cpu_has_native_bf16, resolve_device,
                                   resolve_dtype)
@@ -119,7 +120,7 @@ def test_torch_resize_backend_within_stated_tolerance(kind, tiny_dir, frames):
                            preprocess_backend='pil')
     fast = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32',
                           preprocess_backend='torch')
-    std = min(exact._recipe.image_std)
+    std = min(exact.recipe.image_std)
     for name, image in frames.items():
         diff = (fast.preprocess([image]) - exact.preprocess([image])).abs()
         assert float(diff.max()) <= 2 / 255 / std + 1e-6, name
@@ -139,21 +140,22 @@ def test_predict_matches_transformers_pipeline(kind, names, tiny_dir, estimator,
     for name in names:
         image = frames[name]
         _, expected = _reference(tiny_dir(kind), image)
-        got = est.predict(image)
+        prediction = est.predict(image)
+        got = prediction.depth
         assert got.shape == image.shape[:2] and got.dtype == np.float32
         assert np.isfinite(got).all()
         assert float(np.std(got)) > 1e-3 * float(np.abs(got).mean())  # not a constant map
         scale = float(np.abs(expected).max())
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=f'{kind} {name}')
-        assert set(est.last_timings) == {'preprocess', 'forward', 'postprocess'}
-        assert all(v >= 0 for v in est.last_timings.values())
+        assert set(prediction.timings) == {'preprocess', 'forward', 'postprocess'}
+        assert all(v >= 0 for v in prediction.timings.values())
 
 
 def test_output_shape_dtype_on_all_sizes(estimator, frames):
     est = estimator('depth_anything')
     for name, image in frames.items():
-        depth = est.predict(image)
+        depth = est.predict(image).depth
         assert depth.shape == image.shape[:2], name
         assert depth.dtype == np.float32 and depth.flags.c_contiguous
         assert np.isfinite(depth).all()
@@ -163,7 +165,7 @@ def test_dpt_centre_padding_is_cropped(estimator, frames):
     est = estimator('dpt_dinov2_pad')
     image = frames['tum']
     assert est.input_size(480, 640) == (384, 544)  # resized 378x504, padded to /32
-    depth = est.predict(image)
+    depth = est.predict(image).depth
     assert depth.shape == (480, 640) and np.isfinite(depth).all()
 
 
@@ -197,26 +199,26 @@ def test_depth_pro_focal_length_handling(estimator, frames):
                                align_corners=False)
         return (1.0 / torch.clamp(scaled, min=1e-4, max=1e4))[0, 0].numpy()
 
-    np.testing.assert_allclose(est.predict(image, fx=535.4), expected(535.4), rtol=1e-5)
+    np.testing.assert_allclose(est.predict(image, fx=535.4).depth, expected(535.4), rtol=1e-5)
     fov = float(outputs.field_of_view[0])
     focal_from_fov = 0.5 * width / np.tan(0.5 * np.deg2rad(fov))
-    np.testing.assert_allclose(est.predict(image), expected(focal_from_fov), rtol=1e-4)
+    np.testing.assert_allclose(est.predict(image).depth, expected(focal_from_fov), rtol=1e-4)
     with pytest.raises(EstimatorError, match='fx'):
-        est.predict(image, fx=-1.0)
+        est.predict(image, fx=-1.0).depth
 
 
 def test_other_models_ignore_fx(estimator, frames):
     est = estimator('depth_anything_metric')
     image = frames['tum']
-    np.testing.assert_array_equal(est.predict(image, fx=500.0), est.predict(image))
+    np.testing.assert_array_equal(est.predict(image, fx=500.0).depth, est.predict(image).depth)
 
 
 def test_bf16_runs_and_is_close_to_fp32(tiny_dir, estimator, frames):
     image = frames['tum']
-    fp32 = estimator('depth_anything').predict(image)
+    fp32 = estimator('depth_anything').predict(image).depth
     est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='bf16')
     assert est.dtype == torch.bfloat16
-    bf16 = est.predict(image)
+    bf16 = est.predict(image).depth
     assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
     assert float(np.abs(bf16 - fp32).mean()) < 0.05 * float(np.abs(fp32).mean())
     assert np.corrcoef(bf16.ravel(), fp32.ravel())[0, 1] > 0.99
@@ -225,14 +227,14 @@ def test_bf16_runs_and_is_close_to_fp32(tiny_dir, estimator, frames):
 def test_predict_batch_equals_predict(real_data, estimator):
     est = estimator('depth_anything')
     images = [load_frame(p).image for p in frame_folders(real_data / 'tum_rgbd')[:2]]
-    batch = est.predict_batch(images)
+    batch = est.predict_batch(images).depth
     assert len(batch) == 2
     for image, depth in zip(images, batch):
-        np.testing.assert_allclose(depth, est.predict(image), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(depth, est.predict(image).depth, rtol=1e-4, atol=1e-5)
     with pytest.raises(EstimatorError, match='one size'):
-        est.predict_batch([images[0], images[0][:200]])
+        est.predict_batch([images[0], images[0][:200]]).depth
     with pytest.raises(EstimatorError, match='at least one'):
-        est.predict_batch([])
+        est.predict_batch([]).depth
 
 
 @pytest.mark.parametrize('bad', [
@@ -241,14 +243,14 @@ def test_predict_batch_equals_predict(real_data, estimator):
 ])
 def test_predict_rejects_non_rgb8(bad, estimator):
     with pytest.raises(EstimatorError, match='uint8 RGB'):
-        estimator('depth_anything').predict(bad)
+        estimator('depth_anything').predict(bad).depth
 
 
 def test_warmup_and_upsample_option(tiny_dir):
     est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', upsample='bilinear')
-    assert est._recipe.upsample == 'bilinear'
+    assert est.recipe.upsample == 'bilinear'
     assert est.warmup(60, 80, iterations=1) > 0
-    assert est.predict(np.zeros((60, 80, 3), np.uint8)).shape == (60, 80)
+    assert est.predict(np.zeros((60, 80, 3), np.uint8)).depth.shape == (60, 80)
 
 
 def test_missing_local_directory_names_the_path(tmp_path):
@@ -322,7 +324,7 @@ def test_resolve_dtype():
 
 @pytest.mark.parametrize('native', [True, False])
 def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16(native, monkeypatch, tiny_dir):
-    monkeypatch.setattr(estimator_module, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(device_module, 'cpu_has_native_bf16', lambda: native)
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
     assert resolve_dtype('auto', cpu) == (torch.bfloat16 if native else torch.float32)
     assert resolve_dtype(' AUTO ', cpu) == resolve_dtype('auto', cpu)
@@ -344,7 +346,7 @@ def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16(native, monkeypatch
     ({'architecture': 'x86_64', 'avx2': True}, False),
 ])
 def test_cpu_has_native_bf16_reads_torch_capabilities(capabilities, native, monkeypatch):
-    monkeypatch.setattr(estimator_module, '_cpuinfo_flags',
+    monkeypatch.setattr(device_module, '_cpuinfo_flags',
                         lambda: frozenset({'avx512_bf16', 'amx_bf16'}))  # must not be read
     monkeypatch.setattr(torch.cpu, 'get_capabilities', lambda: capabilities)
     assert cpu_has_native_bf16() is native
@@ -355,8 +357,8 @@ def test_cpu_has_native_bf16_falls_back_to_proc_cpuinfo(monkeypatch, tmp_path):
     cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC\n'
                        'flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\n'
                        'processor\t: 1\nflags\t\t: fpu\n')
-    assert 'avx512_bf16' in estimator_module._cpuinfo_flags(str(cpuinfo))
-    assert estimator_module._cpuinfo_flags(str(tmp_path / 'missing')) == frozenset()
+    assert 'avx512_bf16' in device_module._cpuinfo_flags(str(cpuinfo))
+    assert device_module._cpuinfo_flags(str(tmp_path / 'missing')) == frozenset()
 
     def broken():
         raise RuntimeError('cpuinfo failed to initialize')
@@ -364,10 +366,10 @@ def test_cpu_has_native_bf16_falls_back_to_proc_cpuinfo(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cpu, 'get_capabilities', broken)
     for flags, native in (({'avx512f', 'avx512_bf16'}, True), ({'amx_bf16'}, True),
                           ({'avx512f', 'avx512_vnni'}, False), (set(), False)):
-        monkeypatch.setattr(estimator_module, '_cpuinfo_flags', lambda f=flags: frozenset(f))
+        monkeypatch.setattr(device_module, '_cpuinfo_flags', lambda f=flags: frozenset(f))
         assert cpu_has_native_bf16() is native, flags
     monkeypatch.delattr(torch.cpu, 'get_capabilities')  # an older torch
-    monkeypatch.setattr(estimator_module, '_cpuinfo_flags', lambda: frozenset({'avx512_bf16'}))
+    monkeypatch.setattr(device_module, '_cpuinfo_flags', lambda: frozenset({'avx512_bf16'}))
     assert cpu_has_native_bf16() is True
 
 
@@ -407,7 +409,7 @@ def test_torch_uint8_backend_within_stated_tolerance(kind, levels, fraction, tin
                            preprocess_backend='pil')
     fast = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32',
                           preprocess_backend='torch_uint8')
-    scale = 1 / 255 / min(exact._recipe.image_std) if exact._recipe.do_normalize else 1 / 255
+    scale = 1 / 255 / min(exact.recipe.image_std) if exact.recipe.do_normalize else 1 / 255
     for name, image in frames.items():
         got, expected = fast.preprocess([image]), exact.preprocess([image])
         assert got.dtype == torch.float32 and got.shape == expected.shape
@@ -421,7 +423,7 @@ def test_compute_dtype_table_equals_cast_float32_values(tiny_dir, frames):
     est = DepthEstimator(str(tiny_dir('dpt_dinov2_pad')), device='cpu', precision='bf16')
     image = frames['kitti']
     with torch.inference_mode():
-        direct = est._preprocess([image], compute=True)
+        direct = est.preprocessor.run([image], compute=True)
         reference = est.preprocess([image]).to(torch.bfloat16)
     assert direct.dtype == torch.bfloat16
     assert torch.equal(direct, reference)
@@ -431,10 +433,10 @@ def test_lookup_same_for_both_memory_formats(estimator, frames):
     est = estimator('depth_anything')
     pixels = torch.from_numpy(frames['tum'][:64, :80].copy()).permute(2, 0, 1)[None]
     assert pixels.is_contiguous(memory_format=torch.channels_last)
-    channels_last = est._lookup(pixels, est._table_flat)
-    contiguous = est._lookup(pixels.contiguous(), est._table_flat)
+    channels_last = est.preprocessor._lookup(pixels, est.preprocessor._table_flat)
+    contiguous = est.preprocessor._lookup(pixels.contiguous(), est.preprocessor._table_flat)
     assert torch.equal(channels_last, contiguous)
-    manual = est._table[torch.arange(3)[:, None, None], pixels[0].long()]
+    manual = est.preprocessor._table[torch.arange(3)[:, None, None], pixels[0].long()]
     assert torch.equal(contiguous[0], manual)
 
 
@@ -445,14 +447,15 @@ def test_cuda_graphs_is_ignored_off_cuda(tiny_dir, estimator, frames, caplog):
     assert not est.cuda_graphs
     assert any('cuda_graphs is ignored' in r.getMessage() for r in caplog.records)
     image = frames['tum']
-    np.testing.assert_array_equal(est.predict(image), estimator('depth_anything').predict(image))
+    np.testing.assert_array_equal(est.predict(image).depth,
+                                  estimator('depth_anything').predict(image).depth)
 
 
 def test_predictions_own_their_memory(estimator, frames):
     est = estimator('depth_anything')
-    first = est.predict(frames['tum'])
+    first = est.predict(frames['tum']).depth
     kept = first.copy()
-    second = est.predict(frames['tum'][::-1].copy())
+    second = est.predict(frames['tum'][::-1].copy()).depth
     assert not np.shares_memory(first, second)
     np.testing.assert_array_equal(first, kept)
 
@@ -472,9 +475,10 @@ def test_predict_points_equals_host_back_projection(estimator, frames):
     est = estimator('depth_anything_metric')
     image = frames['tum']
     K = np.array([[525.0, 0.0, 319.5], [0.0, 525.0, 239.5], [0.0, 0.0, 1.0]])
-    depth, xyz = est.predict_points(image, K, stride=2, min_depth=0.5, max_depth=60.0)
-    assert 'cloud' in est.last_timings
-    np.testing.assert_array_equal(depth, est.predict(image))
+    result = est.predict_points(image, K, stride=2, min_depth=0.5, max_depth=60.0)
+    depth, xyz = result.depth, result.points
+    assert 'cloud' in result.timings
+    np.testing.assert_array_equal(depth, est.predict(image).depth)
     expected = depth_to_points(depth, K, stride=2, min_depth=0.5, max_depth=60.0)
     assert xyz.shape == (240, 320, 3) and xyz.dtype == np.float32
     np.testing.assert_array_equal(xyz, expected)  # NaN in the same places
@@ -510,13 +514,14 @@ def test_cpu_compile_freezes_this_model_only(monkeypatch, tiny_dir):
     monkeypatch.setattr(torch, 'compile', fake_compile)
     freezing = inductor_config.freezing
     plain = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32')
-    assert calls == [] and not plain.compiled and plain._forward_module is plain.model
+    assert calls == [] and not plain.engine.compiled
+    assert plain.engine._forward_module is plain.model
     est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32',
                          compile=True)
-    assert est.compiled
+    assert est.engine.compiled
     assert calls == [{'options': {'freezing': True}}]
     assert inductor_config.freezing == freezing  # the process-wide config is left alone
-    assert est.predict(np.zeros((60, 80, 3), np.uint8)).shape == (60, 80)
+    assert est.predict(np.zeros((60, 80, 3), np.uint8)).depth.shape == (60, 80)
 
 
 @pytest.mark.slow
@@ -534,12 +539,12 @@ def test_cpu_compile_with_freezing_matches_eager(tiny_dir, estimator, frames):
 
     freezing = inductor_config.freezing
     image = np.ascontiguousarray(frames['tum'][::8, ::8])  # 80x60: a small graph to compile
-    eager = estimator('depth_anything').predict(image)
+    eager = estimator('depth_anything').predict(image).depth
     est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32',
                          compile=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(inductor_freezing, 'freeze', spy)
-        compiled = est.predict(image)
+        compiled = est.predict(image).depth
     assert frozen, 'Inductor did not freeze the model'
     assert inductor_config.freezing == freezing
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5 * float(np.abs(eager).max()))
@@ -552,7 +557,7 @@ def test_cpu_bf16_input_is_the_table_rounded(kind, tiny_dir, frames):
     for name in ('tum', 'kitti'):
         image = frames[name]
         with torch.inference_mode():
-            direct = est._preprocess([image], compute=True)
+            direct = est.preprocessor.run([image], compute=True)
             reference = est.preprocess([image]).to(torch.bfloat16)
         assert direct.dtype == torch.bfloat16
         assert direct.is_contiguous(memory_format=torch.channels_last)
@@ -564,14 +569,14 @@ def test_cpu_bf16_input_is_the_table_rounded(kind, tiny_dir, frames):
 def test_host_lookup_pairs_and_single_pixels(dtype, shape, estimator):
     """Two pixels per lookup (even planes) or one (odd, strided): the same table values."""
     est = estimator('depth_anything')
-    table = est._table_flat.to(dtype)
+    table = est.preprocessor._table_flat.to(dtype)
     rng = np.random.default_rng(sum(shape))
     values = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
     values[0, :, 0, 0] = torch.tensor([0, 255, 128], dtype=torch.uint8)
     expected = table.view(3, 256)[torch.arange(3)[None, :, None, None], values.long()]
     for layout in (values, values.contiguous(memory_format=torch.channels_last)):
         for channels_last in (False, True):
-            got = est._lookup(layout, table, channels_last=channels_last)
+            got = est.preprocessor._lookup(layout, table, channels_last=channels_last)
             assert got.dtype == dtype and got.shape == values.shape
             assert got.is_contiguous(memory_format=torch.channels_last) is channels_last or \
                 shape[-2:] == (1, 1)
@@ -586,7 +591,7 @@ def test_host_lookup_pairs_and_single_pixels(dtype, shape, estimator):
     ((518, 686), (60, 80)), ((37, 1), (5, 3)), ((1, 9), (1, 9)),
 ])
 def test_separable_resize_equals_interpolate(mode, shape, size):
-    from depth_node.estimator import _resize_taps, _separable_resize
+    from depth_node.estimator.postprocess import _resize_taps, _separable_resize
 
     rng = np.random.default_rng(sum(shape) + sum(size))
     depth = torch.from_numpy(rng.uniform(0.05, 1.0, (2, 1) + shape).astype(np.float32))
@@ -609,21 +614,22 @@ def test_separable_resize_crop_and_fallback(estimator, monkeypatch, frames):
     crop = (3, 30, 4, 41)
     full = F.interpolate(depth, size=(36, 49), mode='bicubic', align_corners=False)
     expected = full[..., 3:33, 4:45]
-    torch.testing.assert_close(est._resize(depth, (36, 49), 'bicubic', crop=crop), expected,
+    resize = est.postprocessor.resize
+    torch.testing.assert_close(resize(depth, (36, 49), 'bicubic', crop=crop), expected,
                                rtol=0, atol=1e-6)
     image = frames['tum']
-    separable = est.predict(image)
-    monkeypatch.setattr(estimator_module, '_resize_taps', lambda *args: None)
-    torch.testing.assert_close(est._resize(depth, (36, 49), 'bicubic', crop=crop), expected,
+    separable = est.predict(image).depth
+    monkeypatch.setattr(postprocess_module, '_resize_taps', lambda *args: None)
+    torch.testing.assert_close(resize(depth, (36, 49), 'bicubic', crop=crop), expected,
                                rtol=0, atol=0)
-    fallback = est.predict(image)
+    fallback = est.predict(image).depth
     np.testing.assert_allclose(separable, fallback, rtol=1e-5, atol=1e-6)
     assert not np.array_equal(separable, fallback)  # the two paths did run
 
 
 def test_resize_taps_refuse_a_rule_they_do_not_reproduce(monkeypatch):
     """The read-back weights are checked against F.interpolate; a mismatch means None."""
-    from depth_node.estimator import _resize_taps
+    from depth_node.estimator.postprocess import _resize_taps
 
     real = F.interpolate
     calls = []
@@ -633,7 +639,7 @@ def test_resize_taps_refuse_a_rule_they_do_not_reproduce(monkeypatch):
         out = real(x, *args, **kwargs)
         return out + 0.01 if len(calls) > 1 else out  # the check sees another rule
 
-    monkeypatch.setattr(estimator_module.F, 'interpolate', shifted)
+    monkeypatch.setattr(postprocess_module.F, 'interpolate', shifted)
     _resize_taps.cache_clear()
     try:
         assert _resize_taps(23, 41, 'bicubic') is None

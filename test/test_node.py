@@ -162,7 +162,8 @@ def test_other_encodings_served(session, models, tum, encoding):
 
 def test_newest_frame_wins_and_drops_are_counted(session, tum):
     # a full-size random Depth Anything V2 Small: about a second per frame on this CPU
-    node, probe = _start(session, '', **{'model.random_init': 'depth-anything-v2-small'})
+    node, probe = _start(session, '', **{'model.random_init': 'depth-anything-v2-small',
+                                         'model.engine': 'torch'})
     stamps = []
     for i in range(12):
         stamps.append(_send(probe, tum, 70, i * 10_000_000, info=(i == 0)))

@@ -80,7 +80,7 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
         assert msg is not None, f'no {name}/depth/relative'
         assert msg.header.frame_id == f'{name}_optical'
         # the batched prediction is the camera's own frame's prediction
-        np.testing.assert_allclose(image_to_array(msg), node._estimator.predict(frame.image),
+        np.testing.assert_allclose(image_to_array(msg), node._estimator.predict(frame.image).depth,
                                    rtol=1e-4, atol=1e-5)
     # neither camera's outputs leak onto the other's topics or the plain ones
     assert [m.header.frame_id for m in probes['front'].received['depth/relative']] == \

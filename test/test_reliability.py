@@ -198,8 +198,9 @@ def image_rig(session, model_dir, small):
     rig = Rig(session, '/rel_image', {'model.name': model_dir, **IMAGE_PARAMS},
               ('image', 'camera_info'))
     rgb, grey = small
-    rig.reference['rgb'] = rig.node._estimator.predict(rgb)
-    rig.reference['grey'] = rig.node._estimator.predict(np.repeat(grey[..., None], 3, axis=2))
+    rig.reference['rgb'] = rig.node._estimator.predict(rgb).depth
+    rig.reference['grey'] = rig.node._estimator.predict(
+        np.repeat(grey[..., None], 3, axis=2)).depth
     return rig
 
 
@@ -208,7 +209,7 @@ def compressed_rig(session, model_dir, small):
     rig = Rig(session, '/rel_compressed',
               {'model.name': model_dir, 'input.compressed': True, **IMAGE_PARAMS},
               ('image/compressed', 'camera_info'))
-    rig.reference['rgb'] = rig.node._estimator.predict(small[0])
+    rig.reference['rgb'] = rig.node._estimator.predict(small[0]).depth
     return rig
 
 
@@ -853,7 +854,7 @@ def test_signal_in_the_middle_of_a_forward_pass_stops_within_2_s(small, signum):
     proc = subprocess.Popen(
         _entry_point() + ['--ros-args', '-p', 'model.random_init:=depth-anything-v2-small',
                           '-p', 'model.device:=cpu', '-p', 'model.warmup:=false',
-                          '-r', f'__ns:={ns}'],
+                          '-p', 'model.engine:=torch', '-r', f'__ns:={ns}'],
         env={**os.environ, 'PYTHONUNBUFFERED': '1'}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
     session = RosSession()

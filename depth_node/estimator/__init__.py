@@ -1,0 +1,19 @@
+"""Monocular depth estimation, free of ROS: load a model once, turn RGB frames into depth.
+
+The package's parts, each found by name: :mod:`.device` (device and precision),
+:mod:`.loading` (checkpoints), :mod:`.model_card` (plain ONNX models), :mod:`.recipe` (what the
+image processor does), :mod:`.preprocess`, :mod:`.engines` (torch, onnxruntime, openvino,
+tensorrt), :mod:`.export` (ONNX export and its cache), :mod:`.postprocess`, and the facade
+:class:`DepthEstimator` (:mod:`.facade`) that the node, the demo and the benchmarks use.
+"""
+
+from depth_node.estimator.device import cpu_has_native_bf16, resolve_device, resolve_dtype
+from depth_node.estimator.engines.base import ENGINES
+from depth_node.estimator.errors import EstimatorError
+from depth_node.estimator.facade import OUTPUT_KINDS, DepthEstimator, Prediction
+from depth_node.estimator.loading import (DEFAULT_MODEL, RANDOM_INIT_CHOICES,
+                                          RANDOM_WEIGHTS_WARNING, SUPPORTED_MODEL_TYPES)
+
+__all__ = ['DEFAULT_MODEL', 'ENGINES', 'OUTPUT_KINDS', 'RANDOM_INIT_CHOICES',
+           'RANDOM_WEIGHTS_WARNING', 'SUPPORTED_MODEL_TYPES', 'DepthEstimator', 'EstimatorError',
+           'Prediction', 'cpu_has_native_bf16', 'resolve_device', 'resolve_dtype']

@@ -1,0 +1,436 @@
+"""The estimator facade: one object that turns RGB frames into depth (ROS-free).
+
+:class:`DepthEstimator` composes the parts a reader finds by name in this package:
+
+==================  ==========================================================================
+module              what it does
+==================  ==========================================================================
+``device``          device and precision resolution (``auto``: fp16 on CUDA, bf16 on CPUs with
+                    native bf16, else fp32)
+``loading``         checkpoint loading (hub id, local directory, random architecture for tests)
+``model_card``      plain ONNX models and their card (``depth_node_model.yaml``)
+``recipe``          the processor recipe: input size, mean/std, padding, resampling
+``preprocess``      uint8 RGB -> network input, bit-exact with the image processor on CPU fp32
+``engines``         torch, onnxruntime, openvino, tensorrt: each only runs the network
+``export``          per-shape ONNX export and the on-disk cache of exports and engines
+``postprocess``     raw prediction -> ``(H, W)`` float32 at the image's size
+==================  ==========================================================================
+
+Pre- and postprocessing are the same for every engine; an engine takes the network input and
+returns the raw prediction (and Depth Pro's field of view). :meth:`DepthEstimator.predict`
+returns a :class:`Prediction`: the depth, and the seconds each stage took.
+
+Supported transformers model types (checked against transformers 5.23): ``depth_anything``
+(relative disparity, or metres when ``depth_estimation_type`` is ``'metric'``), ``dpt``
+(relative disparity), ``glpn``, ``zoedepth`` and ``depth_pro`` (metres). Plain ONNX models say
+what they output in their card (``relative_disparity``, ``relative_depth`` or ``metric_depth``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from depth_node.estimator.device import resolve_device, resolve_dtype
+from depth_node.estimator.engines import EngineOptions, make_onnx_engine, resolve_engine
+from depth_node.estimator.engines.onnx_base import FixedOnnx
+from depth_node.estimator.engines.torch_engine import TorchEngine
+from depth_node.estimator.errors import EstimatorError
+from depth_node.estimator.export import OnnxExporter, default_cache_dir
+from depth_node.estimator.loading import DEFAULT_MODEL, load_checkpoint
+from depth_node.estimator.model_card import is_onnx_model, load_onnx_model
+from depth_node.estimator.postprocess import Postprocessor
+from depth_node.estimator.preprocess import Preprocessor
+from depth_node.estimator.recipe import make_recipe, with_short_side
+
+logger = logging.getLogger('depth_node.estimator')
+
+OUTPUT_KINDS = ('metric_depth', 'relative_disparity', 'relative_depth')
+
+
+@dataclass
+class Prediction:
+    """What one :meth:`DepthEstimator.predict` (or ``predict_batch``, ``predict_points``) gives.
+
+    Attributes
+    ----------
+    depth : np.ndarray
+        ``(H, W)`` float32 (``(B, H, W)`` from ``predict_batch``): metres along the optical
+        axis when the model is metric, else its relative output (see ``output_kind``).
+    timings : dict[str, float]
+        Seconds spent in ``'preprocess'``, ``'forward'`` and ``'postprocess'`` (and
+        ``'cloud'`` from ``predict_points``); CUDA is synchronised for each.
+    points : np.ndarray or None
+        ``predict_points`` only: ``(ceil(H / stride), ceil(W / stride), 3)`` float32 points in
+        the camera optical frame, metres, NaN where invalid.
+    """
+
+    depth: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    points: Optional[np.ndarray] = None
+
+
+class DepthEstimator:
+    """A depth network loaded once, turning RGB frames into depth or disparity images.
+
+    Parameters
+    ----------
+    name : str
+        Hugging Face hub id or local directory holding ``config.json``, the weights and
+        ``preprocessor_config.json`` (with ``HF_HUB_OFFLINE=1`` only the local cache is read);
+        or a plain ONNX model: a ``.onnx`` file or a directory with ``model.onnx``, each with
+        its card (:mod:`depth_node.estimator.model_card`).
+    device : str
+        ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see :func:`resolve_device`): where
+        pre- and postprocessing run, and the torch, ONNX Runtime and TensorRT engines.
+    precision : str
+        ``'auto'`` (fp16 on CUDA; bf16 on a CPU with native bf16 instructions, fp32 on other
+        CPUs; fp32 for ONNX Runtime on the CPU), ``'fp32'``, ``'fp16'`` or ``'bf16'``.
+    random_init : str or None
+        ``None`` to load ``name``. One of ``RANDOM_INIT_CHOICES`` builds that architecture
+        with random weights and the stock Depth Anything preprocessing, for pipeline tests and
+        timing without a download; a loud warning is logged. ``name`` is then not loaded.
+    channels_last : bool or None
+        Run convolutions in channels-last memory format; ``None`` means on for CUDA and for CPU
+        bf16 (oneDNN's bf16 convolutions and upsampling are faster there: 7-10 % of the whole
+        forward), off for CPU fp32 (no measurable difference).
+    compile : bool
+        torch engine: wrap the model in ``torch.compile`` (see :class:`TorchEngine`).
+    preprocess_backend : str
+        ``'auto'``, ``'pil'``, ``'torch_uint8'`` or ``'torch'`` (see
+        :mod:`depth_node.estimator.preprocess`).
+    cuda_graphs : bool
+        torch engine on CUDA: capture the forward pass per input shape.
+    upsample : str
+        How the prediction is resized to the image: ``'auto'`` (what the model's
+        ``post_process_depth_estimation`` does: bicubic for most, bilinear for DepthPro),
+        ``'bilinear'`` or ``'bicubic'``. Bicubic can overshoot by a few percent at depth edges.
+    engine : str
+        ``'torch'`` (default), ``'onnxruntime'``, ``'openvino'``, ``'tensorrt'`` or ``'auto'``
+        (:func:`depth_node.estimator.engines.resolve_engine` says what it picks and why).
+    input_size : int
+        The network input's short side in pixels (a multiple of the patch size: 518, 406, 308
+        for Depth Anything); 0 = the processor's.
+    cache_dir : str
+        Where ONNX exports and compiled engines are cached ('' = :func:`default_cache_dir`).
+    threads : int
+        ONNX Runtime / OpenVINO intra-op threads (0 = the engine's default).
+    providers : sequence of str
+        ONNX Runtime execution providers in order (empty = CUDA then CPU on CUDA, else CPU).
+    openvino_device : str
+        OpenVINO device (``'CPU'``, ``'GPU'``, ``'NPU'``).
+
+    Attributes
+    ----------
+    is_metric : bool
+        True when the prediction is metric depth, told from the model config (or card).
+    output_kind : str
+        ``'metric_depth'`` (metres along the camera optical z axis), ``'relative_disparity'``
+        (affine-invariant inverse depth, larger = nearer) or ``'relative_depth'``
+        (affine-invariant depth, larger = farther; plain ONNX models only).
+    device : torch.device
+    dtype : torch.dtype
+        Compute precision asked of the engine.
+    engine : Engine
+        The engine that runs the network (``engine.name``, ``engine.describe()``).
+    model_name, model_type : str
+    startup_notes : list of str
+        Lines for the startup log: engine choice and, per warmed-up shape, export / compile
+        time on a cache miss or load time on a hit.
+    """
+
+    def __init__(self, name: str = DEFAULT_MODEL, device: str = 'auto', precision: str = 'auto',
+                 random_init: str | None = None, channels_last: bool | None = None,
+                 compile: bool = False, preprocess_backend: str = 'auto',
+                 upsample: str = 'auto', cuda_graphs: bool = False, engine: str = 'torch',
+                 input_size: int = 0, cache_dir: str = '', threads: int = 0,
+                 providers: Sequence[str] = (), openvino_device: str = 'CPU') -> None:
+        self.device = resolve_device(device)
+        if upsample not in ('auto', 'bilinear', 'bicubic'):
+            raise EstimatorError(
+                f"upsample '{upsample}' is not understood; use 'auto', 'bilinear' or 'bicubic'")
+        onnx_model = not random_init and is_onnx_model(name)
+        engine_name, why = resolve_engine(engine, self.device, onnx_model)
+        if engine_name == 'onnxruntime' and str(precision).strip().lower() == 'auto' \
+                and self.device.type == 'cpu':
+            precision = 'fp32'  # ONNX Runtime's CPU provider has no fast bf16
+        self.dtype = resolve_dtype(precision, self.device)
+        self._output_scale = 1.0
+        checkpoint = card = None
+        if onnx_model:
+            card = load_onnx_model(name)
+            recipe = card.recipe
+            self.model_name, self.model_type = str(name), 'onnx'
+            self.output_kind = card.output_kind
+            self._output_scale = card.output_scale
+        else:
+            checkpoint = load_checkpoint(name, random_init)
+            recipe = make_recipe(checkpoint.model_type, checkpoint.processor)
+            self.model_name, self.model_type = checkpoint.name, checkpoint.model_type
+            self.output_kind = 'metric_depth' if checkpoint.is_metric else 'relative_disparity'
+        self.is_metric = self.output_kind == 'metric_depth'
+        if input_size:
+            recipe = with_short_side(recipe, input_size)
+        if upsample != 'auto':
+            recipe = replace(recipe, upsample=upsample)
+        self._recipe = recipe
+        options = EngineOptions(threads=int(threads), providers=tuple(providers),
+                                openvino_device=openvino_device, cache_dir=str(cache_dir),
+                                compile=bool(compile), cuda_graphs=bool(cuda_graphs))
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        if engine_name == 'torch':
+            self.engine = TorchEngine(checkpoint.model, self.device, self.dtype, options,
+                                      channels_last=channels_last)
+        else:
+            if compile or cuda_graphs:
+                logger.warning('model.compile and model.cuda_graphs are for the torch engine; '
+                               'ignored with %s', engine_name)
+            source = FixedOnnx(card) if card is not None else OnnxExporter(checkpoint,
+                                                                             self.cache_dir)
+            self.engine = make_onnx_engine(engine_name, source, self.cache_dir, self.device,
+                                           self.dtype, options)
+            if isinstance(source, OnnxExporter):
+                source.dtype = self.engine.input_dtype
+                if source.dtype == torch.float16:
+                    source.device = self.engine.device  # fp16 traces on the GPU
+        self._backend = preprocess_backend
+        self._checkpoint, self._channels_last = checkpoint, channels_last
+        self._torch_options = options
+        # 'auto' falls back to torch when the model does not export (or compile) for an engine.
+        self._auto = str(engine).strip().lower() == 'auto' and checkpoint is not None \
+            and engine_name != 'torch'
+        self._stage_parts()
+        self.startup_notes = [f'engine {self.engine.describe()} ({why})']
+        logger.info('depth model %s (%s, %s) on %s, engine %s, preprocessing %s',
+                    self.model_name, self.model_type, self.output_kind, self.device,
+                    self.engine.describe(), self.preprocessor.backend)
+
+    def _stage_parts(self) -> None:
+        """Pre- and postprocessing for the engine's input device and dtype."""
+        self.preprocessor = Preprocessor(self._recipe, self.engine.device,
+                                         self.engine.input_dtype, backend=self._backend,
+                                         channels_last=self.engine.channels_last,
+                                         exact=self.dtype == torch.float32, name=self.model_name)
+        self.postprocessor = Postprocessor(self._recipe, self.engine.device, name=self.model_name)
+
+    def _fall_back_to_torch(self, exc: Exception) -> None:
+        """``engine='auto'``: the ONNX engine failed to build; run the model in torch."""
+        line = (f'{self.engine.name} could not build this model ({exc}); model.engine auto falls '
+                'back to torch')
+        logger.warning('%s', line)
+        self.startup_notes.append(line)
+        self.engine.close()
+        self._auto = False
+        self.engine = TorchEngine(self._checkpoint.model, self.device, self.dtype,
+                                  self._torch_options, channels_last=self._channels_last)
+        self._stage_parts()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def model(self) -> Optional[torch.nn.Module]:
+        """The torch module (torch engine), else None."""
+        return getattr(self.engine, 'model', None)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.engine.channels_last
+
+    @property
+    def preprocess_backend(self) -> str:
+        return self.preprocessor.backend
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return bool(getattr(self.engine, 'cuda_graphs', False))
+
+    @property
+    def recipe(self):
+        """The processor recipe (:class:`depth_node.estimator.recipe.Recipe`)."""
+        return self._recipe
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Network input ``(height, width)`` in pixels for an image of ``height`` x ``width``.
+
+        Padding added by the processor is included (ZoeDepth reflect pad before resizing, DPT
+        ``do_pad`` after).
+        """
+        return self.preprocessor.input_size(height, width)
+
+    # ------------------------------------------------------------------ running
+
+    def _sync(self) -> None:
+        if self.engine.device.type == 'cuda':
+            torch.cuda.synchronize(self.engine.device)
+
+    @torch.inference_mode()
+    def _run(self, images: Sequence[np.ndarray], fx: Any,
+             cloud: Optional[dict[str, Any]] = None) -> Prediction:
+        """Predict; with ``cloud`` (keyword arguments of :func:`depth_to_points_tensor`) also
+        back-project the first image's prediction on the device. One copy back per output."""
+        height, width = self.preprocessor.check_images(images)
+        self.preprocessor.input_size(height, width)
+        start = time.perf_counter()
+        pixel_values = self.preprocessor.run(images, compute=True)
+        self._sync()
+        after_pre = time.perf_counter()
+        try:
+            depth, fov = self.engine.run(pixel_values)
+        except EstimatorError as exc:
+            if not self._auto:
+                raise
+            self._fall_back_to_torch(exc)
+            return self._run(images, fx, cloud)
+        self._sync()
+        after_forward = time.perf_counter()
+        if self._output_scale != 1.0:
+            depth = depth.float() * self._output_scale
+        depth = self.postprocessor.run(depth, fov, height, width, fx)
+        timings = {'preprocess': after_pre - start, 'forward': after_forward - after_pre}
+        if cloud is None:
+            result, xyz = self.postprocessor.to_host(depth)[0], None
+            timings['postprocess'] = time.perf_counter() - after_forward
+        else:
+            from depth_node.cloud import depth_to_points_tensor
+
+            self._sync()
+            after_post = time.perf_counter()
+            timings['postprocess'] = after_post - after_forward
+            points = depth_to_points_tensor(depth[0], **cloud)
+            result, xyz = self.postprocessor.to_host(depth, points)
+            timings['cloud'] = time.perf_counter() - after_post
+        return Prediction(depth=result, timings=timings, points=xyz)
+
+    def close(self) -> None:
+        """Release the engine (sessions, device memory); the estimator is unusable after."""
+        self.engine.close()
+
+    @torch.inference_mode()
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Network input for same-size ``(H, W, 3)`` uint8 RGB images.
+
+        Returns
+        -------
+        torch.Tensor
+            ``pixel_values``, ``(B, 3, h, w)`` float32 on :attr:`device` with
+            ``(h, w) == input_size(H, W)``: what the model's image processor produces (see the
+            module docstring for the tolerance).
+        """
+        images = list(images)
+        self.preprocessor.check_images(images)
+        return self.preprocessor.run(images)
+
+    def predict(self, rgb: np.ndarray, fx: Optional[float] = None) -> Prediction:
+        """Predict one frame.
+
+        Parameters
+        ----------
+        rgb : np.ndarray
+            ``(H, W, 3)`` uint8 RGB image.
+        fx : float, optional
+            Horizontal focal length in pixels of this image. Used only by models whose metric
+            scale depends on it (DepthPro, which otherwise uses its own FoV estimate); ignored
+            by the others.
+
+        Returns
+        -------
+        Prediction
+            ``depth`` ``(H, W)`` float32: metres along the optical axis when :attr:`is_metric`,
+            else the relative output (``output_kind``); ``timings`` of the stages.
+        """
+        prediction = self._run([rgb], fx)
+        prediction.depth = prediction.depth[0]
+        return prediction
+
+    def predict_points(self, rgb: np.ndarray, K: np.ndarray, stride: int = 1,
+                       min_depth: float = 0.0, max_depth: float = float('inf'),
+                       fx: Optional[float] = None) -> Prediction:
+        """Predict metric depth and back-project it on the device (the GPU path of a cloud).
+
+        Parameters
+        ----------
+        rgb : np.ndarray
+            ``(H, W, 3)`` uint8 RGB image.
+        K : np.ndarray
+            ``(3, 3)`` camera matrix of this image, pixels.
+        stride, min_depth, max_depth
+            As for :func:`depth_node.cloud.depth_to_points` (metres).
+        fx : float, optional
+            As for :meth:`predict`.
+
+        Returns
+        -------
+        Prediction
+            ``depth`` ``(H, W)`` float32 metres along the optical axis, as :meth:`predict`
+            gives; ``points`` ``(ceil(H / stride), ceil(W / stride), 3)`` float32 in the camera
+            optical frame, metres, NaN where invalid: equal to ``depth_to_points(depth, K,
+            ...)``; ``timings`` gains ``'cloud'`` (back-projection and both copies back).
+
+        Raises
+        ------
+        EstimatorError
+            For a relative model: its prediction is not metres (align it with LiDAR first and
+            use :func:`depth_node.cloud.depth_to_points`).
+        """
+        if not self.is_metric:
+            raise EstimatorError(f'{self.model_name} predicts relative disparity, not metres; '
+                                 'a cloud needs metric depth (align it first)')
+        cloud = {'K': K, 'stride': stride, 'min_depth': min_depth, 'max_depth': max_depth}
+        prediction = self._run([rgb], fx, cloud=cloud)
+        prediction.depth = prediction.depth[0]
+        return prediction
+
+    def predict_batch(self, images: list[np.ndarray],
+                      fx: Optional[float | Sequence[float]] = None) -> Prediction:
+        """Predict several same-size frames in one forward pass.
+
+        Parameters
+        ----------
+        images : list of np.ndarray
+            ``(H, W, 3)`` uint8 RGB images, all of one size.
+        fx : float or sequence of float, optional
+            Focal length(s) in pixels, as in :meth:`predict`.
+
+        Returns
+        -------
+        Prediction
+            ``depth`` ``(B, H, W)`` float32: one prediction per image, as :meth:`predict`
+            gives; ``timings`` of the whole batch.
+        """
+        return self._run(list(images), fx)
+
+    def warmup(self, height: int, width: int, iterations: int = 2) -> float:
+        """Run ``iterations`` synthetic ``height`` x ``width`` frames; return seconds taken.
+
+        Triggers lazy initialisation (CUDA kernels, cuDNN autotuning, ``torch.compile``, CUDA
+        graph capture) for that input shape so the first real frame is not slow.
+        """
+        ramp = np.linspace(0, 255, num=int(width), dtype=np.float32)
+        frame = np.broadcast_to(ramp[None, :, None], (int(height), int(width), 3))
+        frame = np.ascontiguousarray(frame.astype(np.uint8))
+        start = time.perf_counter()
+        self.prepare(int(height), int(width))
+        for _ in range(max(1, int(iterations))):
+            self.predict(frame)
+        return time.perf_counter() - start
+
+    def prepare(self, height: int, width: int, batch: int = 1) -> None:
+        """Have the engine ready for ``batch`` frames of ``height`` x ``width`` (export and
+        compile, or load from the cache); what it did goes to :attr:`startup_notes`."""
+        in_h, in_w = self.input_size(height, width)
+        try:
+            line = self.engine.prepare((int(batch), 3, in_h, in_w))
+        except EstimatorError as exc:
+            if not self._auto:
+                raise
+            self._fall_back_to_torch(exc)
+            line = None
+        if line:
+            self.startup_notes.append(line)
+            logger.info('%s', line)
