@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Optional
 
+import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.node import Node
@@ -39,6 +40,26 @@ def status_stamp(status: DiagnosticStatus) -> tuple[int, int]:
 
 def status_values(status: DiagnosticStatus) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
+
+
+def holds_camera_info(node: Any, msg: CameraInfo, camera: int = 0) -> bool:
+    """Whether ``node``'s current intrinsics for its ``camera``-th camera are those of ``msg``.
+
+    Reads the node's private state: the one place tests do, so a rename is fixed here.
+    """
+    with node._lock:
+        intr = node._cameras[camera].intrinsics
+    return (intr is not None and (intr.width, intr.height) == (msg.width, msg.height) and
+            bool(np.array_equal(intr.K.ravel(), np.asarray(msg.k))) and
+            bool(np.array_equal(intr.D, np.asarray(msg.d))))
+
+
+def holds_scan(node: Any, msg: PointCloud2) -> bool:
+    """Whether ``node`` has stored a LiDAR scan with the stamp of ``msg`` (private state, as
+    :func:`holds_camera_info`)."""
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    with node._lock:
+        return any(scan[0] == stamp for scan in node._scans)
 
 
 class Probe:
@@ -90,6 +111,22 @@ class Probe:
             return self.wait_for(topic, lambda m: status_stamp(m) == stamp, timeout)
         return self.wait_for(topic, lambda m: (m.header.stamp.sec, m.header.stamp.nanosec)
                              == stamp, timeout)
+
+    def publish_until(self, topic: str, msg: Any, condition: Callable[[], bool], what: str,
+                      timeout: float = 30.0, every: float = 2.0) -> None:
+        """Publish ``msg`` until ``condition`` holds (the node took it), again every ``every``
+        seconds (the node's sensor QoS is best effort); fail naming ``what`` after
+        ``timeout``. Replaces sleeping for a while and hoping the message landed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.publish(topic, msg)
+            resend = min(deadline, time.monotonic() + every)
+            while time.monotonic() < resend:
+                if condition():
+                    return
+                time.sleep(0.01)
+            assert time.monotonic() < deadline, \
+                f'timed out after {timeout:g} s waiting for {what}'
 
     def wait_subscribers(self, topic: str, timeout: float = 10.0) -> bool:
         """Wait until the node subscribes ``topic`` (discovery done)."""

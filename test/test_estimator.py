@@ -247,10 +247,24 @@ def test_predict_rejects_non_rgb8(bad, estimator):
 
 
 def test_warmup_and_upsample_option(tiny_dir):
+    """upsample='bilinear' resizes the network's output to the image bilinearly: a grey image
+    reaches the network the same at any size, so the prediction of a 80x60 one is the
+    prediction at the network's own size (no resize), resized as F.interpolate does; the
+    model's default (bicubic) gives something else."""
     est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', upsample='bilinear')
-    assert est.recipe.upsample == 'bilinear'
     assert est.warmup(60, 80, iterations=1) > 0
-    assert est.predict(np.zeros((60, 80, 3), np.uint8)).depth.shape == (60, 80)
+    net_h, net_w = est.input_size(60, 80)
+    assert est.input_size(net_h, net_w) == (net_h, net_w)
+    native = torch.from_numpy(est.predict(np.full((net_h, net_w, 3), 120, np.uint8)).depth)
+
+    def resized(mode):
+        return F.interpolate(native[None, None], size=(60, 80), mode=mode,
+                             align_corners=False)[0, 0].numpy()
+
+    out = est.predict(np.full((60, 80, 3), 120, np.uint8)).depth
+    assert out.shape == (60, 80)
+    np.testing.assert_allclose(out, resized('bilinear'), rtol=1e-4, atol=1e-6)
+    assert np.abs(out - resized('bicubic')).max() > 1e-3   # the two modes are told apart
 
 
 def test_missing_local_directory_names_the_path(tmp_path):

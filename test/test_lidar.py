@@ -14,6 +14,9 @@ from depth_node.lidar import (
     project_points, read_points_xyz, transform_points,
 )
 from depth_node.sample_data import frame_folders, load_frame
+from synthetic_scene import (HEIGHT as SCENE_H, K as SCENE_K, PLATE_HALF_U, PLATE_HALF_V,
+                             PLATE_Z, T_CAMERA_LIDAR as SCENE_T, WALL_Z, WIDTH as SCENE_W,
+                             plate_and_wall)
 
 FLOAT32, FLOAT64, UINT16, UINT8 = 7, 8, 4, 2
 
@@ -464,6 +467,44 @@ def test_prepare_points_synthetic():
     assert empty[0].shape == (0, 2) and empty[1].shape == (0,)
     with pytest.raises(LidarError, match=r'\(N, 3\)'):
         prepare_points(np.zeros((3, 2)), T, cam, 320, 240)
+
+
+def _in_plate_outline(uv, slack=0.5):
+    """Pixels on the synthetic plate's outline or inside it (``slack`` px around it)."""
+    return ((np.abs(uv[:, 0] - SCENE_K[0, 2]) <= PLATE_HALF_U + slack) &
+            (np.abs(uv[:, 1] - SCENE_K[1, 2]) <= PLATE_HALF_V + slack))
+
+
+def test_prepare_points_removes_wall_returns_hidden_behind_a_plate():
+    """A plate 2 m in front of a wall 6 m away, the LiDAR 0.3 m above and 0.1 m behind the
+    camera: the wall returns the camera cannot see land on the plate's pixels. The default
+    window removes every one of them and keeps the plate and the wall away from its edges; with
+    the filter off (window 0 or 1) every point in view is kept, the hidden ones included."""
+    scene = plate_and_wall()
+    n_hidden = int(scene.hidden.sum())
+    n_in_view = int(scene.in_view.sum())
+    assert n_hidden > 2000 and scene.in_view[scene.hidden].all()   # the scene shows the effect
+    cam = CameraModel(SCENE_K, [], 'none', SCENE_W, SCENE_H)
+
+    def split(uv, z):
+        wall = z > 0.5 * (PLATE_Z + WALL_Z)
+        return wall & _in_plate_outline(uv), ~wall, wall & ~_in_plate_outline(uv, slack=8.0)
+
+    for window in (0, 1):
+        uv, z = prepare_points(scene.points_lidar, SCENE_T, cam, SCENE_W, SCENE_H,
+                               occlusion_window=window)
+        hidden, plate, far_wall = split(uv, z)
+        assert len(z) == n_in_view
+        assert hidden.sum() >= n_hidden         # kept: nothing is filtered
+    uv, z = prepare_points(scene.points_lidar, SCENE_T, cam, SCENE_W, SCENE_H)  # window 5
+    hidden, plate, far_wall = split(uv, z)
+    assert hidden.sum() == 0, f'{hidden.sum()} wall points behind the plate were kept'
+    assert plate.sum() == scene.on_plate.sum()
+    assert far_wall.sum() == (~scene.on_plate & scene.in_view &
+                              scene.outside_plate_by(8.0)).sum()
+    # besides the hidden points, only visible wall points next to the plate's outline go
+    near_edge = ~scene.on_plate & ~scene.hidden & scene.in_view & ~scene.outside_plate_by(8.0)
+    assert n_in_view - n_hidden - near_edge.sum() <= len(z) <= n_in_view - n_hidden
 
 
 # ---------------------------------------------------------------- real frames

@@ -7,6 +7,7 @@ published with rclpy and every output topic is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 
@@ -16,7 +17,7 @@ import pytest
 from depth_node.messages import (camera_info_msg, cloud_fields, cloud_to_array, image_msg,
                                  image_to_array, make_header)
 from depth_node.sample_data import load_frame
-from ros_harness import status_values
+from ros_harness import holds_camera_info, status_values
 
 pytestmark = pytest.mark.ros
 
@@ -36,12 +37,13 @@ def _start(session, model, topic='image', **params):
     return node, probe
 
 
-def _send(probe, frame, sec, nanosec=0, encoding='rgb8', frame_id='cam_optical',
+def _send(node, probe, frame, sec, nanosec=0, encoding='rgb8', frame_id='cam_optical',
           info=True):
     header = make_header(frame_id, sec, nanosec)
-    if info:
-        probe.publish('camera_info', camera_info_msg(frame.intrinsics(), header))
-        time.sleep(0.1)
+    if info:  # on another topic than the image: wait until the node holds it
+        msg = camera_info_msg(frame.intrinsics(), header)
+        probe.publish_until('camera_info', msg, lambda: holds_camera_info(node, msg),
+                            'the node to take the camera_info')
     image = frame.image if encoding == 'rgb8' else np.ascontiguousarray(frame.image[..., ::-1])
     probe.publish('image', image_msg(image, encoding, header))
     return (sec, nanosec)
@@ -50,7 +52,7 @@ def _send(probe, frame, sec, nanosec=0, encoding='rgb8', frame_id='cam_optical',
 def test_relative_model_publishes_relative_depth_never_metres(session, models, tum):
     node, probe = _start(session, models['relative'])
     assert node._is_metric is False
-    stamp = _send(probe, tum, 10, 123)
+    stamp = _send(node, probe, tum, 10, 123)
     rel = probe.wait_stamp('depth/relative', stamp)
     assert rel is not None, 'no depth/relative'
     assert rel.header.frame_id == 'cam_optical'
@@ -69,7 +71,7 @@ def test_relative_model_publishes_relative_depth_never_metres(session, models, t
 def test_metric_model_publishes_depth_info_and_cloud(session, models, kitti):
     node, probe = _start(session, models['metric'], **{'cloud.color': True})
     assert node._is_metric is True
-    stamp = _send(probe, kitti, 20, 5, encoding='bgr8', frame_id='kitti_cam2_optical')
+    stamp = _send(node, probe, kitti, 20, 5, encoding='bgr8', frame_id='kitti_cam2_optical')
     depth_msg = probe.wait_stamp('depth/image', stamp)
     assert depth_msg is not None, 'no depth/image from a metric model'
     assert depth_msg.header.frame_id == 'kitti_cam2_optical'
@@ -99,16 +101,16 @@ def test_metric_model_publishes_depth_info_and_cloud(session, models, kitti):
 
 
 def test_depth_without_camera_info_still_published(session, models, tum):
-    _, probe = _start(session, models['metric'])
-    stamp = _send(probe, tum, 30, info=False)
+    node, probe = _start(session, models['metric'])
+    stamp = _send(node, probe, tum, 30, info=False)
     assert probe.wait_stamp('depth/image', stamp) is not None
     assert probe.wait_stamp('depth/points', stamp, timeout=1.0) is None
     assert probe.wait_stamp('depth/camera_info', stamp, timeout=0.1) is None
 
 
 def test_oversize_image_downscaled_with_matching_camera_info(session, models, tum):
-    _, probe = _start(session, models['metric'], **{'input.max_pixels': 320 * 240})
-    stamp = _send(probe, tum, 40)
+    node, probe = _start(session, models['metric'], **{'input.max_pixels': 320 * 240})
+    stamp = _send(node, probe, tum, 40)
     depth_msg = probe.wait_stamp('depth/image', stamp)
     assert depth_msg is not None and (depth_msg.width, depth_msg.height) == (320, 240)
     info = probe.wait_stamp('depth/camera_info', stamp)
@@ -121,12 +123,23 @@ def test_oversize_image_downscaled_with_matching_camera_info(session, models, tu
     assert (cloud.height, cloud.width) == (120, 160)
 
 
+def _prediction(node, rgb):
+    """The node's own model on ``rgb``, without ROS: what its output for that image must be."""
+    return node._estimator.predict(np.ascontiguousarray(rgb)).depth
+
+
+def _assert_colour_order_matters(node, rgb, expected):
+    """The model tells ``rgb`` from its channels swapped, so a swap in the node would show."""
+    swapped = _prediction(node, rgb[..., ::-1])
+    assert not np.allclose(swapped, expected, rtol=1e-3, atol=1e-3)
+
+
 def test_compressed_input(session, models, tum):
     from PIL import Image as PILImage
     from sensor_msgs.msg import CompressedImage
 
-    _, probe = _start(session, models['relative'], topic='image/compressed',
-                      **{'input.compressed': True})
+    node, probe = _start(session, models['relative'], topic='image/compressed',
+                         **{'input.compressed': True})
     buf = io.BytesIO()
     PILImage.fromarray(tum.image).save(buf, format='JPEG', quality=90)
     msg = CompressedImage(header=make_header('cam', 50, 0), format='rgb8; jpeg compressed bgr8',
@@ -134,30 +147,68 @@ def test_compressed_input(session, models, tum):
     probe.publish('image/compressed', msg)
     rel = probe.wait_stamp('depth/relative', (50, 0))
     assert rel is not None and (rel.width, rel.height) == (640, 480)
+    # the values are the prediction of the JPEG as Pillow decodes it, in RGB order
+    decoded = np.asarray(PILImage.open(io.BytesIO(buf.getvalue())).convert('RGB'))
+    expected = _prediction(node, decoded)
+    _assert_colour_order_matters(node, decoded, expected)
+    np.testing.assert_allclose(image_to_array(rel), expected, rtol=1e-4, atol=1e-5)
+
+
+def _uyvy(rgb):
+    """``(H, W, 3)`` RGB to UYVY bytes ``(H, W, 2)``: BT.601 limited range, chroma of each pair
+    of pixels averaged."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + 219 / 255 * (0.299 * r + 0.587 * g + 0.114 * b)
+    cb = 128 + 224 / 255 * (-0.168736 * r - 0.331264 * g + 0.5 * b)
+    cr = 128 + 224 / 255 * (0.5 * r - 0.418688 * g - 0.081312 * b)
+    out = np.empty(rgb.shape[:2] + (2,), np.uint8)
+    out[..., 1] = np.rint(y)
+    out[:, 0::2, 0] = np.rint((cb[:, 0::2] + cb[:, 1::2]) / 2)
+    out[:, 1::2, 0] = np.rint((cr[:, 0::2] + cr[:, 1::2]) / 2)
+    return out
+
+
+def _rggb(rgb):
+    """``(H, W, 3)`` RGB to an RGGB Bayer mosaic ``(H, W)``."""
+    mosaic = rgb[..., 1].copy()
+    mosaic[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    mosaic[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    return mosaic
 
 
 @pytest.mark.parametrize('encoding', ['mono8', 'bgra8', 'yuv422', 'bayer_rggb8'])
 def test_other_encodings_served(session, models, tum, encoding):
-    _, probe = _start(session, models['relative'])
+    """Each encoding comes out as the prediction of the image it holds, channel order included:
+    mono8 and bgra8 against the image itself; yuv422 and Bayer against the codec's conversion
+    (test_image_codec checks it; here it must also be close to the image)."""
+    from depth_node.image_codec import decode_image
+    from sensor_msgs.msg import Image
+
+    node, probe = _start(session, models['relative'])
     h, w = 240, 320
-    rgb = tum.image[::2, ::2]
+    rgb = np.ascontiguousarray(tum.image[::2, ::2])
     if encoding == 'mono8':
         data = rgb.mean(axis=2).astype(np.uint8)
+        image = np.repeat(data[..., None], 3, axis=2)
     elif encoding == 'bgra8':
         data = np.concatenate([rgb[..., ::-1], np.full((h, w, 1), 255, np.uint8)], axis=2)
-    elif encoding == 'yuv422':
-        data = np.full((h, w, 2), 128, np.uint8)  # UYVY grey
+        image = rgb
     else:
-        data = rgb[..., 1].copy()  # a plausible mosaic
-    from sensor_msgs.msg import Image
+        data = _uyvy(rgb) if encoding == 'yuv422' else _rggb(rgb)
+        image = decode_image(encoding, h, w, data[0].size, False, data.tobytes())
+        assert np.abs(image.astype(float) - rgb).mean() < 12.0, 'the test data is not the image'
     header = make_header('cam', 60, 0)
     msg = Image(header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
-                step=w * (data.shape[2] if data.ndim == 3 else 1))
+                step=data[0].size)
     msg.data = data.tobytes()
     probe.publish('image', msg)
     rel = probe.wait_stamp('depth/relative', (60, 0))
     assert rel is not None, f'{encoding} frame not served'
     assert (rel.width, rel.height) == (w, h)
+    expected = _prediction(node, image)
+    if encoding != 'mono8':
+        _assert_colour_order_matters(node, image, expected)
+    np.testing.assert_allclose(image_to_array(rel), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_newest_frame_wins_and_drops_are_counted(session, tum):
@@ -166,7 +217,7 @@ def test_newest_frame_wins_and_drops_are_counted(session, tum):
                                          'model.engine': 'torch'})
     stamps = []
     for i in range(12):
-        stamps.append(_send(probe, tum, 70, i * 10_000_000, info=(i == 0)))
+        stamps.append(_send(node, probe, tum, 70, i * 10_000_000, info=(i == 0)))
         time.sleep(0.03)
     last = stamps[-1]
     assert probe.wait_stamp('depth/relative', last, timeout=60.0) is not None, \
@@ -184,13 +235,13 @@ def test_newest_frame_wins_and_drops_are_counted(session, tum):
 
 
 def test_diagnostics_report_counters_and_timings(session, models, tum):
-    _, probe = _start(session, models['metric'], **{'diagnostics.period': 0.2})
-    stamp = _send(probe, tum, 80)
+    node, probe = _start(session, models['metric'], **{'diagnostics.period': 0.2})
+    stamp = _send(node, probe, tum, 80)
     assert probe.wait_stamp('depth/image', stamp) is not None
 
-    def has_processed(msg):
+    def has_processed(msg):  # sent after the frame's timings were stored, not just counted
         values = status_values(msg.status[0])
-        return int(values.get('frames_processed', 0)) >= 1
+        return int(values.get('frames_processed', 0)) >= 1 and 'time_ms.total' in values
 
     diag = probe.wait_for('/diagnostics', has_processed, timeout=5.0)
     assert diag is not None
@@ -218,11 +269,48 @@ def test_metric_model_keeps_its_depth_when_lidar_has_no_fit(session, models, tum
     """With LiDAR on but no scan, a metric model's own depth is still published; the
     alignment status says there was no LiDAR correction."""
     eye = [float(v) for v in np.eye(4).ravel()]
-    _, probe = _start(session, models['metric'],
-                      **{'lidar.enabled': True, 'lidar.T_camera_lidar': eye})
-    stamp = _send(probe, tum, 90)
+    node, probe = _start(session, models['metric'],
+                         **{'lidar.enabled': True, 'lidar.T_camera_lidar': eye})
+    stamp = _send(node, probe, tum, 90)
     assert status_values(probe.wait_stamp('depth/alignment', stamp))['state'] == 'no_fit'
-    assert probe.wait_stamp('depth/image', stamp) is not None
+    msg = probe.wait_stamp('depth/image', stamp)
+    assert msg is not None
+    expected = _prediction(node, tum.image)
+    assert (expected > 0).all()  # the tiny metric model's depth is valid everywhere
+    np.testing.assert_allclose(image_to_array(msg), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('encoding', ['32FC1', '16UC1'])
+def test_metric_model_invalid_pixels_are_nan_or_zero(session, models, tum, encoding):
+    """Where a metric model's output is no depth (zero, negative or NaN rows, injected into its
+    prediction), depth/image is NaN in 32FC1 and 0 in 16UC1; elsewhere it is the model's
+    depth (millimetres, rounded, in 16UC1)."""
+    node, probe = _start(session, models['metric'],
+                         **{'output.encoding': encoding, 'cloud.enabled': False})
+    estimator = node._estimator
+    predict = estimator.predict
+
+    def with_holes(rgb, *args, **kwargs):
+        prediction = predict(rgb, *args, **kwargs)
+        depth = prediction.depth.copy()
+        depth[:20], depth[20:40], depth[40:60] = 0.0, -1.5, np.nan
+        return dataclasses.replace(prediction, depth=depth)
+
+    estimator.predict = with_holes
+    try:
+        stamp = _send(node, probe, tum, 92)
+        msg = probe.wait_stamp('depth/image', stamp)
+    finally:
+        del estimator.predict  # the class's method again
+    assert msg is not None and msg.encoding == encoding
+    depth = image_to_array(msg)
+    expected = predict(tum.image).depth[60:]
+    if encoding == '32FC1':
+        assert np.isnan(depth[:60]).all(), 'invalid model output published as a number'
+        np.testing.assert_allclose(depth[60:], expected, rtol=1e-4, atol=1e-5)
+    else:
+        assert (depth[:60] == 0).all(), 'invalid model output published as a number'
+        assert np.abs(depth[60:].astype(float) - expected * 1000.0).max() <= 0.5 + 1e-2
 
 
 def test_outputs_nobody_subscribes_are_not_built(session, models, tum):
@@ -230,7 +318,7 @@ def test_outputs_nobody_subscribes_are_not_built(session, models, tum):
                                      'model.warmup': False})
     quiet = session.probe(outputs=('/diagnostics',))  # subscribes no depth output
     assert quiet.wait_subscribers('image') and quiet.wait_subscribers('camera_info')
-    _send(quiet, tum, 95, 1)
+    _send(node, quiet, tum, 95, 1)
     deadline = time.monotonic() + 30
     while 'forward' not in node.last_timings:  # stored when the frame is done
         assert time.monotonic() < deadline, 'the frame was never processed'
@@ -243,7 +331,7 @@ def test_outputs_nobody_subscribes_are_not_built(session, models, tum):
     while node._cameras[0].pubs['depth'].get_subscription_count() == 0:
         assert time.monotonic() < deadline, 'the listener was never matched'
         time.sleep(0.02)
-    stamp = _send(listener, tum, 95, 2)
+    stamp = _send(node, listener, tum, 95, 2)
     assert listener.wait_stamp('depth/image', stamp) is not None
     deadline = time.monotonic() + 5  # the timings are stored just after the publishing
     while 'publish_depth' not in node.last_timings:
@@ -269,7 +357,7 @@ def test_metric_cloud_is_built_with_the_forward_pass(session, models, kitti):
         if stride != 2:
             from rclpy.parameter import Parameter
             assert node.set_parameters([Parameter('cloud.stride', value=stride)])[0].successful
-        stamp = _send(probe, kitti, sec, frame_id='kitti_cam2_optical')
+        stamp = _send(node, probe, kitti, sec, frame_id='kitti_cam2_optical')
         depth_msg = probe.wait_stamp('depth/image', stamp)
         cloud = probe.wait_stamp('depth/points', stamp)
         assert depth_msg is not None and cloud is not None
@@ -288,7 +376,7 @@ def test_frames_lost_before_the_callback_are_counted(session, models, tum):
     if not node_module._CALLBACK_WITH_INFO:
         pytest.skip('this rclpy does not pass message info to callbacks')
     node, probe = _start(session, models['relative'])
-    first = _send(probe, tum, 99, 0)
+    first = _send(node, probe, tum, 99, 0)
     assert probe.wait_stamp('depth/relative', first) is not None
     before = node.counters
     burst = 40

@@ -17,7 +17,7 @@ from depth_node.demo import simulated_lidar
 from depth_node.messages import (camera_info_msg, cloud_to_array, image_msg, image_to_array,
                                  make_header, xyz_cloud_msg)
 from depth_node.sample_data import load_frame
-from ros_harness import status_values
+from ros_harness import holds_camera_info, holds_scan, status_values
 
 pytestmark = pytest.mark.ros
 
@@ -53,10 +53,18 @@ def _counters_when(node, name, value, timeout=10.0):
     return node.counters
 
 
-def _send(probe, frame, sec, frame_id, topic='image', image=None):
+def _land_info(node, probe, name, frame, header):
+    """Publish camera ``name``'s camera_info and wait until the node holds it."""
+    msg = camera_info_msg(frame.intrinsics(), header)
+    probe.publish_until('camera_info', msg,
+                        lambda: holds_camera_info(node, msg, CAMERAS.index(name)),
+                        f'the node to take {name}/camera_info')
+
+
+def _send(node, probes, name, frame, sec, frame_id, topic='image', image=None):
     header = make_header(frame_id, sec, 0)
-    probe.publish('camera_info', camera_info_msg(frame.intrinsics(), header))
-    probe.wait_for('depth/image', lambda m: False, timeout=0.1)  # let camera_info land first
+    probe = probes[name]
+    _land_info(node, probe, name, frame, header)  # before the image, on another topic
     probe.publish(topic, image_msg(frame.image if image is None else image,
                                    '32FC1' if topic == 'relative_depth' else 'rgb8', header))
     return (sec, 0)
@@ -68,9 +76,7 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
     front, rear = tum_pair
     # both images back to back (camera_info first), so they wait together
     for name, frame, sec in (('front', front, 11), ('rear', rear, 12)):
-        probes[name].publish('camera_info', camera_info_msg(
-            frame.intrinsics(), make_header(f'{name}_optical', sec, 0)))
-    probes['front'].wait_for('depth/image', lambda m: False, timeout=0.2)
+        _land_info(node, probes[name], name, frame, make_header(f'{name}_optical', sec, 0))
     for name, frame, sec in (('front', front, 11), ('rear', rear, 12)):
         probes[name].publish('image', image_msg(frame.image, 'rgb8',
                                                 make_header(f'{name}_optical', sec, 0)))
@@ -80,8 +86,8 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
         assert msg is not None, f'no {name}/depth/relative'
         assert msg.header.frame_id == f'{name}_optical'
         # the batched prediction is the camera's own frame's prediction
-        np.testing.assert_allclose(image_to_array(msg), node._estimator.predict(frame.image).depth,
-                                   rtol=1e-4, atol=1e-5)
+        expected = node._estimator.predict(frame.image).depth
+        np.testing.assert_allclose(image_to_array(msg), expected, rtol=1e-4, atol=1e-5)
     # neither camera's outputs leak onto the other's topics or the plain ones
     assert [m.header.frame_id for m in probes['front'].received['depth/relative']] == \
         ['front_optical']
@@ -107,8 +113,8 @@ def test_cameras_of_different_sizes_get_their_own_depth_info_and_cloud(session, 
                                                                        tum_pair, kitti):
     node, probes, _ = _start(session, {'model.name': models['metric']})
     tum = tum_pair[0]
-    stamps = {'front': _send(probes['front'], tum, 21, 'front_optical'),
-              'rear': _send(probes['rear'], kitti, 22, 'rear_optical')}
+    stamps = {'front': _send(node, probes, 'front', tum, 21, 'front_optical'),
+              'rear': _send(node, probes, 'rear', kitti, 22, 'rear_optical')}
     for name, frame in (('front', tum), ('rear', kitti)):
         probe = probes[name]
         depth = probe.wait_stamp('depth/image', stamps[name])
@@ -149,14 +155,15 @@ def test_each_camera_fits_lidar_through_its_own_extrinsics(session, tum_pair):
     rear_points = (REAR_FARTHER * points_cam) @ np.linalg.inv(T_REAR)[:3, :3].T
     scan = np.concatenate([front_points, rear_points]).astype(np.float32)
     extrinsics = [float(v) for T in (T_FRONT, T_REAR) for v in T.ravel()]
-    _, probes, root = _start(session, {'input.mode': 'relative_depth', 'lidar.enabled': True,
-                                       'lidar.T_camera_lidar': extrinsics,
-                                       'lidar.smoothing': 0.0, 'cloud.max_depth': 20.0},
-                             topic='relative_depth')
+    node, probes, root = _start(session, {'input.mode': 'relative_depth', 'lidar.enabled': True,
+                                          'lidar.T_camera_lidar': extrinsics,
+                                          'lidar.smoothing': 0.0, 'cloud.max_depth': 20.0},
+                                topic='relative_depth')
     assert root.wait_subscribers('lidar/points')
-    root.publish('lidar/points', xyz_cloud_msg(scan, make_header('lidar', 31, 0)))
-    root.wait_for('depth/image', lambda m: False, timeout=0.3)  # let the scan land
-    stamps = {name: _send(probes[name], frame, 31, f'{name}_optical', topic='relative_depth',
+    cloud = xyz_cloud_msg(scan, make_header('lidar', 31, 0))
+    root.publish_until('lidar/points', cloud, lambda: holds_scan(node, cloud),
+                       'the node to store the scan')
+    stamps = {name: _send(node, probes, name, frame, 31, f'{name}_optical', topic='relative_depth',
                           image=prediction) for name in CAMERAS}
     for name, farther in (('front', 1.0), ('rear', REAR_FARTHER)):
         status = probes[name].wait_stamp('depth/alignment', stamps[name])

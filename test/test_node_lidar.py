@@ -11,12 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from depth_node.camera_info import intrinsics_from_fields
 from depth_node.demo import simulated_lidar
 from depth_node.evaluate import compute_metrics
 from depth_node.messages import (camera_info_msg, cloud_fields, cloud_to_array, image_msg,
                                  image_to_array, make_header, xyz_cloud_msg)
 from depth_node.sample_data import load_frame
-from ros_harness import status_values
+from ros_harness import holds_camera_info, holds_scan, status_values
+from synthetic_scene import (HEIGHT as SCENE_H, K as SCENE_K, T_CAMERA_LIDAR as SCENE_T,
+                             WIDTH as SCENE_W, plate_and_wall)
 
 pytestmark = pytest.mark.ros
 
@@ -57,22 +60,39 @@ def _start(session, **params):
     return node, probe
 
 
-def _publish(probe, tum, sec, nanosec=0, lidar=True):
+def _land(node, probe, intr=None, scans=(), header=None):
+    """Publish camera_info and scans (``(points_lidar, sec, nanosec)``) and wait until the node
+    holds each: they come on other topics than the frame, so a frame sent right after them
+    could otherwise overtake them on a busy machine."""
+    if intr is not None:
+        info = camera_info_msg(intr, header)
+        probe.publish_until('camera_info', info, lambda: holds_camera_info(node, info),
+                            'the node to take the camera_info')
+    for points, sec, nanosec in scans:
+        cloud = xyz_cloud_msg(points, make_header('lidar', sec, nanosec))
+        probe.publish_until('lidar/points', cloud, lambda: holds_scan(node, cloud),
+                            f'the node to store the scan stamped {sec}.{nanosec:09d}')
+
+
+def _publish(node, probe, tum, sec, nanosec=0, lidar=True):
     frame, prediction, points_lidar, intr = tum
     header = make_header(FRAME, sec, nanosec)
-    probe.publish('camera_info', camera_info_msg(intr, header))
-    if lidar:
-        probe.publish('lidar/points', xyz_cloud_msg(points_lidar, make_header('lidar', sec,
-                                                                              nanosec)))
-        probe.wait_for('depth/alignment', lambda m: False, timeout=0.3)  # let the scan land
+    _land(node, probe, intr, [(points_lidar, sec, nanosec)] if lidar else [], header)
     probe.publish('relative_depth', image_msg(prediction, '32FC1', header))
     return (sec, nanosec)
+
+
+def _scaled_scan(points_lidar, factor):
+    """The scan with every camera-frame depth times ``factor`` (a scene ``factor`` as far)."""
+    T_inv = np.linalg.inv(T_CAMERA_LIDAR)
+    cam = points_lidar @ T_CAMERA_LIDAR[:3, :3].T + T_CAMERA_LIDAR[:3, 3]
+    return ((cam * factor) @ T_inv[:3, :3].T + T_inv[:3, 3]).astype(np.float32)
 
 
 def test_metric_depth_image_info_and_cloud_from_lidar(session, tum):
     frame, _, _, intr = tum
     node, probe = _start(session)
-    stamp = _publish(probe, tum, 100, 250)
+    stamp = _publish(node, probe, tum, 100, 250)
 
     status = probe.wait_stamp('depth/alignment', stamp)
     assert status is not None, 'no depth/alignment for the frame'
@@ -117,8 +137,8 @@ def test_metric_depth_image_info_and_cloud_from_lidar(session, tum):
 
 def test_16uc1_output_in_millimetres(session, tum):
     frame = tum[0]
-    _, probe = _start(session, **{'output.encoding': '16UC1', 'cloud.enabled': False})
-    stamp = _publish(probe, tum, 200)
+    node, probe = _start(session, **{'output.encoding': '16UC1', 'cloud.enabled': False})
+    stamp = _publish(node, probe, tum, 200)
     msg = probe.wait_stamp('depth/image', stamp)
     assert msg is not None and msg.encoding == '16UC1'
     mm = image_to_array(msg)
@@ -129,17 +149,17 @@ def test_16uc1_output_in_millimetres(session, tum):
 
 
 def test_stale_fit_reused_then_dropped(session, tum):
-    _, probe = _start(session)
-    fresh = _publish(probe, tum, 300)
+    node, probe = _start(session)
+    fresh = _publish(node, probe, tum, 300)
     assert status_values(probe.wait_stamp('depth/alignment', fresh))['state'] == 'ok'
     # 0.5 s later, no scan: the last fit is reused (younger than max_fit_age 1.0 s)
-    stale = _publish(probe, tum, 300, 500_000_000, lidar=False)
+    stale = _publish(node, probe, tum, 300, 500_000_000, lidar=False)
     values = status_values(probe.wait_stamp('depth/alignment', stale))
     assert values['state'] == 'stale'
     assert float(values['fit_age']) == pytest.approx(0.5, abs=0.01)
     assert probe.wait_stamp('depth/image', stale) is not None
     # 5 s later: too old, no metric depth is published for that frame
-    old = _publish(probe, tum, 305, 0, lidar=False)
+    old = _publish(node, probe, tum, 305, 0, lidar=False)
     values = status_values(probe.wait_stamp('depth/alignment', old))
     assert values['state'] == 'no_fit'
     assert probe.wait_stamp('depth/image', old, timeout=1.5) is None
@@ -152,15 +172,92 @@ def test_scan_too_far_in_time_is_not_paired(session, tum):
     node, probe = _start(session, **{'lidar.max_time_offset': 0.05})
     frame, prediction, points_lidar, intr = tum
     header = make_header(FRAME, 400, 0)
-    probe.publish('camera_info', camera_info_msg(intr, header))
-    probe.publish('lidar/points', xyz_cloud_msg(points_lidar, make_header('lidar', 400,
-                                                                          200_000_000)))
-    probe.wait_for('depth/alignment', lambda m: False, timeout=0.3)
+    _land(node, probe, intr, [(points_lidar, 400, 200_000_000)], header)
     probe.publish('relative_depth', image_msg(prediction, '32FC1', header))
     values = status_values(probe.wait_stamp('depth/alignment', (400, 0)))
     assert values['state'] == 'no_fit'
     assert probe.wait_stamp('depth/image', (400, 0), timeout=1.0) is None
     assert node.counters.get('lidar_unpaired', 0) >= 1
+
+
+def test_the_scan_nearest_in_stamp_is_paired_not_the_newest(session, tum):
+    """Two scans within lidar.max_time_offset: 0.02 s before the frame (the TUM scene) and,
+    arriving after it, 0.08 s after the frame (the scene 1.5x as far, so a fit on it would give
+    a 1.5x scale). The alignment must use the nearer one."""
+    node, probe = _start(session, **{'lidar.max_time_offset': 0.1})
+    frame, prediction, points_lidar, intr = tum
+    header = make_header(FRAME, 450, 100_000_000)
+    _land(node, probe, intr, [(points_lidar, 450, 80_000_000),
+                              (_scaled_scan(points_lidar, 1.5), 450, 180_000_000)], header)
+    probe.publish('relative_depth', image_msg(prediction, '32FC1', header))
+    values = status_values(probe.wait_stamp('depth/alignment', (450, 100_000_000)))
+    assert values['state'] == 'ok', values
+    assert float(values['scale']) == pytest.approx(1 / SCALE, rel=0.02), \
+        f'scale {values["scale"]}: the newer scan (scale {1.5 / SCALE:.3f}) was paired'
+
+
+@pytest.mark.parametrize('encoding', ['32FC1', '16UC1'])
+def test_aligned_depth_out_of_range_is_invalid_not_zero(session, tum, encoding):
+    """Rows whose aligned depth falls beyond cloud.max_depth (50 m against 10 m) or below
+    cloud.min_depth (0.05 m against 0.1 m), or whose disparity is negative, are invalid: NaN
+    in 32FC1, 0 in 16UC1. They are outside the scan's rows, so the fit is unchanged."""
+    frame, prediction, points_lidar, intr = tum
+    node, probe = _start(session, **{'output.encoding': encoding, 'cloud.enabled': False})
+    prediction = prediction.copy()
+    prediction[:15] = SCALE / 50.0 + SHIFT           # 50 m > cloud.max_depth
+    prediction[15:30] = SCALE / 0.05 + SHIFT         # 0.05 m < cloud.min_depth
+    prediction[30:40] = -1.0                         # negative disparity: no depth at all
+    header = make_header(FRAME, 470, 0)
+    _land(node, probe, intr, [(points_lidar, 470, 0)], header)
+    probe.publish('relative_depth', image_msg(prediction, '32FC1', header))
+    values = status_values(probe.wait_stamp('depth/alignment', (470, 0)))
+    assert values['state'] == 'ok', values
+    msg = probe.wait_stamp('depth/image', (470, 0))
+    assert msg is not None and msg.encoding == encoding
+    depth = image_to_array(msg)
+    if encoding == '32FC1':
+        assert np.isnan(depth[:40]).all(), 'out-of-range depth published as a number'
+        metres = depth[40:]
+    else:
+        assert (depth[:40] == 0).all(), 'out-of-range depth published as a number'
+        metres = np.where(depth[40:] > 0, depth[40:] / 1000.0, np.nan)
+    gt = frame.depth_gt[40:]
+    ok = np.isfinite(gt) & np.isfinite(metres)
+    assert ok.sum() > 0.9 * np.isfinite(gt).sum()   # the rest is served
+    assert np.median(np.abs(metres[ok] - gt[ok])) < 0.01
+
+
+@pytest.mark.parametrize('window', [None, 0], ids=['default window', 'filter off'])
+def test_lidar_returns_hidden_from_the_camera_are_not_used(session, window):
+    """The plate-and-wall scene of test/synthetic_scene.py: the LiDAR, above and behind the
+    camera, sees wall strips the plate hides from the camera. With the default
+    lidar.occlusion_window the node projects none of them (points_projected on
+    depth/alignment); with the filter off (0) it projects every point in view."""
+    scene = plate_and_wall()
+    assert np.array_equal(SCENE_T, T_CAMERA_LIDAR)    # the scene is built for _start's mount
+    n_in_view, n_hidden = int(scene.in_view.sum()), int(scene.hidden.sum())
+    near_edge = int((~scene.on_plate & ~scene.hidden & scene.in_view &
+                     ~scene.outside_plate_by(8.0)).sum())
+    params = {'cloud.enabled': False}
+    if window is not None:
+        params['lidar.occlusion_window'] = window
+    node, probe = _start(session, **params)
+    intr = intrinsics_from_fields(SCENE_W, SCENE_H, SCENE_K.ravel(), [0.0] * 5, 'plumb_bob',
+                                  [0.0] * 12, [0.0] * 9)
+    header = make_header(FRAME, 480, 0)
+    _land(node, probe, intr, [(scene.points_lidar, 480, 0)], header)
+    prediction = (SCALE / scene.depth + SHIFT).astype(np.float32)
+    probe.publish('relative_depth', image_msg(prediction, '32FC1', header))
+    values = status_values(probe.wait_stamp('depth/alignment', (480, 0)))
+    projected = int(values['points_projected'])
+    if window == 0:
+        assert projected == n_in_view, values
+    else:
+        assert n_in_view - n_hidden - near_edge <= projected <= n_in_view - n_hidden, \
+            (f'{projected} points projected; {n_in_view} in view, of which {n_hidden} '
+             'hidden from the camera')
+        assert values['state'] == 'ok', values
+        assert float(values['scale']) == pytest.approx(1 / SCALE, rel=0.01)
 
 
 def test_extrinsics_from_tf2_where_available(session, tum):
@@ -184,7 +281,7 @@ def test_extrinsics_from_tf2_where_available(session, tum):
     broadcaster.sendTransform(tf)
     assert probe.wait_subscribers('relative_depth')
     assert probe.wait_subscribers('lidar/points')
-    stamp = _publish(probe, tum, 600)
+    stamp = _publish(node, probe, tum, 600)
     values = status_values(probe.wait_stamp('depth/alignment', stamp))
     assert values['state'] == 'ok', values
     assert node.counters.get('bad_tf', 0) == 0

@@ -42,7 +42,7 @@ from depth_node.messages import (camera_info_msg, image_msg, image_to_array, mak
 from depth_node.node import DepthNode
 from depth_node.pipeline import Throttle
 from depth_node.sample_data import load_frame
-from ros_harness import RosSession, status_values
+from ros_harness import RosSession, holds_camera_info, holds_scan, status_values
 from tiny_models import make_tiny_depth_anything
 
 pytestmark = pytest.mark.ros
@@ -461,8 +461,10 @@ def test_forward_failures_skip_frames_turn_diagnostics_error_and_recover(image_r
             failed.append(next_stamp())
             rig.probe.publish('image', raw(rgb, 'rgb8', failed[-1]))
             rig.wait_count('forward_failures', before + i + 1)
-        status = rig.diagnostics(lambda s: s.level == DiagnosticStatus.ERROR)
-        assert 'forward pass failing (4 in a row)' in status.message
+        # ERROR starts at 3 failures in a row: wait for the status that counts all 4, not for
+        # the first ERROR (one sent between the 3rd and 4th failure may still be on its way)
+        status = rig.diagnostics(lambda s: 'forward pass failing (4 in a row)' in s.message)
+        assert status.level == DiagnosticStatus.ERROR
         assert int(status_values(status)['forward_failures']) >= before + 4
         lines = rig.log.matching('forward pass failed')
         assert len(lines) == 1 and 'CUDA out of memory' in lines[0], lines
@@ -470,6 +472,7 @@ def test_forward_failures_skip_frames_turn_diagnostics_error_and_recover(image_r
         good = next_stamp()
         rig.probe.publish('image', raw(rgb, 'rgb8', good))
         served_right(rig, good, rig.reference['rgb'])
+        # the first status after the recovery: ERROR is over, the failures are still news
         status = rig.diagnostics(lambda s: s.level != DiagnosticStatus.ERROR)
         assert status.level == DiagnosticStatus.WARN and 'forward_failures' in status.message
         for stamp in failed:
@@ -546,7 +549,7 @@ def publish_lidar_frame(rig: Rig, stamp: tuple[int, int], info: Any = 'good',
         # camera_info and image come on different topics: wait until the node holds this one
         # (or refused it)
         deadline = time.monotonic() + TIMEOUT
-        while rig.count('bad_camera_info') == bad_info and not _holds(rig.node, info):
+        while rig.count('bad_camera_info') == bad_info and not holds_camera_info(rig.node, info):
             assert time.monotonic() < deadline, 'the camera_info never arrived'
             time.sleep(0.01)
     if isinstance(scan, str):
@@ -559,8 +562,7 @@ def publish_lidar_frame(rig: Rig, stamp: tuple[int, int], info: Any = 'good',
         rig.probe.publish('lidar/points', scan)
         # let the scan land before the frame: stored, or refused and counted
         deadline = time.monotonic() + TIMEOUT
-        while rig.count('bad_lidar') == bad_before and not (
-                rig.node._scans and rig.node._scans[-1][0] == _stamp_of(scan)):
+        while rig.count('bad_lidar') == bad_before and not holds_scan(rig.node, scan):
             assert time.monotonic() < deadline, 'the scan never arrived'
             time.sleep(0.01)
     frame = prediction if prediction is not None else rig.reference['prediction']
@@ -569,18 +571,6 @@ def publish_lidar_frame(rig: Rig, stamp: tuple[int, int], info: Any = 'good',
     status = rig.probe.wait_stamp('depth/alignment', stamp, timeout=TIMEOUT)
     assert status is not None, f'no depth/alignment for {stamp}'
     return status_values(status)
-
-
-def _holds(node: DepthNode, info: CameraInfo) -> bool:
-    """Whether the node's current intrinsics are those of ``info``."""
-    intr = node._cameras[0].intrinsics
-    return (intr is not None and (intr.width, intr.height) == (info.width, info.height) and
-            np.array_equal(intr.K.ravel(), np.asarray(info.k)) and
-            np.array_equal(intr.D, np.asarray(info.d)))
-
-
-def _stamp_of(msg: Any) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
 def good_metric_frame(rig: Rig) -> None:
