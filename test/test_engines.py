@@ -399,3 +399,43 @@ def test_export_tool_fills_the_cache_the_estimator_reads(tiny_dir, cache, capsys
     assert any('cache hit' in n for n in est.startup_notes)
     assert main(['--model', str(Path(cache) / 'missing'), '--engines', 'openvino',
                  '--cache-dir', cache]) == 2
+
+
+# ---------------------------------------------------------------------------------- the node
+
+def _node_outputs(model: str, engine: str, frame, topic: str) -> np.ndarray:
+    """One frame through a node run with ``engine`` (fp32, its own ROS session)."""
+    from depth_node.messages import image_to_array
+    from ros_harness import RosSession
+    from test_node import _send
+
+    session = RosSession()
+    try:
+        node = session.start_depth_node({'model.name': model, 'model.device': 'cpu',
+                                         'model.precision': 'fp32', 'model.engine': engine,
+                                         'model.warmup_size': [640, 480]})
+        assert node._estimator.engine.name == engine
+        probe = session.probe()
+        assert probe.wait_subscribers('image') and probe.wait_subscribers('camera_info')
+        stamp = _send(node, probe, frame, 40, 7, frame_id='tum_optical')
+        msg = probe.wait_stamp(topic, stamp, timeout=120.0)
+        assert msg is not None, f'no {topic} from the {engine} node'
+        assert msg.header.frame_id == 'tum_optical'
+        return image_to_array(msg)
+    finally:
+        session.close()
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize('kind, topic', [('depth_anything', 'depth/relative'),
+                                         ('depth_anything_metric', 'depth/image')])
+def test_node_outputs_agree_across_engines(kind, topic, tiny_dir, real_data):
+    """depth/relative (relative model) and depth/image (metric model) of one frame from node
+    runs with torch, ONNX Runtime and OpenVINO: equal within 1e-4 relative mean error."""
+    tum = load_frame(real_data / FRAMES['tum'])
+    outputs = {e: _node_outputs(str(tiny_dir(kind)), e, tum, topic)
+               for e in ['torch'] + CPU_ENGINES}
+    reference = outputs.pop('torch')
+    assert reference.shape == (480, 640) and np.std(reference) > 0
+    for engine, got in outputs.items():
+        assert rel_error(got, reference) < 1e-4, engine
