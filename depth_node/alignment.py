@@ -337,6 +337,7 @@ def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
     with np.errstate(invalid='ignore'):
         valid = np.isfinite(pred) & (z >= config.min_depth) & (z <= config.max_depth)
     n_valid = int(np.count_nonzero(valid))
+    pred_all, z_all = pred, z
     if n_valid < z.size:
         pred, z = pred[valid], z[valid]
         if uv is not None:
@@ -347,7 +348,8 @@ def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
         return FitResult(s, t, n_valid, n_in, residual, False, reason, scale_only)
 
     if n_valid < config.min_points:
-        return refused(f'too few valid points: {n_valid} < min_points {config.min_points}')
+        return refused(f'too few valid points: {n_valid} of {valid.size} < min_points '
+                       f'{config.min_points}{_invalid_causes(pred_all, z_all, valid, config)}')
 
     rng = np.random.default_rng(config.seed)
     all_pred, all_z = pred, z
@@ -400,6 +402,30 @@ def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
                        f'(is space {config.space!r} right for this model?)', s, t, n_in,
                        residual, scale_only)
     return FitResult(s, t, n_valid, n_in, residual, True, '', scale_only)
+
+
+def _invalid_causes(pred: np.ndarray, z: np.ndarray, valid: np.ndarray,
+                    config: AlignerConfig) -> str:
+    """Why points were not valid, as ``' (3 farther than max_depth 80 m, nearest at 95 m,
+    ...)'``; empty when all were."""
+    if valid.all():
+        return ''
+    with np.errstate(invalid='ignore'):
+        far = ~(z <= config.max_depth) & ~np.isnan(z)
+        near = z < config.min_depth
+    no_depth = np.isnan(z)
+    no_pred = ~np.isfinite(pred) & ~far & ~near & ~no_depth
+    parts = []
+    if far.any():
+        parts.append(f'{np.count_nonzero(far)} farther than max_depth {config.max_depth:g} m, '
+                     f'nearest at {float(np.min(z[far])):.3g} m')
+    if near.any():
+        parts.append(f'{np.count_nonzero(near)} nearer than min_depth {config.min_depth:g} m')
+    if no_depth.any():
+        parts.append(f'{np.count_nonzero(no_depth)} without a depth (NaN)')
+    if no_pred.any():
+        parts.append(f'{np.count_nonzero(no_pred)} where the prediction is not finite')
+    return ' (' + '; '.join(parts) + ')'
 
 
 def sample_prediction(prediction: np.ndarray, uv: np.ndarray,

@@ -4,6 +4,18 @@ ROS-free: the functions take and return the message's field values (sequences of
 the node converts a CameraInfo with :func:`intrinsics_from_fields` and fills one from
 :func:`intrinsics_to_fields`.
 
+Binning and region of interest
+------------------------------
+A CameraInfo's ``width``, ``height``, ``K`` and ``P`` describe the full sensor; ``binning_x``,
+``binning_y`` and ``roi`` say which part of it the image is, in full-resolution (unbinned)
+pixels (image_proc's ``crop_decimate`` publishes such camera_info). As image_geometry's
+``PinholeCameraModel`` does, :func:`intrinsics_from_fields` moves the principal point by the
+ROI offset and then divides by the binning: ``fx' = fx / bx``, ``cx' = (cx - x_offset) / bx``
+(and ``P``'s ``Tx`` by ``bx``), for an image of ``roi.width // bx`` x ``roi.height // by``
+(the sensor's ``width // bx`` x ``height // by`` when the ROI is all zeros). Those are the
+intrinsics of the image itself; ``depth/camera_info`` describes the published image, so it
+carries them with binning 1 and no ROI.
+
 Rescaling convention
 --------------------
 A depth network often runs at another resolution than the camera, and some drivers publish
@@ -24,6 +36,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+
+from depth_node.text import shorten, shorten_values
 
 DISTORTION_COEFFICIENTS = {'plumb_bob': 5, 'rational_polynomial': 8, 'equidistant': 4}
 """ROS distortion models (sensor_msgs/distortion_models.hpp) and how many D values each uses."""
@@ -99,7 +113,8 @@ def _as_float_array(name: str, values: Sequence[float], length: int | None) -> n
     if length is not None and a.size != length:
         raise CameraInfoError(f'camera_info {name} must have {length} values, got {a.size}')
     if not np.isfinite(a).all():
-        raise CameraInfoError(f'camera_info {name} has non-finite values: {a.tolist()}')
+        raise CameraInfoError(f'camera_info {name} has non-finite values: '
+                              f'{shorten_values(a.tolist())}')
     return a
 
 
@@ -108,7 +123,7 @@ def _check_size(width: int, height: int) -> tuple[int, int]:
         w, h = int(width), int(height)
     except (TypeError, ValueError) as e:
         raise CameraInfoError(
-            f'camera_info size must be integers, got {width!r}x{height!r}') from e
+            f'camera_info size must be integers, got {shorten(width)}x{shorten(height)}') from e
     if w != width or h != height or w <= 0 or h <= 0:
         raise CameraInfoError(f'camera_info size must be positive, got {width}x{height} '
                               '(is the camera calibrated?)')
@@ -117,19 +132,29 @@ def _check_size(width: int, height: int) -> tuple[int, int]:
 
 def intrinsics_from_fields(width: int, height: int, k: Sequence[float], d: Sequence[float],
                            distortion_model: str, p: Sequence[float],
-                           r: Sequence[float]) -> Intrinsics:
-    """Validate CameraInfo fields and return :class:`Intrinsics`.
+                           r: Sequence[float], binning_x: int = 0, binning_y: int = 0,
+                           roi: Sequence[int] = (0, 0, 0, 0)) -> Intrinsics:
+    """Validate CameraInfo fields and return :class:`Intrinsics` of the image they describe.
 
     Parameters
     ----------
     width, height : int
-        ``CameraInfo.width``, ``CameraInfo.height``, pixels.
+        ``CameraInfo.width``, ``CameraInfo.height``: the full sensor, pixels.
     k, d, p, r : sequence of float
-        ``CameraInfo.k`` (9, row-major), ``.d`` (any length), ``.p`` (12), ``.r`` (9).
+        ``CameraInfo.k`` (9, row-major), ``.d`` (any length), ``.p`` (12), ``.r`` (9), of the
+        full sensor.
     distortion_model : str
         ``CameraInfo.distortion_model``.
+    binning_x, binning_y : int
+        ``CameraInfo.binning_x``, ``.binning_y``; 0 and 1 both mean no binning.
+    roi : sequence of 4 int
+        ``(x_offset, y_offset, width, height)`` of ``CameraInfo.roi`` in full-resolution pixels;
+        all zeros means the full sensor.
 
     P all zeros (uncalibrated drivers) becomes ``[K | 0]``; R all zeros becomes the identity.
+    With binning or an ROI the result is for the image (see the module docstring): its size is
+    ``roi.width // binning_x`` x ``roi.height // binning_y`` and K and P are shifted and divided
+    to match.
 
     Raises
     ------
@@ -137,7 +162,8 @@ def intrinsics_from_fields(width: int, height: int, k: Sequence[float], d: Seque
         Non-positive size; wrong lengths; non-finite values; fx or fy not positive, cx or cy
         zero (an all-zero K means the camera is not calibrated); K's last row not
         ``[0, 0, 1]``; P with non-positive focal lengths; an unknown distortion model, or
-        ``''`` / ``none`` with non-zero D.
+        ``''`` / ``none`` with non-zero D; an ROI outside the sensor or empty, or a binning
+        that leaves no pixel.
     """
     w, h = _check_size(width, height)
     K = _as_float_array('k', k, 9).reshape(3, 3)
@@ -157,19 +183,21 @@ def intrinsics_from_fields(width: int, height: int, k: Sequence[float], d: Seque
             f'camera_info k must end with the row [0, 0, 1], got {K[2].tolist()}')
 
     if not isinstance(distortion_model, str):
-        raise CameraInfoError(f'distortion_model must be a string, got {distortion_model!r}')
+        raise CameraInfoError(
+            f'distortion_model must be a string, got {shorten(distortion_model)}')
     if distortion_model in NO_DISTORTION_MODELS:
         if np.any(D != 0):
             raise CameraInfoError(f'distortion_model {distortion_model!r} needs D all zeros, got '
-                                  f'{D.tolist()}; set the model (plumb_bob, ...)')
+                                  f'{shorten_values(D.tolist())}; set the model (plumb_bob, ...)')
     elif distortion_model not in KNOWN_DISTORTION_MODELS:
-        raise CameraInfoError(f'unknown distortion_model {distortion_model!r}; expected one of '
-                              f'{", ".join(KNOWN_DISTORTION_MODELS)} or an empty string')
+        raise CameraInfoError(f'unknown distortion_model {shorten(distortion_model)}; expected '
+                              f'one of {", ".join(KNOWN_DISTORTION_MODELS)} or an empty string')
     else:
         n = DISTORTION_COEFFICIENTS[distortion_model]
         if np.any(D[n:] != 0):
             raise CameraInfoError(f'{distortion_model} uses {n} distortion coefficients, got '
-                                  f'{D.size} with non-zero extras {D[n:].tolist()}')
+                                  f'{D.size} with non-zero extras '
+                                  f'{shorten_values(D[n:].tolist())}')
 
     if not P.any():
         P = np.hstack([K, np.zeros((3, 1))])
@@ -178,8 +206,48 @@ def intrinsics_from_fields(width: int, height: int, k: Sequence[float], d: Seque
     if not R.any():
         R = np.eye(3)
 
+    bx, by = _binning('binning_x', binning_x), _binning('binning_y', binning_y)
+    x0, y0, rw, rh = _roi(roi, w, h)
+    if (bx, by, x0, y0, rw, rh) != (1, 1, 0, 0, w, h):
+        K, P = K.copy(), P.copy()
+        for M in (K, P):  # as image_geometry: the ROI offset first, then the binning
+            M[0, 2] -= x0
+            M[1, 2] -= y0
+            M[0] /= bx
+            M[1] /= by
+        w, h = rw // bx, rh // by
+        if w <= 0 or h <= 0:
+            raise CameraInfoError(f'camera_info binning {bx}x{by} of a {rw}x{rh} region leaves '
+                                  f'no pixel')
     return Intrinsics(width=w, height=h, K=_frozen(K), D=_frozen(D),
                       distortion_model=distortion_model, P=_frozen(P), R=_frozen(R))
+
+
+def _binning(name: str, value: int) -> int:
+    try:
+        b = int(value)
+    except (TypeError, ValueError) as e:
+        raise CameraInfoError(f'camera_info {name} must be an integer, got '
+                              f'{shorten(value)}') from e
+    if b != value or b < 0:
+        raise CameraInfoError(f'camera_info {name} must be 0 or positive, got {shorten(value)}')
+    return max(b, 1)
+
+
+def _roi(roi: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """``(x_offset, y_offset, width, height)`` of the region, checked against the sensor."""
+    try:
+        x0, y0, rw, rh = (int(v) for v in roi)
+    except (TypeError, ValueError) as e:
+        raise CameraInfoError(f'camera_info roi must be 4 integers (x_offset, y_offset, '
+                              f'width, height), got {shorten(roi)}') from e
+    if (x0, y0, rw, rh) == (0, 0, 0, 0):
+        return 0, 0, width, height
+    if min(x0, y0) < 0 or rw <= 0 or rh <= 0 or x0 + rw > width or y0 + rh > height:
+        raise CameraInfoError(
+            f'camera_info roi (x_offset {x0}, y_offset {y0}, width {rw}, height {rh}) is empty '
+            f'or not inside the {width}x{height} sensor')
+    return x0, y0, rw, rh
 
 
 def scale_intrinsics(intr: Intrinsics, width: int, height: int) -> Intrinsics:

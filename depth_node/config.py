@@ -163,7 +163,13 @@ PARAMS: tuple[ParamSpec, ...] = (
               min=0),
     ParamSpec('input.oversize', 'downscale', "What to do with an image over input.max_pixels: "
               "'downscale' (outputs at the reduced size, camera_info scaled to match) or "
-              "'refuse' (log and skip).", choices=('downscale', 'refuse')),
+              "'refuse' (log and skip). Compressed images are checked from their header: a "
+              "baseline JPEG is decoded at 1/2, 1/4 or 1/8 scale; PNG and progressive JPEG "
+              'over the limit are refused.', choices=('downscale', 'refuse')),
+    ParamSpec('input.max_aspect', 16.0, 'Largest aspect ratio (long side / short side) of an '
+              'image sent to the network; a more extreme image, or one whose network input '
+              "would be less than one patch on a side, is refused on arrival as bad input. "
+              '0 = no limit.', min=0.0),
     # outputs
     ParamSpec('output.encoding', '32FC1', "depth/image encoding: '32FC1' metres, NaN invalid; "
               "'16UC1' millimetres, 0 invalid (REP 117/118).", choices=('32FC1', '16UC1')),

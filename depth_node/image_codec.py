@@ -31,6 +31,7 @@ Every failure raises :class:`ImageDecodeError` with a message that says what is 
 from __future__ import annotations
 
 import array
+from dataclasses import dataclass
 import functools
 import io
 import math
@@ -38,6 +39,8 @@ import operator
 from typing import Union
 
 import numpy as np
+
+from depth_node.text import shorten
 
 ByteData = Union[bytes, bytearray, memoryview, array.array, np.ndarray]
 
@@ -96,6 +99,17 @@ SUPPORTED_DEPTH_ENCODINGS: tuple[str, ...] = tuple(_DEPTH)
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Largest compressed image (width x height) :func:`decode_compressed` decodes by default."""
+
+REDUCED_DECODE_FACTOR = 2
+"""A JPEG over ``max_pixels`` (``oversize='downscale'``) is decoded at the largest of the
+scales 1, 1/2, 1/4, 1/8 that gives at most this many times ``max_pixels`` pixels, then
+box-filtered down to the limit."""
+
+OVERSIZE_MODES = ('refuse', 'downscale')
+"""What :func:`decode_compressed` does with an image over ``max_pixels``."""
+
+_MAX_JPEG_SEGMENTS = 1000  # marker segments before the first scan; real files have < 30
+_MAX_JPEG_JUNK = 4096      # stray bytes between markers (Pillow skips them one at a time)
 
 _BYTES_PER_PIXEL = {
     **{enc: channels * size for enc, (channels, size, _) in _PACKED.items()},
@@ -215,8 +229,118 @@ def decode_relative_depth(encoding: str, height: int, width: int, step: int,
     return values
 
 
-def decode_compressed(fmt: str, data: ByteData,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+@dataclass(frozen=True)
+class CompressedPlan:
+    """How :func:`decode_compressed` will decode a compressed image, read from its header.
+
+    Attributes
+    ----------
+    container : str
+        ``'JPEG'`` or ``'PNG'``.
+    width, height : int
+        The image's size in its header, pixels.
+    out_width, out_height : int
+        The size :func:`decode_compressed` returns: the header's, or with
+        ``oversize='downscale'`` the :func:`limited_size` of the decoded size (within a pixel
+        of the header size's, as both keep the aspect ratio).
+    jpeg_scale : int
+        1, 2, 4 or 8: a JPEG is decoded at ``ceil(width / jpeg_scale)`` x
+        ``ceil(height / jpeg_scale)`` (always 1 for PNG).
+    """
+
+    container: str
+    width: int
+    height: int
+    out_width: int
+    out_height: int
+    jpeg_scale: int = 1
+
+
+def plan_compressed(fmt: str, data: ByteData, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    oversize: str = 'refuse') -> CompressedPlan:
+    """Read a JPEG or PNG header and decide how (and whether) it is decoded; no pixel decoded.
+
+    The size comes from the PNG ``IHDR`` chunk or the JPEG frame header (``SOFn``); costs a
+    few microseconds, so the node calls it on arrival. An image of up to ``max_pixels`` is
+    decoded as it is. A larger one is refused with ``oversize='refuse'``; with
+    ``'downscale'`` a baseline JPEG (``SOF0`` / ``SOF1`` with all components in its first
+    scan) is decoded at the largest scale of 1, 1/2, 1/4, 1/8 that gives at most
+    :data:`REDUCED_DECODE_FACTOR` x ``max_pixels`` pixels (Pillow's ``draft``, libjpeg's DCT
+    scaling: the full-size image is never allocated), then box-filtered to
+    :func:`limited_size`. Images that cannot be reduced while decoding (PNG, progressive or
+    multi-scan JPEG: libjpeg buffers the whole image's coefficients for those) are refused
+    over ``max_pixels``, as is a JPEG that is still too large at 1/8 scale.
+
+    Parameters
+    ----------
+    fmt, data, max_pixels : as :func:`decode_compressed`
+    oversize : str
+        ``'refuse'`` or ``'downscale'`` (:data:`OVERSIZE_MODES`).
+
+    Raises
+    ------
+    ImageDecodeError
+        ``compressedDepth``, a container other than JPEG / PNG, a header that does not parse,
+        an empty size, or an image over the limits above (the message says which and what to
+        set).
+    """
+    if oversize not in OVERSIZE_MODES:
+        raise ImageDecodeError(f'oversize must be one of {", ".join(OVERSIZE_MODES)}, got '
+                               f'{shorten(oversize)}')
+    if 'compresseddepth' in str(fmt).lower():
+        raise ImageDecodeError(
+            f'format {shorten(fmt)} is a compressedDepth image (a depth header in front of '
+            f'PNG/RVL data); subscribe to the raw depth topic instead')
+    buf = _as_uint8(data)
+    head = buf[:8].tobytes()
+    if head.startswith(_JPEG_MAGIC):
+        container = 'JPEG'
+        width, height, reducible = _jpeg_header(fmt, buf)
+    elif head.startswith(_PNG_MAGIC):
+        container = 'PNG'
+        width, height = _png_header(fmt, buf)
+        reducible = False
+    else:
+        raise ImageDecodeError(
+            f'format {shorten(fmt)}: {buf.size} bytes starting with '
+            f'{head.hex(" ") or "nothing"} are neither JPEG nor PNG; only those two are '
+            'supported')
+    pixels = width * height
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f'{container} header says {width}x{height}: an empty image')
+    hard_limit = _pillow_pixel_limit()
+    if pixels > hard_limit:
+        raise ImageDecodeError(
+            f'{container} image is {width}x{height} = {pixels} pixels, more than Pillow decodes '
+            f'without a decompression-bomb warning ({hard_limit}); refusing to decode it')
+    if max_pixels <= 0 or pixels <= max_pixels:
+        return CompressedPlan(container, width, height, width, height)
+    if oversize == 'refuse':
+        raise ImageDecodeError(
+            f'{container} image is {width}x{height} = {pixels} pixels, more than '
+            f'max_pixels={max_pixels}; refusing to decode it')
+    if not reducible:
+        what = 'PNG' if container == 'PNG' else 'a progressive or multi-scan JPEG'
+        raise ImageDecodeError(
+            f'{container} image is {width}x{height} = {pixels} pixels, more than '
+            f'max_pixels={max_pixels}, and {what} cannot be reduced while decoding (it would '
+            f'be decoded in full); raise max_pixels to {pixels} or send a smaller image '
+            '(or a baseline JPEG)')
+    for scale in (1, 2, 4, 8):
+        if scale > min(width, height):
+            break
+        dw, dh = -(-width // scale), -(-height // scale)
+        if dw * dh <= REDUCED_DECODE_FACTOR * max_pixels:
+            out_h, out_w = limited_size(dh, dw, max_pixels)
+            return CompressedPlan(container, width, height, out_w, out_h, scale)
+    raise ImageDecodeError(
+        f'JPEG image is {width}x{height} = {pixels} pixels; even decoded at 1/{scale} scale it '
+        f'has {dw * dh} pixels, more than {REDUCED_DECODE_FACTOR} x max_pixels={max_pixels}; '
+        'raise max_pixels or send a smaller image')
+
+
+def decode_compressed(fmt: str, data: ByteData, max_pixels: int = DEFAULT_MAX_PIXELS,
+                      oversize: str = 'refuse') -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG or PNG) to RGB.
 
     The container is told by the data's magic bytes, not by ``fmt`` (``'jpeg'``, ``'png'``,
@@ -226,6 +350,15 @@ def decode_compressed(fmt: str, data: ByteData,
     dropped, 16-bit PNG samples keep their high byte (as :func:`decode_image` does for
     ``mono16``).
 
+    Memory is bounded by ``max_pixels``, not by what the header claims: the size is read from
+    the header first and :func:`plan_compressed` decides. Beyond the result, decoding holds
+    Pillow's image (4 bytes a pixel for RGB) of at most ``max_pixels`` pixels, or with
+    ``oversize='downscale'`` of at most :data:`REDUCED_DECODE_FACTOR` x ``max_pixels`` (a
+    JPEG reduced while decoding; released after the first of the two box-filter passes);
+    a progressive JPEG adds its coefficient buffer (up to 6 bytes a pixel, within
+    ``max_pixels``). Measured peak: at most 4.6 x the size of a ``max_pixels`` RGB image
+    (``test_decoding_memory_is_bounded_by_max_pixels``).
+
     Parameters
     ----------
     fmt : str
@@ -233,66 +366,94 @@ def decode_compressed(fmt: str, data: ByteData,
     data : bytes-like
         The message's ``data`` field.
     max_pixels : int
-        Refuse images with more than this many pixels (width x height, read from the header
-        before decoding) to guard against decompression bombs; <= 0 lifts this limit, but
-        Pillow's own bound (about 179 million pixels) still applies.
+        Largest image (width x height) returned; <= 0 lifts this limit, but Pillow's own
+        bound (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 million pixels) still applies.
+    oversize : str
+        ``'refuse'`` (default): an image over ``max_pixels`` raises. ``'downscale'``: a baseline
+        JPEG over it is decoded at reduced scale and box-filtered to :func:`limited_size`
+        (:func:`plan_compressed` says the size); PNG and progressive JPEG over it still raise.
 
     Returns
     -------
     np.ndarray
-        ``(height, width, 3)`` uint8 RGB, C-contiguous, writable.
+        ``(height, width, 3)`` uint8 RGB, C-contiguous, writable; the header's size, or
+        ``plan_compressed(...).out_height, out_width``.
 
     Raises
     ------
     ImageDecodeError
-        ``compressedDepth`` or a container other than JPEG/PNG, an image larger than
-        ``max_pixels``, or bytes that do not decode.
+        Anything :func:`plan_compressed` refuses, or bytes that do not decode.
     """
     from PIL import Image, UnidentifiedImageError
 
-    if 'compresseddepth' in str(fmt).lower():
-        raise ImageDecodeError(
-            f'format {fmt!r} is a compressedDepth image (a depth header in front of PNG/RVL '
-            f'data); subscribe to the raw depth topic instead')
+    plan = plan_compressed(fmt, data, max_pixels, oversize)
+    container = plan.container
     buf = _as_uint8(data)
-    head = buf[:8].tobytes()
-    if head.startswith(_JPEG_MAGIC):
-        container = 'JPEG'
-    elif head.startswith(_PNG_MAGIC):
-        container = 'PNG'
-    else:
-        raise ImageDecodeError(
-            f'format {fmt!r}: {buf.size} bytes starting with {head.hex(" ") or "nothing"} '
-            f'are neither JPEG nor PNG; only those two are supported')
     try:
         with Image.open(io.BytesIO(buf), formats=[container]) as im:
-            width, height = im.size
-            if 0 < max_pixels < width * height:
+            if im.size != (plan.width, plan.height):  # our header reader and Pillow disagree
                 raise ImageDecodeError(
-                    f'{container} image is {width}x{height} = {width * height} pixels, more '
-                    f'than max_pixels={max_pixels}; refusing to decode it')
+                    f'format {shorten(fmt)}: {container} header is ambiguous (size '
+                    f'{plan.width}x{plan.height} or {im.size[0]}x{im.size[1]})')
+            out_size = (plan.out_width, plan.out_height)
+            if plan.jpeg_scale > 1:
+                # draft picks the largest of 8, 4, 2, 1 that fits min(W // w, H // h): with
+                # w = W // scale (and h alike) that is exactly ``scale``
+                im.draft(None, (plan.width // plan.jpeg_scale,
+                                plan.height // plan.jpeg_scale))
+                expected = (-(-plan.width // plan.jpeg_scale),
+                            -(-plan.height // plan.jpeg_scale))
+                if im.size != expected:
+                    raise ImageDecodeError(
+                        f'format {shorten(fmt)}: JPEG did not reduce to {expected[0]}x'
+                        f'{expected[1]} while decoding (got {im.size[0]}x{im.size[1]})')
             im.load()
-            return _pil_to_rgb(im)
+            if im.size == out_size:
+                return _pil_to_rgb(im)
+            if im.size[0] != out_size[0] and im.size[1] != out_size[1]:
+                # Box filter in two passes, as Pillow's resize does (horizontal first, 8-bit
+                # in between, so the result is the same), releasing the decoded image after
+                # the first: it and the intermediate image are never held with a third.
+                narrow = im.resize((out_size[0], im.size[1]), Image.Resampling.BOX)
+                im.close()  # releases the decoded image's memory now
+                im = narrow
+            reduced = im.resize(out_size, Image.Resampling.BOX)
+            im.close()
+        return _pil_to_rgb(reduced)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as exc:  # its message names the BytesIO object, not the fault
         raise ImageDecodeError(
-            f'format {fmt!r}: {buf.size} bytes start like {container} but its header does '
-            f'not parse') from exc
+            f'format {shorten(fmt)}: {buf.size} bytes start like {container} but its header '
+            'does not parse') from exc
     except Exception as exc:  # noqa: BLE001
         # Pillow reports corrupt input through many types (OSError, SyntaxError, EOFError,
         # struct.error, ValueError, DecompressionBombError, ...); all mean "bad bytes" here.
         raise ImageDecodeError(
-            f'format {fmt!r}: {buf.size} bytes of {container} data do not decode: '
-            f'{type(exc).__name__}: {exc}') from exc
+            f'format {shorten(fmt)}: {buf.size} bytes of {container} data do not decode: '
+            f'{type(exc).__name__}: {shorten(str(exc), 120)}') from exc
+
+
+def limited_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """``(height, width)`` of a ``height`` x ``width`` image downscaled to ``max_pixels``.
+
+    Both sides are scaled by ``sqrt(max_pixels / (height * width))`` and rounded down (kept
+    >= 1 pixel; for extreme aspect ratios the long side is cut further so that the bound
+    always holds). The size itself when it is within the limit or ``max_pixels <= 0``.
+    """
+    if max_pixels <= 0 or height * width <= max_pixels:
+        return height, width
+    scale = math.sqrt(max_pixels / (height * width))
+    new_h = max(1, min(max_pixels, int(height * scale)))
+    new_w = max(1, min(max_pixels // new_h, int(width * scale)))
+    return new_h, new_w
 
 
 def limit_pixels(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
     """Downscale ``rgb`` so that height x width <= ``max_pixels``, keeping the aspect ratio.
 
     Uses an area (box) filter: each output pixel is the mean of the input pixels it covers.
-    Both sides are scaled by the same factor and rounded down (kept >= 1 pixel; for extreme
-    aspect ratios the long side is cut further so the bound always holds).
+    The size is :func:`limited_size`: both sides scaled by the same factor and rounded down.
 
     Parameters
     ----------
@@ -313,18 +474,102 @@ def limit_pixels(rgb: np.ndarray, max_pixels: int) -> np.ndarray:
         raise ImageDecodeError(
             f'limit_pixels takes an (H, W, 3) uint8 array, not {_describe(rgb)}')
     height, width = rgb.shape[:2]
-    if max_pixels <= 0 or height * width <= max_pixels:
+    new_h, new_w = limited_size(height, width, max_pixels)
+    if (new_h, new_w) == (height, width):
         return rgb
-    scale = math.sqrt(max_pixels / (height * width))
-    new_h = max(1, min(max_pixels, int(height * scale)))
-    new_w = max(1, min(max_pixels // new_h, int(width * scale)))
     resized = Image.fromarray(np.ascontiguousarray(rgb)).resize(
         (new_w, new_h), Image.Resampling.BOX)
     return np.array(resized)
 
 
 def _unknown_encoding(encoding: object, supported: tuple[str, ...]) -> str:
-    return f'unsupported encoding {encoding!r}; supported: {", ".join(supported)}'
+    return f'unsupported encoding {shorten(encoding)}; supported: {", ".join(supported)}'
+
+
+def _pillow_pixel_limit() -> int:
+    """Pixels above which ``Image.open`` warns of a decompression bomb (``MAX_IMAGE_PIXELS``,
+    89.5 million by default; it raises from twice that)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else 2 ** 62
+
+
+def _header_error(fmt: object, container: str, detail: str) -> ImageDecodeError:
+    return ImageDecodeError(f'format {shorten(fmt)}: bytes start like {container} but its '
+                            f'header does not parse: {detail}')
+
+
+def _png_header(fmt: object, buf: np.ndarray) -> tuple[int, int]:
+    """Width and height from the ``IHDR`` chunk, which must come first (PNG spec 5.6)."""
+    if buf.size < 33:
+        raise _header_error(fmt, 'PNG', f'{buf.size} bytes, an IHDR chunk needs 33')
+    head = buf[8:24].tobytes()
+    if head[4:8] != b'IHDR' or int.from_bytes(head[:4], 'big') != 13:
+        raise _header_error(fmt, 'PNG', 'the first chunk is not a 13-byte IHDR')
+    return int.from_bytes(head[8:12], 'big'), int.from_bytes(head[12:16], 'big')
+
+
+# JPEG frame headers (start-of-frame markers) and those libjpeg decodes at reduced scale
+# without a whole-image coefficient buffer: baseline and extended sequential Huffman.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SEQUENTIAL_SOF = frozenset({0xC0, 0xC1})
+_STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # TEM, SOI, RSTn: no length
+
+
+def _jpeg_header(fmt: object, buf: np.ndarray) -> tuple[int, int, bool]:
+    """Width, height and whether the JPEG can be decoded at reduced scale within its size.
+
+    Walks the marker segments after SOI up to the first scan (SOS), as Pillow does (the last
+    frame header before it counts; stray bytes between markers are skipped, up to
+    ``_MAX_JPEG_JUNK``). Reducible: a sequential frame (``SOF0`` / ``SOF1``) whose first scan
+    holds all its components; a progressive, lossless, arithmetic or non-interleaved JPEG
+    makes libjpeg keep the whole image's coefficients, whatever the output scale.
+    """
+    data = memoryview(buf)  # no copy; indexing gives ints, several times faster than numpy's
+    n = len(data)
+    i, junk, frame = 2, 0, None
+    for _ in range(_MAX_JPEG_SEGMENTS):
+        while i < n and data[i] != 0xFF:  # stray bytes
+            i += 1
+            junk += 1
+            if junk > _MAX_JPEG_JUNK:
+                raise _header_error(fmt, 'JPEG', f'more than {_MAX_JPEG_JUNK} stray bytes '
+                                    'between markers')
+        while i < n and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            break
+        marker = data[i]
+        i += 1
+        if marker in _STANDALONE or marker == 0x00:
+            continue
+        if marker == 0xD9:
+            raise _header_error(fmt, 'JPEG', 'end of image before any scan')
+        if i + 2 > n:
+            break
+        length = data[i] << 8 | data[i + 1]
+        if length < 2 or i + length > n:
+            raise _header_error(fmt, 'JPEG', f'segment 0xFF{marker:02X} of length {length} at '
+                                f'byte {i - 2} does not fit in {n} bytes')
+        if marker in _SOF_MARKERS:
+            if length < 8:
+                raise _header_error(fmt, 'JPEG', f'frame header of {length} bytes')
+            height = data[i + 3] << 8 | data[i + 4]
+            width = data[i + 5] << 8 | data[i + 6]
+            frame = (marker, width, height, data[i + 7])
+        elif marker == 0xDA:
+            if frame is None:
+                raise _header_error(fmt, 'JPEG', 'a scan before any frame header')
+            sof, width, height, components = frame
+            in_scan = data[i + 2] if length > 2 else 0
+            return width, height, sof in _SEQUENTIAL_SOF and in_scan == components
+        i += length
+    else:
+        raise _header_error(fmt, 'JPEG', f'more than {_MAX_JPEG_SEGMENTS} segments before '
+                            'the first scan')
+    raise _header_error(fmt, 'JPEG', 'it ends before the first scan' if frame else
+                        'no frame header')
 
 
 def _describe(value: object) -> str:
@@ -457,7 +702,10 @@ def _pil_to_rgb(im) -> np.ndarray:
     if im.mode == 'L':
         grey = np.asarray(im)
     elif im.mode.startswith('I'):  # I;16, I;16B, I: 16-bit grey PNG
-        grey = np.clip(np.asarray(im).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        # shifted and clipped in the sample type: no 8-byte working copy of the image
+        high = np.asarray(im) >> 8
+        np.clip(high, 0, 255, out=high)
+        grey = high.astype(np.uint8)
     else:  # P, PA, LA, RGBA, CMYK, 1, ...: let Pillow convert (alpha is dropped)
         return np.array(im.convert('RGB'))
     return _pick_channels(grey[..., None], (0, 0, 0))

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from depth_node.camera_info import DISTORTION_COEFFICIENTS
+from depth_node.text import shorten, shorten_values
 
 
 class LidarError(ValueError):
@@ -112,30 +113,31 @@ def read_points_xyz(fields: Sequence[tuple[str, int, int, int]], point_step: int
             name, offset, datatype, count = entry
             offset, datatype, count = int(offset), int(datatype), int(count)
         except (TypeError, ValueError):
-            raise LidarError(f'a field must be (name, offset, datatype, count), got {entry!r}') \
-                from None
+            raise LidarError(f'a field must be (name, offset, datatype, count), got '
+                             f'{shorten(entry)}') from None
         if offset < 0 or count < 0:
-            raise LidarError(f'field {name!r} has negative offset {offset} or count {count}')
+            raise LidarError(f'field {shorten(name)} has negative offset {offset} or count '
+                             f'{count}')
         dtype = POINTFIELD_DATATYPES.get(datatype)
         if dtype is None:
             if name in _XYZ:
-                raise LidarError(f'field {name!r} has unknown datatype {datatype}')
+                raise LidarError(f'field {shorten(name)} has unknown datatype {datatype}')
             continue  # an extra field we cannot size and do not read
         end = offset + dtype.itemsize * max(count, 1)
         if end > point_step:
-            raise LidarError(f'field {name!r} (offset {offset}, {max(count, 1)} x '
+            raise LidarError(f'field {shorten(name)} (offset {offset}, {max(count, 1)} x '
                              f'{dtype.itemsize} bytes) does not fit in point_step {point_step}')
         if name in _XYZ:
             if name in found:
-                raise LidarError(f'field {name!r} appears more than once')
+                raise LidarError(f'field {shorten(name)} appears more than once')
             if datatype not in _FLOAT_CODES:
-                raise LidarError(f'field {name!r} has datatype {datatype} ({dtype}); only '
-                                 f'FLOAT32 (7) and FLOAT64 (8) coordinates are supported')
+                raise LidarError(f'field {shorten(name)} has datatype {datatype} ({dtype}); '
+                                 'only FLOAT32 (7) and FLOAT64 (8) coordinates are supported')
             found[name] = (offset, datatype)
     missing = [n for n in _XYZ if n not in found]
     if missing:
         raise LidarError(f'cloud has no field {", ".join(missing)}; '
-                         f'fields are {[f[0] for f in fields]}')
+                         f'fields are {shorten_values([f[0] for f in fields])}')
 
     buf = _as_bytes(data)
     expected = row_step * height
@@ -208,15 +210,15 @@ class CameraModel:
             raise LidarError(f'K must be finite with positive fx, fy, got {K.tolist()}')
         model = (self.distortion_model or 'none').strip().lower()
         if model not in _DISTORTION_SIZES:
-            raise LidarError(f'unsupported distortion_model {self.distortion_model!r}; use one '
-                             f'of plumb_bob, rational_polynomial, equidistant or none')
+            raise LidarError(f'unsupported distortion_model {shorten(self.distortion_model)}; '
+                             'use one of plumb_bob, rational_polynomial, equidistant or none')
         size = _DISTORTION_SIZES[model]
         D = np.array(self.D if self.D is not None else [], dtype=np.float64).reshape(-1)
         if not np.isfinite(D).all():
-            raise LidarError(f'D must be finite, got {D.tolist()}')
+            raise LidarError(f'D must be finite, got {shorten_values(D.tolist())}')
         if D.size > size and np.any(D[size:] != 0):
             raise LidarError(f'{model} takes {size} distortion coefficients, got {D.size} '
-                             f'with non-zero extras {D[size:].tolist()}')
+                             f'with non-zero extras {shorten_values(D[size:].tolist())}')
         D = np.concatenate([D[:size], np.zeros(max(0, size - D.size))])
         width, height = int(self.width), int(self.height)
         if width <= 0 or height <= 0:
@@ -537,18 +539,113 @@ def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera:
     cols = np.ascontiguousarray(pts[:, :3].T, dtype=np.float64)
     # Cull a full 360-degree scan on two camera-frame coordinates before computing the third:
     # optical z, then the horizontal field of view (|x| <= max_radius * z).
-    z = _transform_row(T, cols, 2)
-    x = _transform_row(T, cols, 0)
-    with np.errstate(invalid='ignore'):
+    with np.errstate(over='ignore', invalid='ignore'):  # overflow: inf or NaN, dropped below
+        z = _transform_row(T, cols, 2)
+        x = _transform_row(T, cols, 0)
         candidates = np.nonzero((z >= _MIN_DEPTH) & (z < np.inf)
                                 & (np.abs(x) <= out_camera.max_radius * z))[0]
-    if candidates.size < z.size:
-        cols, x, z = cols[:, candidates], x[candidates], z[candidates]
-    y = _transform_row(T, cols, 1)
-    u, v, z, _ = _project(x, y, z, out_camera, _MIN_DEPTH)
+        if candidates.size < z.size:
+            cols, x, z = cols[:, candidates], x[candidates], z[candidates]
+        y = _transform_row(T, cols, 1)
+        u, v, z, _ = _project(x, y, z, out_camera, _MIN_DEPTH)
     keep = np.nonzero(_occlusion_keep(u, v, z, out_camera.width, out_camera.height,
                                       occlusion_window))[0]
     uv = np.empty((keep.size, 2), dtype=np.float32)
     uv[:, 0] = u[keep]
     uv[:, 1] = v[keep]
-    return uv, z[keep].astype(np.float32)
+    with np.errstate(over='ignore'):  # depths beyond the float32 range become inf (too far)
+        return uv, z[keep].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ProjectionCounts:
+    """How many points of a scan survive each step of :func:`prepare_points`.
+
+    Attributes
+    ----------
+    in_scan : int
+        Finite points in the scan.
+    not_finite : int
+        Points with a non-finite coordinate after the transform.
+    behind : int
+        Points with optical ``z <= -0.1`` m (behind the camera).
+    on_plane : int
+        Points with ``|z| < 0.1`` m: on the camera plane (or nearer than the projection
+        takes).
+    in_front : int
+        Points with ``z >= 0.1`` m.
+    in_image : int
+        Points in front that project inside the image.
+    visible : int
+        Points inside the image not hidden behind nearer ones (what :func:`prepare_points`
+        returns).
+    """
+
+    in_scan: int
+    not_finite: int
+    behind: int
+    on_plane: int
+    in_front: int
+    in_image: int
+    visible: int
+
+    def explain(self, needed: int, transform: str = 'lidar.T_camera_lidar') -> str:
+        """The step that left fewer than ``needed`` points, with the counts and what to check.
+
+        ``transform`` names where the LiDAR-to-camera transform came from (the parameter, or
+        the tf2 frames). An empty string when every step keeps ``needed`` points.
+        """
+        n = self.in_scan
+        if n == 0:
+            return 'the scan holds no finite point (check the LiDAR driver)'
+        if self.in_front < needed:
+            parts = [f'{count} {what}' for count, what in (
+                (self.behind, 'behind it'),
+                (self.on_plane, f'within {_MIN_DEPTH:g} m of the camera plane'),
+                (self.not_finite, f'not finite after {transform} (coordinates near the '
+                                  'float limit?)')) if count]
+            return (f'{self.in_front} of {n} points in front of the camera'
+                    f'{" (" + ", ".join(parts) + ")" if parts else ""}: check {transform} '
+                    '(it maps LiDAR points into the camera optical frame, z forward)')
+        if self.in_image < needed:
+            return (f'{self.in_image} of {self.in_front} points in front of the camera fall '
+                    f'inside the image ({n} in the scan): check {transform} and the '
+                    'camera_info')
+        if self.visible < needed:
+            return (f'{self.visible} of {self.in_image} points inside the image are not hidden '
+                    f'behind nearer points ({n} in the scan): check {transform}, or lower '
+                    'lidar.occlusion_window')
+        return ''
+
+
+def projection_counts(points_lidar: np.ndarray, T_camera_lidar: np.ndarray,
+                      camera: CameraModel, out_width: int, out_height: int,
+                      occlusion_window: int = 5) -> ProjectionCounts:
+    """Count the points each step of :func:`prepare_points` keeps, to say why few are left.
+
+    Same parameters as :func:`prepare_points`; costs about as much, so the node calls it only
+    when a scan gave too few points for a fit.
+    """
+    pts = np.asarray(points_lidar)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise LidarError(f'points must be (N, 3) or (N, >3), got shape {pts.shape}')
+    T = _check_transform(T_camera_lidar)
+    out_camera = camera.scaled(out_width, out_height)
+    cols = np.ascontiguousarray(pts[:, :3].T, dtype=np.float64)
+    with np.errstate(over='ignore', invalid='ignore'):
+        xyz = [_transform_row(T, cols, row) for row in range(3)]
+        finite = np.isfinite(xyz[0]) & np.isfinite(xyz[1]) & np.isfinite(xyz[2])
+        z = xyz[2]
+        behind = int(np.count_nonzero(finite & (z <= -_MIN_DEPTH)))
+        in_front = np.nonzero(finite & (z >= _MIN_DEPTH))[0]
+    x, y, z = (c[in_front] for c in xyz)
+    with np.errstate(over='ignore', invalid='ignore'):
+        u, v, z, _ = _project(x, y, z, out_camera, _MIN_DEPTH)
+    visible = int(np.count_nonzero(_occlusion_keep(u, v, z, out_camera.width,
+                                                   out_camera.height, occlusion_window)))
+    n = int(pts.shape[0])
+    n_finite = int(np.count_nonzero(finite))
+    return ProjectionCounts(in_scan=n, not_finite=n - n_finite, behind=behind,
+                            on_plane=n_finite - behind - int(in_front.size),
+                            in_front=int(in_front.size), in_image=int(u.size), visible=visible)
+

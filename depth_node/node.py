@@ -41,11 +41,15 @@ from depth_node.camera_info import (
 from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
 from depth_node.colormap import colorize
 from depth_node.image_codec import (
-    ImageDecodeError, decode_compressed, decode_image, decode_relative_depth, limit_pixels)
-from depth_node.lidar import CameraModel, LidarError, prepare_points, read_points_xyz
+    ImageDecodeError, decode_compressed, decode_image, decode_relative_depth, limit_pixels,
+    limited_size, plan_compressed)
+from depth_node.input_shape import check_input_shape, model_patch_size
+from depth_node.lidar import (
+    CameraModel, LidarError, prepare_points, projection_counts, read_points_xyz)
 from depth_node.messages import camera_info_msg, cloud_msg, image_msg
 from depth_node.packing import depth_to_uint16_mm
 from depth_node.pipeline import Counters, StageTimer, Throttle
+from depth_node.text import shorten
 
 try:  # tf2 is part of every ROS 2 install but not of the PyPI wheels.
     from tf2_ros import Buffer as TfBuffer, TransformListener
@@ -72,6 +76,10 @@ _TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'rela
 
 PROBLEM_HOLD = 10.0
 """Seconds /diagnostics stays WARN after the last bad message or skipped frame."""
+
+MAX_LOG_CHARS = 1000
+"""Longest log line about one bad message or skipped frame (message strings in it are
+already shortened to 64 characters each, see depth_node.text)."""
 
 _PARAM_TYPES = {'bool': Parameter.Type.BOOL, 'int': Parameter.Type.INTEGER,
                 'double': Parameter.Type.DOUBLE, 'string': Parameter.Type.STRING,
@@ -196,10 +204,13 @@ class DepthNode(Node):
         self._problems_new: list[str] = []    # the counters that changed then
 
         self._estimator = None
+        self._patch_size = 1
+        self._shape_ok: Optional[tuple] = None  # the last image shape check_input_shape passed
         mode = self._cfg['input.mode']
         if mode == 'image':
             self._estimator = self._load_estimator()
             self._is_metric = self._estimator.is_metric
+            self._patch_size = model_patch_size(self._estimator.config)
         else:
             self._is_metric = False
         if self._cfg['lidar.enabled']:
@@ -397,30 +408,50 @@ class DepthNode(Node):
             self._counters.add(f'{name}.{cam.name}', n)
 
     def _check_fields(self, kind: str, msg: Any) -> None:
-        """O(1) checks of a raw Image: data length, then the codec decodes the first two rows
-        (encoding, size, step and its own rules), then ``input.max_pixels`` with ``refuse``."""
+        """O(1) checks of a frame on arrival. A raw Image: data length, then the codec decodes
+        the first two rows (encoding, size, step and its own rules), then
+        ``input.max_pixels`` with ``refuse``. A CompressedImage: its header (container, size,
+        ``input.max_pixels`` and whether it can be reduced while decoding). Then, for the
+        network, the image's shape (``input.max_aspect``, at least a patch on each side)."""
+        max_pixels, oversize = self._cfg['input.max_pixels'], self._cfg['input.oversize']
         if kind == 'compressed':
+            plan = plan_compressed(msg.format, msg.data, max_pixels, oversize)
+            self._check_shape(plan.height, plan.width, (plan.out_height, plan.out_width))
             return
         decode = decode_relative_depth if kind == 'relative' else decode_image
         height, width, step = int(msg.height), int(msg.width), int(msg.step)
         if len(msg.data) != step * height:
             raise ImageDecodeError(
-                f'{msg.encoding}: data is {len(msg.data)} bytes, step {step} x height {height} '
-                f'needs {step * height}')
+                f'{shorten(msg.encoding)}: data is {len(msg.data)} bytes, step {step} x height '
+                f'{height} needs {step * height}')
         rows = min(height, 2) if width > 0 else height  # an empty image says its real size
         decode(msg.encoding, rows, width, step, bool(msg.is_bigendian),
                memoryview(msg.data)[:step * rows])
-        max_pixels = self._cfg['input.max_pixels']
-        if (kind == 'image' and self._cfg['input.oversize'] == 'refuse' and
-                0 < max_pixels < width * height):
+        if kind == 'relative':
+            return
+        if oversize == 'refuse' and 0 < max_pixels < width * height:
             raise ImageDecodeError(
                 f'{width}x{height} is over input.max_pixels={max_pixels} '
                 '(set input.oversize:=downscale or raise the limit)')
+        self._check_shape(height, width, limited_size(height, width, max_pixels))
+
+    def _check_shape(self, height: int, width: int, resized: tuple[int, int]) -> None:
+        """:func:`check_input_shape` with the estimator's input size rule; the last shape that
+        passed is remembered (a camera keeps its size)."""
+        key = (height, width, resized)
+        if self._estimator is None or key == self._shape_ok:
+            return
+        check_input_shape(height, width, self._cfg['input.max_aspect'],
+                          self._estimator.input_size, self._patch_size, resized)
+        self._shape_ok = key
 
     def _on_camera_info(self, cam: _Camera, msg: CameraInfo) -> None:
         try:
-            intr = intrinsics_from_fields(msg.width, msg.height, msg.k, msg.d,
-                                          msg.distortion_model, msg.p, msg.r)
+            roi = msg.roi
+            intr = intrinsics_from_fields(
+                msg.width, msg.height, msg.k, msg.d, msg.distortion_model, msg.p, msg.r,
+                msg.binning_x, msg.binning_y,
+                (roi.x_offset, roi.y_offset, roi.width, roi.height))
         except CameraInfoError as exc:
             self._bad_input('camera_info', f'{cam.topic("camera_info")} refused: {exc}')
             return
@@ -441,7 +472,7 @@ class DepthNode(Node):
     def _bad_input(self, key: str, text: str) -> None:
         self._counters.add(f'bad_{key}')
         if self._throttle.ready(key):
-            self.get_logger().warn(f'{text} (bad {key} messages so far: '
+            self.get_logger().warn(f'{_bounded(text)} (bad {key} messages so far: '
                                    f'{self._counters.get("bad_" + key)})')
 
     # ------------------------------------------------------------------ worker
@@ -526,7 +557,7 @@ class DepthNode(Node):
         """Count a frame skipped by an unexpected error; log it (throttled)."""
         self._counters.add('frame_errors')
         if self._throttle.ready('frame_error'):
-            self.get_logger().error(f'frame skipped: {type(exc).__name__}: {exc}')
+            self.get_logger().error(f'frame skipped: {type(exc).__name__}: {_bounded(exc)}')
 
     def _decode(self, cam: _Camera, kind: str, msg: Any) -> _Frame:
         frame = _Frame(cam, kind, msg)
@@ -537,13 +568,16 @@ class DepthNode(Node):
             frame.src_w, frame.src_h = int(msg.width), int(msg.height)
             return frame
         if kind == 'compressed':
-            refuse = c['input.oversize'] == 'refuse' and c['input.max_pixels'] > 0
-            rgb = decode_compressed(msg.format, msg.data, **(
-                {'max_pixels': c['input.max_pixels']} if refuse else {}))
+            # a JPEG over input.max_pixels comes out reduced (downscale); the source size is
+            # the header's
+            limits = (c['input.max_pixels'], c['input.oversize'])
+            plan = plan_compressed(msg.format, msg.data, *limits)
+            rgb = decode_compressed(msg.format, msg.data, *limits)
+            frame.src_h, frame.src_w = plan.height, plan.width
         else:
             rgb = decode_image(msg.encoding, msg.height, msg.width, msg.step,
                                bool(msg.is_bigendian), msg.data)
-        frame.src_h, frame.src_w = rgb.shape[:2]
+            frame.src_h, frame.src_w = rgb.shape[:2]
         max_pixels = c['input.max_pixels']
         if max_pixels and frame.src_h * frame.src_w > max_pixels:
             if c['input.oversize'] == 'refuse':
@@ -580,7 +614,7 @@ class DepthNode(Node):
             if self._throttle.ready('forward'):
                 self.get_logger().error(
                     f'forward pass failed ({self._consecutive_failures} in a row): '
-                    f'{type(exc).__name__}: {exc}')
+                    f'{type(exc).__name__}: {_bounded(exc)}')
             return None
         self._consecutive_failures = 0
         self._counters.add('forward_passes')
@@ -691,8 +725,11 @@ class DepthNode(Node):
         uv = z = None
         n_scan = 0
         scan = self._nearest_scan(stamp)
+        why = ('no LiDAR scan within lidar.max_time_offset' if scan is None else
+               'no camera_info that fits the image' if intr is None else '')
         if scan is not None and intr is not None:
             T = self._extrinsics(cam, scan[1], header)
+            why = '' if T is not None else f'no transform {shorten(scan[1])} -> camera'
             if T is not None:
                 height, width = prediction.shape
                 n_scan = len(scan[2])
@@ -700,18 +737,25 @@ class DepthNode(Node):
                     camera = CameraModel(K=intr.K, D=intr.D,
                                          distortion_model=intr.distortion_model,
                                          width=width, height=height)
+                    window = self._cfg['lidar.occlusion_window']
                     uv, z = prepare_points(scan[2], T, camera, width, height,
-                                           occlusion_window=self._cfg['lidar.occlusion_window'])
+                                           occlusion_window=window)
+                    if len(z) < self._cfg['lidar.min_points']:  # say which step lost them
+                        source = ('lidar.T_camera_lidar' if self._tf_buffer is None else
+                                  f'the tf from {shorten(scan[1])} to '
+                                  f'{shorten(header.frame_id)}')
+                        why = projection_counts(scan[2], T, camera, width, height,
+                                                window).explain(self._cfg['lidar.min_points'],
+                                                                source)
                 except LidarError as exc:  # e.g. more non-zero D than the model has
                     self._bad_input('camera_info', f'camera_info unusable for LiDAR: {exc}')
+                    why = f'camera_info unusable for LiDAR: {exc}'
         alignment = cam.aligner.align(prediction, uv, z, stamp)
         cam.last_alignment = alignment
-        self._publish_alignment(cam, header, alignment, n_scan)
+        reason = why or (alignment.fit.reason if alignment.fit is not None else '')
+        self._publish_alignment(cam, header, alignment, n_scan, reason)
         if alignment.state == 'no_fit' and self._throttle.ready('no_fit'):
-            reason = alignment.fit.reason if alignment.fit is not None else (
-                'no LiDAR scan within lidar.max_time_offset' if scan is None else
-                'no camera_info or extrinsics')
-            self.get_logger().warn(f'no metric depth for this frame: {reason}')
+            self.get_logger().warn(f'no metric depth for this frame: {_bounded(reason)}')
         return alignment.depth
 
     def _nearest_scan(self, stamp: float) -> Optional[tuple[float, str, np.ndarray]]:
@@ -732,7 +776,8 @@ class DepthNode(Node):
         try:
             tf = self._tf_buffer.lookup_transform(header.frame_id, lidar_frame, header.stamp)
         except Exception as exc:  # noqa: BLE001 - tf2 raises several lookup exceptions
-            self._bad_input('tf', f'no transform {lidar_frame} -> {header.frame_id}: {exc}')
+            self._bad_input('tf', f'no transform {shorten(lidar_frame)} -> '
+                                  f'{shorten(header.frame_id)}: {exc}')
             return None
         return _transform_to_matrix(tf.transform)
 
@@ -756,7 +801,7 @@ class DepthNode(Node):
             cloud_msg(pack_cloud(xyz, colors, organized=c['cloud.organized']), header))
 
     def _publish_alignment(self, cam: _Camera, header: Any, a: Alignment,
-                           n_scan: int) -> None:
+                           n_scan: int, reason: str) -> None:
         level = {'ok': DiagnosticStatus.OK, 'stale': DiagnosticStatus.WARN}.get(
             a.state, DiagnosticStatus.ERROR)
         fit = a.fit
@@ -765,13 +810,13 @@ class DepthNode(Node):
             'points_in_scan': n_scan, 'points_projected': a.n_projected,
             'inliers': fit.n_inliers if fit is not None else 0,
             'residual': fit.residual if fit is not None else math.nan,
-            'reason': fit.reason if fit is not None else '',
+            'reason': _bounded(reason),
             'stamp': f'{header.stamp.sec}.{header.stamp.nanosec:09d}',
         }
         which = f' ({cam.name})' if cam.name else ''
         cam.pubs['alignment'].publish(DiagnosticStatus(
             level=level, name=f'{self.get_name()}: lidar alignment{which}', message=a.state,
-            hardware_id=header.frame_id,
+            hardware_id=_bounded(header.frame_id, 64),
             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
 
     def _publish_diagnostics(self) -> None:
@@ -816,6 +861,16 @@ class DepthNode(Node):
         if hasattr(self, '_worker'):
             self._worker.join(timeout=1.0)
         super().destroy_node()
+
+
+def _bounded(text: Any, limit: int = MAX_LOG_CHARS) -> str:
+    """``str(text)`` cut to ``limit`` characters (saying how long it was), with control
+    characters escaped: the last guard of a log line or diagnostics value."""
+    text = str(text)
+    if len(text) <= limit and text.isprintable():
+        return text
+    cut = text[:limit].encode('unicode_escape').decode('ascii')[:limit]
+    return cut + (f'... ({len(text)} chars)' if len(text) > limit else '')
 
 
 def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:

@@ -165,3 +165,80 @@ def test_extra_nonzero_distortion_coefficients_refused(model, n):
     make(distortion_model=model, d=[0.01] * n + [0.0] * 3)  # zero padding is fine
     with pytest.raises(CameraInfoError, match=f'{model} uses {n} distortion coefficients'):
         make(distortion_model=model, d=[0.01] * (n + 1))
+
+
+# --- binning and region of interest (image_geometry's PinholeCameraModel convention) -------
+
+SENSOR_K = [1000.0, 0.0, 640.5, 0.0, 1010.0, 480.25, 0.0, 0.0, 1.0]
+SENSOR_P = [1005.0, 0.0, 642.0, -50.25, 0.0, 1015.0, 478.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def sensor(**overrides):
+    """A 1280 x 960 sensor's camera_info with binning / roi overrides."""
+    return make(width=1280, height=960, k=SENSOR_K, p=SENSOR_P, **overrides)
+
+
+# Each case by hand: cx' = (cx - x_offset) / binning_x, fx' = fx / binning_x (P's Tx too).
+ROI_CASES = {
+    'binning 2': (dict(binning_x=2, binning_y=2), (640, 480),
+                  [500.0, 505.0, 320.25, 240.125], [502.5, 507.5, 321.0, 239.0, -25.125]),
+    'binning 2 in x only': (dict(binning_x=2, binning_y=1), (640, 960),
+                            [500.0, 1010.0, 320.25, 480.25], [502.5, 1015.0, 321.0, 478.0,
+                                                              -25.125]),
+    'binning 0 (= 1)': (dict(binning_x=0, binning_y=0), (1280, 960),
+                        [1000.0, 1010.0, 640.5, 480.25], [1005.0, 1015.0, 642.0, 478.0, -50.25]),
+    'roi': (dict(roi=(100, 50, 640, 480)), (640, 480),
+            [1000.0, 1010.0, 540.5, 430.25], [1005.0, 1015.0, 542.0, 428.0, -50.25]),
+    'roi and binning 2': (dict(binning_x=2, binning_y=2, roi=(100, 50, 800, 600)), (400, 300),
+                          [500.0, 505.0, 270.25, 215.125], [502.5, 507.5, 271.0, 214.0,
+                                                            -25.125]),
+    'roi without the principal point': (dict(roi=(700, 600, 500, 300)), (500, 300),
+                                        [1000.0, 1010.0, -59.5, -119.75],
+                                        [1005.0, 1015.0, -58.0, -122.0, -50.25]),
+}
+
+
+@pytest.mark.parametrize('case', list(ROI_CASES))
+def test_binning_and_roi_give_the_intrinsics_of_the_image(case):
+    fields, size, (fx, fy, cx, cy), (pfx, pfy, pcx, pcy, ptx) = ROI_CASES[case]
+    intr = sensor(**fields)
+    assert (intr.width, intr.height) == size
+    np.testing.assert_array_equal(intr.K, [[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
+    np.testing.assert_array_equal(intr.P, [[pfx, 0, pcx, ptx], [0, pfy, pcy, 0], [0, 0, 1, 0]])
+    np.testing.assert_array_equal(intr.D, D5)  # distortion is in normalised coordinates
+    # what depth/camera_info carries: the image's own intrinsics, no binning, no roi
+    assert intrinsics_to_fields(intr)['width'] == size[0]
+    assert fit_to_image(intr, *size) is intr
+
+
+def test_roi_is_not_a_resize_of_the_sensor():
+    """The old behaviour, scaling the 1280 x 960 sensor's K to the 640 x 480 image, is wrong
+    for a crop: the principal point must move by the offset, the focal length stay."""
+    crop = sensor(roi=(100, 50, 640, 480))
+    resized = fit_to_image(sensor(), 640, 480)
+    assert crop.fx == 1000.0 and resized.fx == 500.0
+    assert crop.cx == 540.5 and resized.cx == 320.25
+
+
+@pytest.mark.parametrize('fields, reason', [
+    (dict(roi=(700, 0, 640, 480)), 'not inside the 1280x960 sensor'),
+    (dict(roi=(10, 10, 0, 0)), 'is empty'),
+    (dict(roi=(0, 0, 640)), 'roi must be 4 integers'),
+    (dict(binning_x=2000), 'leaves no pixel'),
+    (dict(binning_y=-1), 'binning_y must be 0 or positive'),
+    (dict(binning_x=1.5), 'binning_x must be 0 or positive'),
+], ids=['roi outside', 'roi empty', 'roi of 3 values', 'binning too large', 'negative binning',
+        'fractional binning'])
+def test_bad_binning_or_roi_refused(fields, reason):
+    with pytest.raises(CameraInfoError, match=reason):
+        sensor(**fields)
+
+
+def test_message_strings_and_lists_are_shortened_in_errors():
+    with pytest.raises(CameraInfoError) as info:
+        make(distortion_model='\x1b[31m' + 'k' * 100_000)
+    message = str(info.value)
+    assert '(100005 chars)' in message and '\x1b' not in message and len(message) < 400
+    with pytest.raises(CameraInfoError) as info:
+        make(d=[0.5] * 100_000)
+    assert '(99995 values)' in str(info.value) and len(str(info.value)) < 400

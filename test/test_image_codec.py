@@ -9,7 +9,11 @@ from __future__ import annotations
 import array
 import io
 import math
+import os
+from pathlib import Path
 import struct
+import subprocess
+import sys
 
 from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
@@ -18,8 +22,10 @@ import pytest
 
 from depth_node.image_codec import (
     bytes_per_pixel, decode_compressed, decode_image, decode_relative_depth, ImageDecodeError,
-    limit_pixels, SUPPORTED_DEPTH_ENCODINGS, SUPPORTED_ENCODINGS)
+    limit_pixels, limited_size, plan_compressed, REDUCED_DECODE_FACTOR,
+    SUPPORTED_DEPTH_ENCODINGS, SUPPORTED_ENCODINGS)
 from depth_node.sample_data import frame_folders, load_frame
+from hostile_images import jpeg_claiming, jpeg_of, png_of_zeros
 
 PAD = b'\xa5'  # filler for row padding: never a plausible pixel value by accident
 
@@ -639,3 +645,168 @@ def test_decode_compressed_never_fails_otherwise(blob, fmt):
         return
     assert isinstance(out, np.ndarray) and out.dtype == np.uint8
     assert out.ndim == 3 and out.shape[2] == 3 and out.shape[0] * out.shape[1] <= 10_000
+
+
+# --- bounded decoding cost: the header decides before any pixel is decoded ----------------
+
+def test_plan_reads_the_size_from_the_header():
+    jpeg, png = jpeg_claiming(7000, 5000), png_of_zeros(300, 20)
+    assert len(jpeg) < 1000
+    plan = plan_compressed('jpeg', jpeg, max_pixels=0)
+    assert (plan.container, plan.width, plan.height, plan.jpeg_scale) == ('JPEG', 7000, 5000, 1)
+    plan = plan_compressed('png', png, max_pixels=0)
+    assert (plan.container, plan.width, plan.height) == ('PNG', 300, 20)
+    assert (plan.out_width, plan.out_height) == (300, 20)
+
+
+def test_refuse_mode_refuses_a_bomb_from_its_header():
+    for blob in (jpeg_claiming(7000, 7000), png_of_zeros(7000, 7000)):
+        message = error(decode_compressed, 'png', blob, max_pixels=4_000_000)
+        assert '7000x7000 = 49000000 pixels, more than max_pixels=4000000' in message
+
+
+@pytest.mark.parametrize('blob, why', [
+    (png_of_zeros(1000, 1000), 'PNG cannot be reduced while decoding'),
+    (jpeg_claiming(1000, 1000, progressive=True), 'progressive or multi-scan JPEG cannot be '
+                                                  'reduced'),
+    (jpeg_claiming(30000, 2000), 'even decoded at 1/8 scale it has 937500 pixels, more than 2 x '
+                                 'max_pixels=100000'),
+], ids=['PNG', 'progressive JPEG', 'JPEG too large at 1/8'])
+def test_downscale_refuses_what_cannot_be_reduced_while_decoding(blob, why):
+    message = error(plan_compressed, 'x', blob, max_pixels=100_000, oversize='downscale')
+    assert why in message, message
+    assert why in error(decode_compressed, 'x', blob, max_pixels=100_000, oversize='downscale')
+
+
+def test_a_non_interleaved_jpeg_is_not_reducible():
+    """A sequential JPEG whose first scan holds one of its three components needs libjpeg's
+    whole-image coefficient buffer, like a progressive one."""
+    blob = bytearray(jpeg_claiming(1000, 1000))
+    sos = blob.index(b'\xff\xda')
+    assert blob[sos + 4] == 3
+    blob[sos + 4] = 1
+    assert 'multi-scan' in error(plan_compressed, 'x', bytes(blob), 100_000, 'downscale')
+    assert plan_compressed('x', bytes(blob), 0).width == 1000  # fine without a limit
+
+
+def test_downscale_decodes_a_jpeg_at_reduced_scale():
+    """640 x 480 with max_pixels 160 x 120: decoded at 1/4 (160 x 120, within 2 x the limit);
+    the result is close to the full decode box-filtered to the same size."""
+    blob = jpeg_of(640, 480)
+    plan = plan_compressed('jpeg', blob, max_pixels=160 * 120, oversize='downscale')
+    assert (plan.jpeg_scale, plan.out_width, plan.out_height) == (4, 160, 120)
+    out = decode_compressed('jpeg', blob, max_pixels=160 * 120, oversize='downscale')
+    assert out.shape == (120, 160, 3) and out.flags['C_CONTIGUOUS'] and out.flags['WRITEABLE']
+    reference = limit_pixels(decode_compressed('jpeg', blob, max_pixels=0), 160 * 120)
+    assert np.abs(out.astype(int) - reference).mean() < 2.0
+
+
+def test_downscale_a_jpeg_just_over_the_limit_then_box_filter():
+    """1.5 x the limit: decoded at full scale (within 2 x), then box-filtered to the limit, as
+    limit_pixels does for a raw image."""
+    blob = jpeg_of(240, 160)
+    max_pixels = 240 * 160 * 2 // 3
+    plan = plan_compressed('jpeg', blob, max_pixels=max_pixels, oversize='downscale')
+    assert plan.jpeg_scale == 1
+    assert (plan.out_height, plan.out_width) == limited_size(160, 240, max_pixels)
+    out = decode_compressed('jpeg', blob, max_pixels=max_pixels, oversize='downscale')
+    np.testing.assert_array_equal(
+        out, limit_pixels(decode_compressed('jpeg', blob, max_pixels=0), max_pixels))
+
+
+@given(width=st.integers(1, 9000), height=st.integers(1, 9000),
+       max_pixels=st.integers(1, 2_000_000))
+def test_plan_never_decodes_more_than_twice_the_limit(width, height, max_pixels):
+    blob = jpeg_claiming(width, height)
+    try:
+        plan = plan_compressed('jpeg', blob, max_pixels, 'downscale')
+    except ImageDecodeError as exc:
+        assert width * height > max_pixels and 'max_pixels' in str(exc)
+        return
+    s = plan.jpeg_scale
+    decoded = -(-width // s) * -(-height // s)
+    assert decoded <= REDUCED_DECODE_FACTOR * max_pixels
+    assert plan.out_width * plan.out_height <= max_pixels
+    if width * height <= max_pixels:
+        assert (s, plan.out_width, plan.out_height) == (1, width, height)
+
+
+def test_jpeg_header_walk_is_bounded():
+    soi, sof = b'\xff\xd8', jpeg_claiming(16, 16)[2:]
+    many = soi + b'\xff\xfe\x00\x02' * 1001 + sof  # 1001 empty comment segments
+    assert 'more than 1000 segments' in error(plan_compressed, 'jpeg', many)
+    junk = soi + b'\xff\xfe\x00\x02' + bytes(5000) + sof
+    assert 'more than 4096 stray bytes' in error(plan_compressed, 'jpeg', junk)
+    assert plan_compressed('jpeg', soi + b'\xff\xfe\x00\x02' * 20 + sof).width == 16
+
+
+def test_long_format_strings_are_shortened_in_messages():
+    fmt = '\x1b[2J' + 'x' * 100_000  # a terminal escape, then 100 KB
+    for message in (error(decode_compressed, fmt, b'garbage'),
+                    error(decode_image, fmt, 2, 2, 6, False, bytes(12))):
+        assert "'\\x1b[2Jxxx" in message and '(100004 chars)' in message, message
+        assert '\x1b' not in message and len(message) < 1000
+
+
+# Extra resident memory of one decode, measured in a fresh process (VmHWM, the peak resident
+# set, before and after), so nothing else in the test process pollutes the figure.
+_MEASURE = """
+import sys
+from pathlib import Path
+from depth_node.image_codec import decode_compressed, ImageDecodeError
+
+def peak_mib():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) / 1024
+
+data, warm_jpeg, warm_png = (Path(p).read_bytes() for p in sys.argv[1:4])
+max_pixels, oversize = int(sys.argv[4]), sys.argv[5]
+decode_compressed('x', warm_jpeg, 1000, 'downscale')  # load the codecs and the resize first
+decode_compressed('x', warm_png, 0)
+before = peak_mib()
+try:
+    out = decode_compressed('x', data, max_pixels, oversize)
+    result = '%dx%d' % (out.shape[1], out.shape[0])
+except ImageDecodeError:
+    result = 'refused'
+print(peak_mib() - before, result)
+"""
+
+MEMORY_MAX_PIXELS = 4_000_000  # input.max_pixels' default
+DECODED_MIB = 3 * MEMORY_MAX_PIXELS / 2 ** 20  # an RGB image of max_pixels: 11.4 MiB
+MEMORY_BOUND_MIB = 5 * DECODED_MIB + 8  # the README's bound, plus libraries' working memory
+
+MEMORY_CASES = {
+    # the decompression bombs: a small file claiming a large image
+    'PNG 7000x7000 (143 KB)': (lambda: png_of_zeros(7000, 7000), 'refused'),
+    'PNG 1x49000000 (95 KB)': (lambda: png_of_zeros(1, 49_000_000, 1), 'refused'),
+    'JPEG claiming 7000x7000 (632 bytes)': (lambda: jpeg_claiming(7000, 7000), '1750x1750'),
+    'progressive JPEG claiming 7000x7000': (lambda: jpeg_claiming(7000, 7000, True),
+                                            'refused'),
+    # the costliest images the node does decode
+    'JPEG just under 2 x max_pixels': (lambda: jpeg_of(2828, 2828), '2000x2000'),
+    'JPEG at max_pixels': (lambda: jpeg_of(2000, 2000), '2000x2000'),
+    'progressive JPEG at max_pixels': (lambda: jpeg_of(2000, 2000, True), '2000x2000'),
+    'PNG at max_pixels': (lambda: png_of_zeros(2000, 2000), '2000x2000'),
+}
+
+
+@pytest.mark.skipif(not Path('/proc/self/status').exists(), reason='needs Linux /proc')
+@pytest.mark.parametrize('case', list(MEMORY_CASES))
+def test_decoding_memory_is_bounded_by_max_pixels(tmp_path, case):
+    make, expected = MEMORY_CASES[case]
+    paths = [tmp_path / name for name in ('data', 'warm.jpg', 'warm.png')]
+    for path, blob in zip(paths, (make(), jpeg_of(64, 64), png_of_zeros(64, 64))):
+        path.write_bytes(blob)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get('PYTHONPATH', '')]))
+    done = subprocess.run([sys.executable, '-c', _MEASURE, *map(str, paths),
+                           str(MEMORY_MAX_PIXELS), 'downscale'],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    extra_mib, result = done.stdout.split()
+    assert result == expected
+    # Before the header was read first, the bombs cost 460-600 MiB here (40-50 x the image);
+    # now at most 52 MiB (the JPEG just under twice the limit, 4.6 x).
+    assert float(extra_mib) <= MEMORY_BOUND_MIB, (case, extra_mib)

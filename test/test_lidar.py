@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import math
+import warnings
 
 from hypothesis import given, settings, strategies as st
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from depth_node.lidar import (
     CameraModel, LidarError, POINTFIELD_DATATYPES, occlusion_mask, prepare_points,
-    project_points, read_points_xyz, transform_points,
+    project_points, projection_counts, read_points_xyz, transform_points,
 )
 from depth_node.sample_data import frame_folders, load_frame
 from synthetic_scene import (HEIGHT as SCENE_H, K as SCENE_K, PLATE_HALF_U, PLATE_HALF_V,
@@ -505,6 +506,105 @@ def test_prepare_points_removes_wall_returns_hidden_behind_a_plate():
     # besides the hidden points, only visible wall points next to the plate's outline go
     near_edge = ~scene.on_plate & ~scene.hidden & scene.in_view & ~scene.outside_plate_by(8.0)
     assert n_in_view - n_hidden - near_edge.sum() <= len(z) <= n_in_view - n_hidden
+
+
+# ---------------------------------------------------------------- why few points are left
+
+# LiDAR frame x forward, y left, z up -> camera optical frame z forward, x right, y down.
+T_LIDAR = np.eye(4)
+T_LIDAR[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]
+
+
+def scan_ahead(n: int = 1000, seed: int = 0) -> np.ndarray:
+    """``n`` points 5-15 m ahead of the LiDAR, inside a 640 x 480 camera's view."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(5, 15, n)
+    return np.column_stack([x, rng.uniform(-0.5, 0.5, n) * x, rng.uniform(-0.4, 0.4, n) * x])
+
+
+def explain(points: np.ndarray, T: np.ndarray = T_LIDAR, needed: int = 50) -> str:
+    cam = CameraModel(K, [], 'none', 640, 480)
+    counts = projection_counts(points, T, cam, 640, 480, occlusion_window=1)
+    uv, z = prepare_points(points, T, cam, 640, 480, occlusion_window=1)
+    assert counts.visible == len(z)  # the same steps as prepare_points
+    return counts.explain(needed)
+
+
+def test_counts_agree_with_prepare_points_on_a_good_scan():
+    cam = CameraModel(K, [-0.1, 0.02, 0.0, 0.0, 0.0], 'plumb_bob', 640, 480)
+    pts = np.concatenate([scan_ahead(), -scan_ahead(200, 1)])  # and 200 behind
+    counts = projection_counts(pts, T_LIDAR, cam, 320, 240)
+    assert (counts.in_scan, counts.behind, counts.in_front) == (1200, 200, 1000)
+    assert counts.visible == len(prepare_points(pts, T_LIDAR, cam, 320, 240)[1])
+    assert counts.explain(50) == ''
+
+
+def test_all_behind_the_camera_says_so():
+    assert explain(-scan_ahead()) == (
+        '0 of 1000 points in front of the camera (1000 behind it): check lidar.T_camera_lidar '
+        '(it maps LiDAR points into the camera optical frame, z forward)')
+
+
+def test_all_on_the_camera_plane_says_so():
+    pts = scan_ahead()
+    pts[:, 0] = 0.0  # LiDAR x = camera z: every point on the plane through the camera
+    assert explain(pts).startswith('0 of 1000 points in front of the camera (1000 within 0.1 m '
+                                   'of the camera plane): check lidar.T_camera_lidar')
+
+
+def test_coordinates_near_the_float32_limit_are_named_as_too_far():
+    """A scan at 1e37-3e38 m straight ahead projects fine; the fit then says every point is
+    beyond max_depth and how far the nearest is, not that there were too few points."""
+    from depth_node.alignment import AlignerConfig, fit_global
+
+    pts = scan_ahead() * 2e37
+    assert np.isfinite(pts.astype(np.float32)).all()
+    assert explain(pts) == ''
+    uv, z = prepare_points(pts, T_LIDAR, CameraModel(K, [], 'none', 640, 480), 640, 480)
+    fit = fit_global(np.ones(len(z)), z, AlignerConfig(min_points=50))
+    assert not fit.ok
+    assert fit.reason.startswith(f'too few valid points: 0 of {len(z)} < min_points 50 '
+                                 f'({len(z)} farther than max_depth 80 m, nearest at 1e+38 m')
+
+
+def test_a_transform_overflowing_the_float_range():
+    """Finite coordinates whose transform overflows float64 are named as not finite after
+    the transform (and cause no warning)."""
+    big = np.finfo(np.float32).max
+    pts = np.column_stack([np.full(1000, big), np.full(1000, big), np.ones(1000)])
+    T = T_LIDAR.copy()
+    T[:3, :3] *= 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        message = explain(pts, T)
+    assert message.startswith('0 of 1000 points in front of the camera (1000 not finite after '
+                              'lidar.T_camera_lidar (coordinates near the float limit?))'), message
+
+
+def test_all_outside_the_image_and_transform_name():
+    pts = scan_ahead()
+    pts[:, 1] += 100.0  # far to the left
+    cam = CameraModel(K, [], 'none', 640, 480)
+    counts = projection_counts(pts, T_LIDAR, cam, 640, 480)
+    assert counts.explain(50, 'the tf from lidar to cam') == (
+        '0 of 1000 points in front of the camera fall inside the image (1000 in the scan): '
+        'check the tf from lidar to cam and the camera_info')
+    assert projection_counts(np.empty((0, 3)), T_LIDAR, cam, 640, 480).explain(50) == (
+        'the scan holds no finite point (check the LiDAR driver)')
+
+
+def test_field_names_in_errors_are_shortened():
+    long_name = '\x1b[1m' + 'q' * 100_000
+    fields = [(long_name, 0, 99, 1), ('x', 0, 7, 1), ('y', 4, 7, 1)] + [
+        (f'extra{i}', 8, 7, 1) for i in range(1000)]
+    with pytest.raises(LidarError) as info:
+        read_points_xyz(fields, 12, 12, 1, 1, False, bytes(12))
+    message = str(info.value)
+    assert 'no field z' in message and '(1003 values)' in message and '(100004 chars)' in message
+    assert '\x1b' not in message and len(message) < 1000
+    with pytest.raises(LidarError) as info:
+        read_points_xyz([(long_name, 0, 7, 1)] * 2, 12, 12, 1, 1, False, bytes(12))
+    assert len(str(info.value)) < 400
 
 
 # ---------------------------------------------------------------- real frames

@@ -140,6 +140,8 @@ class DepthEstimator:
     engine : Engine
         The engine that runs the network (``engine.name``, ``engine.describe()``).
     model_name, model_type : str
+    config : transformers.PretrainedConfig or None
+        The model's config (patch size, depth head); None for a plain ONNX model.
     startup_notes : list of str
         Lines for the startup log: engine choice and, per warmed-up shape, export / compile
         time on a cache miss or load time on a hit.
@@ -163,6 +165,7 @@ class DepthEstimator:
         self.dtype = resolve_dtype(precision, self.device)
         self._output_scale = 1.0
         checkpoint = card = None
+        self.config = None  # the transformers config (None for a plain ONNX model)
         if onnx_model:
             card = load_onnx_model(name)
             recipe = card.recipe
@@ -171,6 +174,7 @@ class DepthEstimator:
             self._output_scale = card.output_scale
         else:
             checkpoint = load_checkpoint(name, random_init)
+            self.config = checkpoint.model.config
             recipe = make_recipe(checkpoint.model_type, checkpoint.processor)
             self.model_name, self.model_type = checkpoint.name, checkpoint.model_type
             self.output_kind = 'metric_depth' if checkpoint.is_metric else 'relative_disparity'

@@ -43,6 +43,7 @@ from depth_node.estimator.recipe import (TORCH_MODES, Recipe, centre_pad, input_
 logger = logging.getLogger('depth_node.estimator')
 
 BACKENDS = ('auto', 'pil', 'torch_uint8', 'torch')
+_MAX_SIZES = 64  # image sizes whose network input size is remembered
 
 
 class Preprocessor:
@@ -113,6 +114,8 @@ class Preprocessor:
         size = self._sizes.get(key)
         if size is None:
             size = input_size(self.recipe, *key, name=self.name)
+            if len(self._sizes) >= _MAX_SIZES:  # a camera has one size: keep a few, bounded
+                self._sizes.pop(next(iter(self._sizes)))
             self._sizes[key] = size
         return size
 
