@@ -41,7 +41,7 @@ LONG_LINE = 500  # characters: every log line about one bad message is shorter t
 def image_rig(session, model_dir, small):
     rig = Rig(session, '/cost_image', {'model.name': model_dir, **PARAMS}, ('image',))
     rig.reference['small'] = small[0]
-    rig.reference['rgb'] = rig.node._estimator.predict(small[0])
+    rig.reference['rgb'] = rig.node._estimator.predict(small[0]).depth
     return rig
 
 
@@ -51,7 +51,7 @@ def compressed_rig(session, model_dir, small):
               {'model.name': model_dir, 'input.compressed': True, **PARAMS},
               ('image/compressed',))
     rig.reference['small'] = small[0]
-    rig.reference['rgb'] = rig.node._estimator.predict(small[0])
+    rig.reference['rgb'] = rig.node._estimator.predict(small[0]).depth
     return rig
 
 
@@ -172,7 +172,7 @@ def test_oversize_jpeg_is_decoded_at_reduced_scale_and_served(compressed_rig, tu
     blob = encoded(tum.image, 'JPEG', quality=90)
     reduced = decode_compressed('jpeg', blob, MAX_PIXELS, 'downscale')
     assert reduced.shape == (240, 320, 3)
-    reference = rig.node._estimator.predict(reduced)
+    reference = rig.node._estimator.predict(reduced).depth
     stamp = next_stamp()
     bad = rig.count('bad_image')
     rig.probe.publish('image/compressed', compressed(stamp, 'jpeg', blob))
