@@ -44,6 +44,7 @@ setup(
     entry_points={
         'console_scripts': [
             'depth_node = depth_node.node:main',
+            'depth_node_lifecycle = depth_node.lifecycle:main',
             'depth_node-demo = depth_node.demo:main',
             'depth_node-eval = depth_node.evaluate:main',
         ],
