@@ -15,6 +15,9 @@ setup(
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
         ('share/' + package_name + '/rviz', glob('rviz/*.rviz')),
         ('share/' + package_name + '/sample_data', glob('sample_data/*.md')),
+    ] + [  # the sample frames: depth_node-demo's default input
+        ('share/' + package_name + '/' + folder, sorted(glob(folder + '/*')))
+        for folder in sorted(f.rstrip('/') for f in glob('sample_data/*/'))
     ],
     python_requires='>=3.10',
     install_requires=[
