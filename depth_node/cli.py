@@ -87,8 +87,8 @@ def build_parser(prog: str, lifecycle: bool = False) -> argparse.ArgumentParser:
                 '(monocular depth network, optional LiDAR alignment).')
     epilog = (
         'ROS arguments follow --ros-args, e.g.\n'
-        f'  {prog} --ros-args -r image:=/camera/image_raw -p model.name:=/models/da2s '
-        '--params-file my.yaml\n\n'
+        f'  {prog} --ros-args -r image:=/camera/image_raw -p model.name:=/models/da2s\n'
+        f'  {prog} --ros-args --params-file my_depth.yaml\n\n'
         'Parameters (name, type, restart/runtime, default):\n'
         f'{parameter_summary()}\n\n{_docs_hint()}')
     parser = argparse.ArgumentParser(
