@@ -36,6 +36,12 @@ setup(
             'ros-sensor-msgs==5.3.6',
             'ros-diagnostic-msgs==5.3.6',
         ],
+        # The same from the PyPI Kilted wheels (CI runs the ROS-level tests against them).
+        'ros-wheels-kilted': [
+            'ros-kilted-rclpy[fastrtps]==9.1.2',
+            'ros-kilted-sensor-msgs==5.5.1',
+            'ros-kilted-diagnostic-msgs==5.5.1',
+        ],
         'test': ['pytest>=7', 'hypothesis>=6'],
     },
     zip_safe=True,

@@ -72,7 +72,8 @@ def _docs_hint() -> str:
                  else 'config/depth.yaml in the package share directory')
     return textwrap.fill(
         f'Every parameter with its description: {yaml_path} (commented), or the README, '
-        'sections "Parameters", "Subscribed topics" and "Published topics".', 99)
+        'sections "Parameters", "Subscribed topics" and "Published topics".', 99,
+        break_long_words=False, break_on_hyphens=False)
 
 
 def build_parser(prog: str, lifecycle: bool = False) -> argparse.ArgumentParser:

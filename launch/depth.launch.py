@@ -46,7 +46,7 @@ def generate_launch_description() -> LaunchDescription:
     args = [DeclareLaunchArgument(name, default_value=default, description=desc)
             for name, (default, desc) in ARGUMENTS.items()]
     profile = os.path.join(share, 'config', 'fastdds_shm.xml')
-    env = [SetEnvironmentVariable(var, profile,
-                                  condition=IfCondition(LaunchConfiguration('use_fastdds_profile')))
+    use_profile = IfCondition(LaunchConfiguration('use_fastdds_profile'))
+    env = [SetEnvironmentVariable(var, profile, condition=use_profile)
            for var in ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')]
     return LaunchDescription(args + env + [OpaqueFunction(function=_node)])

@@ -61,6 +61,7 @@ def _exe(name: str, module: str) -> list[str]:
     return [exe] if exe else [sys.executable, '-m', module]
 
 
+@pytest.mark.ros
 @pytest.mark.parametrize('name,module', [('depth_node', 'depth_node.node'),
                                          ('depth_node_lifecycle', 'depth_node.lifecycle')])
 def test_entry_point_help_exits_0_without_loading_the_model(name, module):
@@ -73,6 +74,7 @@ def test_entry_point_help_exits_0_without_loading_the_model(name, module):
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.ros
 def test_help_loads_neither_torch_nor_rclpy_context():
     code = ('import sys; from depth_node.lifecycle import main; import rclpy; '
             "rc = main(['depth_node_lifecycle', '-h'], exit_process=False); "
@@ -82,6 +84,7 @@ def test_help_loads_neither_torch_nor_rclpy_context():
     assert proc.stdout.splitlines()[-1] == '0 False False False', proc.stdout + proc.stderr
 
 
+@pytest.mark.ros
 def test_entry_point_unknown_argument_exits_2():
     proc = subprocess.run(_exe('depth_node', 'depth_node.node') + ['bogus', '--ros-args', '-p',
                                                                    'model.device:=cpu'],

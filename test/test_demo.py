@@ -19,7 +19,8 @@ def test_colorbar_legend_under_the_image():
 
     depth = np.linspace(1.0, 9.0, 640 * 480, dtype=np.float32).reshape(480, 640)
     lo, hi = robust_range(depth)
-    assert (lo, hi) == pytest.approx(np.percentile(depth, (2, 98)), rel=0.02)  # a pixel-grid sample
+    # percentiles of a pixel-grid sample
+    assert (lo, hi) == pytest.approx(np.percentile(depth, (2, 98)), rel=0.02)
     picture = colorize(depth, lo, hi)
     out = add_colorbar(picture, lo, hi, metric=True)
     assert out.shape[0] > 480 and out.shape[1:] == (640, 3)
