@@ -43,7 +43,7 @@ def _wait(future, timeout: float = 30.0):
 class Manager:
     """What a lifecycle manager does: the node's lifecycle services and transition events."""
 
-    def __init__(self, session, ns: str) -> None:
+    def __init__(self, session, ns: str, timeout: float = 20.0) -> None:
         import rclpy
 
         self.node = rclpy.create_node('lifecycle_probe', context=session.context)
@@ -61,7 +61,7 @@ class Manager:
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(Log, '/rosout', self.logs.append, rosout_qos)
         for client in (self.change, self.get, self.set_params):
-            assert client.wait_for_service(timeout_sec=20.0), client.srv_name
+            assert client.wait_for_service(timeout_sec=timeout), client.srv_name
 
     def state(self) -> str:
         return _wait(self.get.call_async(GetState.Request())).current_state.label
@@ -157,8 +157,10 @@ def test_configure_activate_deactivate_cleanup_shutdown(session, models):
     # deactivate: frames arriving are dropped and counted, the model stays
     assert manager.transition(Transition.TRANSITION_DEACTIVATE)
     assert manager.state() == 'inactive'
-    stamps = [_frame(probe, 200 + i) for i in range(3)]
-    assert _counter(probe, 'frames_dropped_inactive', 3) == 3
+    stamps = []
+    for i in range(3):  # one at a time: the depth-1 subscription queue may merge a burst
+        stamps.append(_frame(probe, 200 + i))
+        assert _counter(probe, 'frames_dropped_inactive', i + 1) == i + 1
     assert all(probe.wait_stamp('depth/relative', s, timeout=0.5) is None for s in stamps)
     assert node._estimator is estimator
 
@@ -265,7 +267,7 @@ def test_autostart_entry_point_serves_and_stops_on_sigint(session, models):
         stdin=subprocess.DEVNULL)
     try:
         probe = session.probe(namespace='/lc_proc')
-        manager = Manager(session, '/lc_proc')
+        manager = Manager(session, '/lc_proc', timeout=90.0)  # the process imports torch
         deadline = time.monotonic() + 60
         while manager.state() != 'active' and time.monotonic() < deadline:
             time.sleep(0.1)
