@@ -15,6 +15,9 @@ setup(
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
         ('share/' + package_name + '/rviz', glob('rviz/*.rviz')),
         ('share/' + package_name + '/sample_data', glob('sample_data/*.md')),
+    ] + [  # the sample frames: depth_node-demo's default input
+        ('share/' + package_name + '/' + folder, sorted(glob(folder + '/*')))
+        for folder in sorted(f.rstrip('/') for f in glob('sample_data/*/'))
     ],
     python_requires='>=3.10',
     install_requires=[
@@ -32,6 +35,12 @@ setup(
             'ros-rclpy[fastrtps]==7.1.6',
             'ros-sensor-msgs==5.3.6',
             'ros-diagnostic-msgs==5.3.6',
+        ],
+        # The same from the PyPI Kilted wheels (CI runs the ROS-level tests against them).
+        'ros-wheels-kilted': [
+            'ros-kilted-rclpy[fastrtps]==9.1.2',
+            'ros-kilted-sensor-msgs==5.5.1',
+            'ros-kilted-diagnostic-msgs==5.5.1',
         ],
         'test': ['pytest>=7', 'hypothesis>=6'],
         # Inference engines (model.engine); exporting to ONNX needs 'onnx'. GPU wheels
@@ -51,6 +60,7 @@ setup(
     entry_points={
         'console_scripts': [
             'depth_node = depth_node.node:main',
+            'depth_node_lifecycle = depth_node.lifecycle:main',
             'depth_node-demo = depth_node.demo:main',
             'depth_node-eval = depth_node.evaluate:main',
             'depth_node-export = depth_node.export_tool:main',

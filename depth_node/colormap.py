@@ -114,3 +114,58 @@ def colorize(values: np.ndarray, vmin: Optional[float] = None, vmax: Optional[fl
         np.clip(np.rint(t, out=t), 0, 255, out=t)
     t[~np.isfinite(v)] = 256  # black
     return np.take(_LUT_WITH_BLACK, t.astype(np.intp), axis=0)
+
+
+def robust_range(values: np.ndarray) -> Optional[tuple[float, float]]:
+    """The range :func:`colorize` maps when no ``vmin`` / ``vmax`` is given: the 2nd and 98th
+    percentiles of the finite values of the ``(H, W)`` image, None when none is finite."""
+    return _robust_range(np.asarray(values, dtype=np.float32))
+
+
+def add_colorbar(rgb: np.ndarray, vmin: float, vmax: float, metric: bool) -> np.ndarray:
+    """Append a legend strip under a colourized image: the turbo scale from near (red, left) to
+    far (blue, right), labelled with the range in metres, or "relative, near = red" for
+    relative depth (no unit; the ends are only near and far).
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        ``(H, W, 3)`` uint8 image from :func:`colorize`.
+    vmin, vmax : float
+        The range it was colourized with (metres when ``metric``).
+    metric : bool
+        True for depth in metres (``vmin`` near), False for relative inverse depth.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H + bar, W, 3)`` uint8: the image unchanged on top, the legend below.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = rgb.shape[:2]
+    font_px = max(10, min(32, width // 40))
+    strip_h = 3 * font_px + 8
+    bar_h = font_px
+    margin = max(2, width // 50)
+    legend = np.zeros((strip_h, width, 3), dtype=np.uint8)
+    # left = near = LUT end 255, right = far = LUT start 0
+    index = np.linspace(255, 0, max(1, width - 2 * margin)).round().astype(np.intp)
+    legend[2:2 + bar_h, margin:width - margin] = TURBO_LUT[index][np.newaxis]
+    image = Image.fromarray(legend)
+    draw = ImageDraw.Draw(image)
+    try:
+        font = ImageFont.load_default(size=font_px)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
+    if metric:
+        left, right, title = f'{vmin:.2f} m', f'{vmax:.2f} m', 'depth (metres), near = red'
+    else:
+        left, right, title = 'near', 'far', 'relative depth (no unit), near = red'
+    y = 4 + bar_h
+    draw.text((margin, y), left, fill=(255, 255, 255), font=font)
+    right_w = draw.textlength(right, font=font)
+    draw.text((width - margin - right_w, y), right, fill=(255, 255, 255), font=font)
+    title_w = draw.textlength(title, font=font)
+    draw.text(((width - title_w) / 2, y), title, fill=(255, 255, 255), font=font)
+    return np.concatenate([np.asarray(rgb, dtype=np.uint8), np.asarray(image)], axis=0)

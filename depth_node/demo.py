@@ -2,8 +2,9 @@
 
 ``depth_node-demo --frames sample_data --out out`` starts :class:`depth_node.node.DepthNode`
 in-process, publishes each frame's image, camera_info and LiDAR scan with rclpy (real DDS), and
-writes, per frame: ``<frame>_depth.png`` (colorized metric depth, or relative depth when no
-metric fit exists), ``<frame>_cloud.ply`` (the published cloud, with colour) and
+writes, per frame: ``<frame>_depth.png`` (colorized metric depth, or ``<frame>_relative.png``
+relative depth when no metric fit exists, each with a colour bar: the range in metres, or
+"relative, near = red"), ``<frame>_cloud.ply`` (the published cloud, with colour) and
 ``timings.json`` (per-stage times of the node, median over ``--repeat`` runs).
 
 Frames without a LiDAR scan but with dense ground truth (TUM RGB-D) get a simulated 64-beam
@@ -47,8 +48,9 @@ def simulated_lidar(depth_gt: np.ndarray, K: np.ndarray, rows: int = 64,
 
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog='depth_node-demo', description=__doc__.split('\n\n')[0])
-    ap.add_argument('--frames', default='sample_data',
-                    help='a frame folder, or a folder of frame folders (default: sample_data)')
+    ap.add_argument('--frames', default=None,
+                    help='a frame folder, or a folder of frame folders (default: the sample '
+                         'frames installed with the package, share/depth_node/sample_data)')
     ap.add_argument('--out', default='out', help='output folder (default: out)')
     ap.add_argument('--model', default=DEFAULT_MODEL,
                     help=f'hub id or local model directory (default: {DEFAULT_MODEL})')
@@ -72,7 +74,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     from depth_node.config import ConfigError
     from depth_node.node import DepthNode
     from depth_node.sample_data import frame_folders, load_frame
+    from depth_node.share import sample_data_directory
 
+    if args.frames is None:
+        shipped = sample_data_directory()
+        if shipped is None:
+            print('depth_node-demo: the sample frames are not installed with this package '
+                  '(share/depth_node/sample_data); pass --frames DIR', file=sys.stderr)
+            return 2
+        args.frames = str(shipped)
     folders = frame_folders(args.frames)
     if not folders:
         print(f'depth_node-demo: no frame folders (with camera.json) under {args.frames}',
@@ -154,7 +164,6 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from depth_node.cloud import write_ply
-    from depth_node.colormap import colorize
     from depth_node.messages import (camera_info_msg, cloud_to_array, image_msg, image_to_array,
                                      make_header, xyz_cloud_msg)
     from depth_node.spin import BackgroundExecutor
@@ -218,7 +227,7 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
                 last = (stamp, status)
             stamp, status = last
             record = _write_frame(out, name, frame, collector, stamp, status, lidar_kind, runs,
-                                  colorize, write_ply, image_to_array, cloud_to_array, evaluate)
+                                  write_ply, image_to_array, cloud_to_array, evaluate)
             summary['frames'][name] = record
             _print_frame(name, record)
     finally:
@@ -237,17 +246,39 @@ def _optional_evaluate() -> Any:
     return compute_metrics
 
 
-def _write_frame(out: Path, name: str, frame: Any, collector: _Collector, stamp: Any,
-                 status: Any, lidar_kind: str, runs: list, colorize: Any, write_ply: Any,
-                 image_to_array: Any, cloud_to_array: Any, evaluate: Any) -> dict:
+def _save_picture(path: Path, values: np.ndarray, metric: bool) -> dict[str, Any]:
+    """Write the colourized ``(H, W)`` depth (metres) or relative depth with its colour bar;
+    return what the picture shows: file, kind, colour range, unit, share of valid pixels."""
     from PIL import Image as PILImage
 
+    from depth_node.colormap import add_colorbar, colorize, robust_range
+
+    valid = float(np.isfinite(values).mean()) if values.size else 0.0
+    span = robust_range(values)
+    if span is None:  # nothing valid: an all-black picture, no scale
+        rgb = colorize(values, invert=not metric)
+    else:
+        lo, hi = span
+        rgb = add_colorbar(colorize(values, lo, hi, invert=not metric), lo, hi, metric=metric)
+    PILImage.fromarray(rgb).save(path)
+    return {'file': path.name, 'kind': 'metric depth' if metric else 'relative inverse depth',
+            'range': None if span is None else [span[0], span[1]],
+            'unit': 'm' if metric else None,
+            'colors': 'near = red' + (' (range: near to far)' if metric else
+                                      ' (range: far to near, relative: no unit)'),
+            'valid_fraction': valid}
+
+
+def _write_frame(out: Path, name: str, frame: Any, collector: _Collector, stamp: Any,
+                 status: Any, lidar_kind: str, runs: list, write_ply: Any,
+                 image_to_array: Any, cloud_to_array: Any, evaluate: Any) -> dict:
     values = {kv.key: kv.value for kv in status.values}
-    record: dict[str, Any] = {'lidar': lidar_kind, 'alignment': values}
+    record: dict[str, Any] = {'lidar': lidar_kind, 'alignment_state': status.message,
+                              'alignment': values}
     depth_msg = collector.get('depth/image', stamp)
     if depth_msg is not None:
         depth = image_to_array(depth_msg)
-        PILImage.fromarray(colorize(depth)).save(out / f'{name}_depth.png')
+        record['picture'] = _save_picture(out / f'{name}_depth.png', depth, metric=True)
         finite = np.isfinite(depth)
         record['depth_m'] = {'valid_fraction': float(finite.mean()),
                              'median': float(np.median(depth[finite])) if finite.any() else None}
@@ -256,8 +287,8 @@ def _write_frame(out: Path, name: str, frame: Any, collector: _Collector, stamp:
     else:
         rel = collector.get('depth/relative', stamp)
         if rel is not None:
-            PILImage.fromarray(colorize(image_to_array(rel), invert=True)).save(
-                out / f'{name}_relative.png')
+            record['picture'] = _save_picture(out / f'{name}_relative.png',
+                                              image_to_array(rel), metric=False)
     cloud = collector.get('depth/points', stamp)
     if cloud is not None:
         xyz = cloud_to_array(cloud).reshape(-1, 3)
@@ -281,6 +312,11 @@ def _print_frame(name: str, record: dict) -> None:
     if 'depth_m' in record:
         d = record['depth_m']
         print(f'   metric depth: {100 * d["valid_fraction"]:.0f}% valid, median {d["median"]} m')
+    if 'picture' in record and record['picture']['range'] is not None:
+        p = record['picture']
+        lo, hi = p['range']
+        print(f'   picture: {p["file"]} ({p["kind"]}, colours {lo:.3g} .. {hi:.3g}'
+              f'{" m" if p["unit"] else ""}, {p["colors"]})')
     if 'vs_ground_truth' in record:
         m = record['vs_ground_truth']
         print(f'   vs ground truth: AbsRel {m.get("abs_rel", float("nan")):.3f}  '

@@ -13,16 +13,17 @@ and the frames waiting at the same time go through one forward pass.
 from __future__ import annotations
 
 from collections import deque
+import gc
 import math
 import os
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import rclpy
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -40,6 +41,7 @@ from depth_node.camera_info import (
     CameraInfoError, Intrinsics, fit_to_image, intrinsics_from_fields, scale_intrinsics)
 from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
 from depth_node.colormap import colorize
+from depth_node.hub import is_local_model, prepare_hub_access
 from depth_node.image_codec import (
     ImageDecodeError, decode_compressed, decode_image, decode_relative_depth, limit_pixels,
     limited_size, plan_compressed)
@@ -93,9 +95,11 @@ def stamp_to_sec(stamp: Any) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def _descriptor(spec: cfg.ParamSpec) -> ParameterDescriptor:
+def _descriptor(spec: cfg.ParamSpec, read_only: bool = True) -> ParameterDescriptor:
+    """The descriptor of ``spec``; ``read_only=False`` leaves a restart parameter writable."""
     d = ParameterDescriptor(name=spec.name, type=_PARAM_TYPES[spec.type_name].value,
-                            description=spec.description, read_only=spec.read_only)
+                            description=spec.description,
+                            read_only=spec.read_only and read_only)
     if spec.type_name == 'double':
         # '-p cloud.max_depth:=20' arrives as an integer; accept it (validation converts it).
         d.dynamic_typing = True
@@ -166,48 +170,92 @@ class _Frame:
         self.src_w = self.src_h = 0
 
 
-class DepthNode(Node):
-    """Camera image in; depth image, relative depth, camera_info and point cloud out.
+class DepthPipeline:
+    """The node's work, shared by :class:`DepthNode` and the managed
+    :class:`depth_node.lifecycle.DepthLifecycleNode`: parameters, model, topics, the worker.
 
-    Raises
-    ------
-    depth_node.config.ConfigError
-        From the constructor, before any topic is advertised, when a parameter is invalid or
-        the model cannot be loaded.
+    A mixin for rclpy's ``Node`` or ``LifecycleNode`` (it uses their methods). The building
+    blocks, in the order both nodes call them: :meth:`_init_pipeline` (once),
+    :meth:`_declare_parameters` (once), :meth:`_configure` (configuration, model, outputs),
+    :meth:`_create_inputs`, :meth:`_start_worker`; undone by :meth:`_stop_worker`,
+    :meth:`_destroy_interfaces` and :meth:`_release_model`.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        values = {}
-        for spec in cfg.PARAMS:
-            try:
-                # ROS cannot type an empty list: declare an unset list by its type
-                default = _PARAM_TYPES[spec.type_name] if spec.default == [] else spec.default
-                value = self.declare_parameter(spec.name, default, _descriptor(spec)).value
-            except ParameterException as exc:
-                raise cfg.ConfigError(f'{spec.name}: {exc} ({spec.description})') from exc
-            values[spec.name] = spec.default if value is None else value
-        self._cfg = cfg.validate_values(values)
+    _processing = True
+    """Whether frames arriving are processed (False: dropped and counted; a lifecycle node that
+    is not active)."""
+
+    def _init_pipeline(self) -> None:
+        """State that lives as long as the node (counters survive a lifecycle cleanup)."""
         self._counters = Counters()
         self._throttle = Throttle(period=5.0)
         self._timer = StageTimer()
         self.last_timings: dict[str, float] = {}
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
-        self._cameras = [_Camera(name, i) for i, name in enumerate(self._cfg.cameras)]
-        self._named = bool(self._cfg['input.cameras'])
         self._stop = threading.Event()
-        self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
-        self._consecutive_failures = 0
+        self._idle = threading.Event()  # set while the worker holds no frame
+        self._idle.set()
+        self._worker: Optional[threading.Thread] = None
+        self._estimator = None
+        self._tf_buffer = None
+        self._tf_listener = None
+        self._inputs: list[Any] = []   # subscriptions
+        self._outputs: list[Any] = []  # publishers and the diagnostics timer
+        self._cameras: list[_Camera] = []
         self._problems: dict[str, int] = {}  # problem counters at the last change
         self._problems_changed = -math.inf    # monotonic time of that change
         self._problems_new: list[str] = []    # the counters that changed then
 
+    def _declare_parameters(self, read_only: bool = True) -> dict[str, Any]:
+        """Declare every parameter of :data:`depth_node.config.PARAMS`; return their values.
+
+        ``read_only=False`` declares the restart parameters writable (the lifecycle node
+        refuses changes to them in its own callback unless it is unconfigured).
+
+        Raises
+        ------
+        depth_node.config.ConfigError
+            When an override has the wrong type.
+        """
+        for spec in cfg.PARAMS:
+            try:
+                # ROS cannot type an empty list: declare an unset list by its type
+                default = _PARAM_TYPES[spec.type_name] if spec.default == [] else spec.default
+                self.declare_parameter(spec.name, default, _descriptor(spec, read_only))
+            except ParameterException as exc:
+                raise cfg.ConfigError(f'{spec.name}: {exc} ({spec.description})') from exc
+        return self._parameter_values()
+
+    def _parameter_values(self) -> dict[str, Any]:
+        """The current value of every declared parameter (an unset list: its default)."""
+        values = {}
+        for spec in cfg.PARAMS:
+            try:
+                value = self.get_parameter(spec.name).value
+            except ParameterUninitializedException:  # a list declared by type, never set
+                value = None
+            values[spec.name] = spec.default if value is None else value
+        return values
+
+    def _configure(self, values: dict[str, Any]) -> None:
+        """Validate ``values``, load and warm up the model, create the publishers.
+
+        Raises
+        ------
+        depth_node.config.ConfigError
+            When a value is invalid or the model cannot be loaded; nothing is advertised then.
+        """
+        self._cfg = cfg.validate_values(values)
+        self._cameras = [_Camera(name, i) for i, name in enumerate(self._cfg.cameras)]
+        self._named = bool(self._cfg['input.cameras'])
+        self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
+        self._consecutive_failures = 0
+
         self._estimator = None
         self._patch_size = 1
         self._shape_ok: Optional[tuple] = None  # the last image shape check_input_shape passed
-        mode = self._cfg['input.mode']
-        if mode == 'image':
+        if self._cfg['input.mode'] == 'image':
             self._estimator = self._load_estimator()
             self._is_metric = self._estimator.is_metric
             self._patch_size = model_patch_size(self._estimator.config)
@@ -220,23 +268,21 @@ class DepthNode(Node):
         self._tf_buffer = None
         if self._cfg['lidar.enabled'] and self._cfg.T_camera_lidar is None:
             if TfBuffer is None:
+                self._release_model()
                 raise cfg.ConfigError(
                     'lidar.enabled is true but lidar.T_camera_lidar is unset and tf2_ros is not '
                     'importable: set lidar.T_camera_lidar (16 values, row-major, LiDAR to camera '
                     'optical frame) or run in a ROS 2 install with tf2_ros')
             self._tf_buffer = TfBuffer()
             self._tf_listener = TransformListener(self._tf_buffer, self)
+        self._create_outputs()
 
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._create_interfaces(mode)
-        self._worker = threading.Thread(target=self._work, name='depth_node_worker',
-                                        daemon=True)
-        self._worker.start()
+    def _log_ready(self, what: str = 'ready') -> None:
         kind = 'metric depth (metres)' if self._is_metric else 'relative inverse depth'
         cameras = (f', {len(self._cameras)} cameras ({", ".join(self._cfg.cameras)}) batched'
                    if self._named else '')
         self.get_logger().info(
-            f'ready: input {mode}{cameras}, model output {kind}, LiDAR '
+            f'{what}: input {self._cfg["input.mode"]}{cameras}, model output {kind}, LiDAR '
             f'{"on" if self._cfg["lidar.enabled"] else "off"}')
 
     # ------------------------------------------------------------------ startup
@@ -245,6 +291,10 @@ class DepthNode(Node):
 
         name = self._cfg['model.name']
         random_init = self._cfg['model.random_init'] or None
+        if not random_init:
+            note = prepare_hub_access(name, is_local=is_local_model(name))
+            if note:
+                self.get_logger().warning(note)
         try:
             t0 = time.perf_counter()
             c = self._cfg
@@ -259,7 +309,7 @@ class DepthNode(Node):
         except EstimatorError as exc:
             raise cfg.ConfigError(str(exc)) from exc
         if random_init:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f'model.random_init={random_init}: RANDOM WEIGHTS, the output is meaningless. '
                 'Use this for pipeline smoke tests and timing only.')
         warm_s = 0.0
@@ -293,8 +343,39 @@ class DepthNode(Node):
                              min_depth=c['cloud.min_depth'], max_depth=c['cloud.max_depth'],
                              smoothing=c['lidar.smoothing'], max_fit_age=c['lidar.max_fit_age'])
 
-    def _create_interfaces(self, mode: str) -> None:
+    def _make_publisher(self, msg_type: Any, topic: str, qos: Any, **kwargs: Any) -> Any:
+        """A publisher for an output topic (the lifecycle node makes managed ones)."""
+        return self.create_publisher(msg_type, topic, qos, **kwargs)
+
+    def _destroy_publisher(self, pub: Any) -> None:
+        self.destroy_publisher(pub)
+
+    def _create_outputs(self) -> None:
+        """Every camera's publishers, ``/diagnostics`` and its timer."""
         qos_opts = QoSOverridingOptions.with_default_policies
+        for cam in self._cameras:
+            if self._cfg['lidar.enabled']:
+                cam.pubs['alignment'] = self._make_publisher(
+                    DiagnosticStatus, cam.topic('depth/alignment'), OUTPUT_QOS)
+            for key, msg_type, topic in (('depth', Image, 'depth/image'),
+                                         ('relative', Image, 'depth/relative'),
+                                         ('info', CameraInfo, 'depth/camera_info'),
+                                         ('points', PointCloud2, 'depth/points')):
+                cam.pubs[key] = self._make_publisher(msg_type, cam.topic(topic), OUTPUT_QOS,
+                                                     qos_overriding_options=qos_opts())
+            cam.pubs['colored'] = self._make_publisher(Image, cam.topic('depth/colored'),
+                                                       OUTPUT_QOS)
+            self._outputs.extend(cam.pubs.values())
+        # /diagnostics stays a plain publisher: counters (frames dropped while a lifecycle node
+        # is inactive included) are reported in every configured state
+        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diag_timer = self.create_timer(self._cfg['diagnostics.period'],
+                                             self._publish_diagnostics)
+
+    def _create_inputs(self) -> None:
+        """Every camera's frame and camera_info subscriptions, and ``lidar/points``."""
+        qos_opts = QoSOverridingOptions.with_default_policies
+        mode = self._cfg['input.mode']
         for cam in self._cameras:
             if mode == 'relative_depth':
                 kind, msg_type, topic = 'relative', Image, 'relative_depth'
@@ -302,30 +383,73 @@ class DepthNode(Node):
                 kind, msg_type, topic = 'compressed', CompressedImage, 'image/compressed'
             else:
                 kind, msg_type, topic = 'image', Image, 'image'
-            self.create_subscription(
+            self._inputs.append(self.create_subscription(
                 msg_type, cam.topic(topic),
                 self._frame_callback(cam, kind), SENSOR_QOS,
-                qos_overriding_options=qos_opts())
-            self.create_subscription(
+                qos_overriding_options=qos_opts()))
+            self._inputs.append(self.create_subscription(
                 CameraInfo, cam.topic('camera_info'),
                 lambda msg, cam=cam: self._on_camera_info(cam, msg), SENSOR_QOS,
-                qos_overriding_options=qos_opts())
-            if self._cfg['lidar.enabled']:
-                cam.pubs['alignment'] = self.create_publisher(
-                    DiagnosticStatus, cam.topic('depth/alignment'), OUTPUT_QOS)
-            for key, msg_type, topic in (('depth', Image, 'depth/image'),
-                                         ('relative', Image, 'depth/relative'),
-                                         ('info', CameraInfo, 'depth/camera_info'),
-                                         ('points', PointCloud2, 'depth/points')):
-                cam.pubs[key] = self.create_publisher(msg_type, cam.topic(topic), OUTPUT_QOS,
-                                                      qos_overriding_options=qos_opts())
-            cam.pubs['colored'] = self.create_publisher(Image, cam.topic('depth/colored'),
-                                                        OUTPUT_QOS)
+                qos_overriding_options=qos_opts()))
         if self._cfg['lidar.enabled']:
-            self.create_subscription(PointCloud2, 'lidar/points', self._on_lidar, LIDAR_QOS,
-                                     qos_overriding_options=qos_opts())
-        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(self._cfg['diagnostics.period'], self._publish_diagnostics)
+            self._inputs.append(self.create_subscription(
+                PointCloud2, 'lidar/points', self._on_lidar, LIDAR_QOS,
+                qos_overriding_options=qos_opts()))
+
+    def _start_worker(self) -> None:
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name='depth_node_worker',
+                                        daemon=True)
+        self._worker.start()
+
+    def _stop_worker(self, timeout: float = 1.0) -> None:
+        """Stop the worker: it finishes, or after ``timeout`` s abandons, the frame in hand."""
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=timeout)
+            self._worker = None
+
+    def _drop_pending(self, counter: str) -> None:
+        """Drop every frame waiting for the worker, counting each in ``counter``."""
+        with self._cv:
+            for cam in self._cameras:
+                if cam.pending is not None:
+                    self._count(counter, cam)
+                cam.pending = cam.displaced = None
+
+    def _destroy_interfaces(self) -> None:
+        """Destroy the subscriptions, publishers, timer and tf listener (the worker stopped)."""
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        for pub in self._outputs:
+            self._destroy_publisher(pub)
+        self._inputs, self._outputs = [], []
+        for cam in self._cameras:
+            cam.pubs = {}
+        if getattr(self, '_diag_timer', None) is not None:
+            self.destroy_timer(self._diag_timer)
+            self.destroy_publisher(self._pub_diag)
+            self._diag_timer = self._pub_diag = None
+        if self._tf_listener is not None and hasattr(self._tf_listener, 'unregister'):
+            self._tf_listener.unregister()
+        self._tf_listener = self._tf_buffer = None
+
+    def _release_model(self) -> None:
+        """Drop the estimator and give its memory back (the CUDA cache included)."""
+        estimator, self._estimator = self._estimator, None
+        if estimator is None:
+            return
+        on_cuda = str(getattr(estimator, 'device', '')).startswith('cuda')
+        close = getattr(estimator, 'close', None)
+        if callable(close):
+            close()
+        del estimator, close
+        gc.collect()
+        if on_cuda:
+            import torch
+            torch.cuda.empty_cache()
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         values = dict(self._cfg.values)
@@ -389,6 +513,9 @@ class DepthNode(Node):
         if info is not None:
             self._count_lost(cam, info)
         self._count('frames_received', cam)
+        if not self._processing:  # a lifecycle node that is not active
+            self._count('frames_dropped_inactive', cam)
+            return
         try:
             self._check_fields(kind, msg)
         except ImageDecodeError as exc:
@@ -472,7 +599,7 @@ class DepthNode(Node):
     def _bad_input(self, key: str, text: str) -> None:
         self._counters.add(f'bad_{key}')
         if self._throttle.ready(key):
-            self.get_logger().warn(f'{_bounded(text)} (bad {key} messages so far: '
+            self.get_logger().warning(f'{_bounded(text)} (bad {key} messages so far: '
                                    f'{self._counters.get("bad_" + key)})')
 
     # ------------------------------------------------------------------ worker
@@ -494,11 +621,15 @@ class DepthNode(Node):
                     if cam.pending is not None:
                         jobs.append((cam, cam.pending, cam.displaced))
                         cam.pending = cam.displaced = None
+                if jobs:
+                    self._idle.clear()
             if jobs:
                 try:
                     self._run_batch(jobs)
                 except Exception:  # noqa: BLE001 - e.g. from logging: the worker must live on
                     self._counters.add('frame_errors')
+                finally:
+                    self._idle.set()
 
     def _run_batch(self, jobs: list[tuple[_Camera, _Job, Optional[_Job]]]) -> None:
         """Decode each camera's frame (its displaced one when the newest does not decode), run
@@ -664,15 +795,16 @@ class DepthNode(Node):
             # a metric model's own depth; LiDAR only refines it (depth/alignment says whether)
             metric = np.where(prediction > 0, prediction, np.float32(np.nan))
 
+        if metric is not None and wanted['depth']:
+            if c['output.encoding'] == '16UC1':
+                self._publish_image(pubs['depth'], header, depth_to_uint16_mm(metric), '16UC1')
+            else:
+                self._publish_image(pubs['depth'], header, metric, '32FC1')
+        if intr is not None and wanted['info'] and (
+                metric is not None or self._is_metric or c['output.relative']):
+            # with every depth-like image (depth/image, depth/relative): its header, its size
+            pubs['info'].publish(camera_info_msg(intr, header))
         if metric is not None:
-            if wanted['depth']:
-                if c['output.encoding'] == '16UC1':
-                    self._publish_image(pubs['depth'], header, depth_to_uint16_mm(metric),
-                                        '16UC1')
-                else:
-                    self._publish_image(pubs['depth'], header, metric, '32FC1')
-            if intr is not None and wanted['info']:
-                pubs['info'].publish(camera_info_msg(intr, header))
             timer.mark('publish_depth')
             if c['cloud.enabled'] and intr is not None and wanted['points']:
                 self._publish_cloud(pubs['points'], header, metric, intr, rgb, frame.points)
@@ -714,7 +846,7 @@ class DepthNode(Node):
             return None
         if intr is None and not cam.warned_no_info:
             cam.warned_no_info = True
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f'no {cam.topic("camera_info")} received yet: publishing depth images only; '
                 'no depth/points, depth/camera_info or LiDAR projection until it arrives')
         return intr
@@ -755,7 +887,7 @@ class DepthNode(Node):
         reason = why or (alignment.fit.reason if alignment.fit is not None else '')
         self._publish_alignment(cam, header, alignment, n_scan, reason)
         if alignment.state == 'no_fit' and self._throttle.ready('no_fit'):
-            self.get_logger().warn(f'no metric depth for this frame: {_bounded(reason)}')
+            self.get_logger().warning(f'no metric depth for this frame: {_bounded(reason)}')
         return alignment.depth
 
     def _nearest_scan(self, stamp: float) -> Optional[tuple[float, str, np.ndarray]]:
@@ -853,13 +985,32 @@ class DepthNode(Node):
         """Frame counters: received, processed, dropped, bad input per kind, failures."""
         return self._counters.snapshot()
 
+
+class DepthNode(DepthPipeline, Node):
+    """Camera image in; depth image, relative depth, camera_info and point cloud out.
+
+    Loads the model and starts serving in the constructor. The managed variant, configured and
+    activated through lifecycle transitions, is :class:`depth_node.lifecycle.DepthLifecycleNode`.
+
+    Raises
+    ------
+    depth_node.config.ConfigError
+        From the constructor, before any topic is advertised, when a parameter is invalid or
+        the model cannot be loaded.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self._init_pipeline()
+        self._configure(self._declare_parameters())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._create_inputs()
+        self._start_worker()
+        self._log_ready()
+
     def destroy_node(self) -> None:
         """Stop the worker (it finishes or abandons the frame in hand), then the node."""
-        self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
-        if hasattr(self, '_worker'):
-            self._worker.join(timeout=1.0)
+        self._stop_worker()
         super().destroy_node()
 
 
@@ -876,26 +1027,44 @@ def _bounded(text: Any, limit: int = MAX_LOG_CHARS) -> str:
 def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
     """Entry point of ``ros2 run depth_node depth_node``.
 
-    Exit code 0 after SIGINT / SIGTERM, 2 for a configuration error. With ``exit_process`` the
+    ``args`` as ``rclpy.init`` takes them (``sys.argv`` when None). ``-h``/``--help`` prints
+    usage and exits 0 before rclpy or the model load; an unknown plain argument exits 2. Exit
+    code 0 after SIGINT / SIGTERM, 2 for a configuration error. With ``exit_process`` the
     process ends right after the node and rclpy are shut down, skipping the interpreter's own
     teardown: with torch loaded that takes 1-2 s on a small CPU and would break the promise that
     a signal stops the node within 2 s. Otherwise the code is returned.
     """
+    return run_node(lambda options: DepthNode(), NODE_NAME, args, exit_process)
+
+
+def run_node(make_node: Callable[[Any], Node], prog: str, args: Optional[list[str]],
+             exit_process: bool, lifecycle: bool = False) -> int:
+    """Parse the command line, start rclpy, spin ``make_node(options)`` until a signal.
+
+    Shared by the ``depth_node`` and ``depth_node_lifecycle`` entry points (see :func:`main`
+    for the exit codes); ``options`` are the parsed plain arguments.
+    """
+    from depth_node.cli import command_line, parse_command_line
+
+    try:
+        options = parse_command_line(command_line(args), prog, lifecycle=lifecycle)
+    except SystemExit as exc:  # -h/--help: 0; an unknown argument: 2, usage printed
+        return _exit(exc.code if isinstance(exc.code, int) else 2, exit_process)
     try:
         rclpy.init(args=args)
     except Exception as exc:  # noqa: BLE001 - rcl refuses a malformed command line (RCLError)
-        print(f'[depth_node] configuration error: the command line does not parse: {exc}',
+        print(f'[{prog}] configuration error: the command line does not parse: {exc}',
               file=sys.stderr)
         return _exit(2, exit_process)
     node = None
     code = 0
     try:
         executor = SingleThreadedExecutor()  # before the node: a signal may come at any time
-        node = DepthNode()
+        node = make_node(options)
         executor.add_node(node)
         executor.spin()
     except cfg.ConfigError as exc:
-        print(f'[depth_node] configuration error: {exc}', file=sys.stderr)
+        print(f'[{prog}] configuration error: {exc}', file=sys.stderr)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

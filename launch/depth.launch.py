@@ -1,62 +1,52 @@
 """Start depth_node on a camera: ros2 launch depth_node depth.launch.py image:=/cam/image_raw.
 
-Arguments: params_file, model, device, precision, namespace, image, camera_info, lidar_points,
-use_fastdds_profile. Topics are remapped, never renamed in code.
+Arguments (table and meaning: depth_node/launch_args.py, README "Launch"): params_file, model,
+device, precision, namespace, image, camera_info, lidar_points, use_fastdds_profile, lifecycle,
+autostart. The parameter file is loaded first; model, device and precision override it only
+when given. lifecycle:=true starts the managed node depth_node_lifecycle (autostart:=true:
+it configures and activates itself). Topics are remapped, never renamed in code.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
-# Launch argument -> (default, description). Kept in one table so a test can check it.
-ARGUMENTS = {
-    'params_file': (None, 'YAML parameter file (default: the package config/depth.yaml)'),
-    'model': ('depth-anything/Depth-Anything-V2-Small-hf',
-              'model.name: hub id or local model directory'),
-    'device': ('auto', "model.device: 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    'precision': ('auto', "model.precision: 'auto', 'fp32', 'fp16' or 'bf16'"),
-    'namespace': ('', 'namespace of the node and its relative topics'),
-    'image': ('image', 'camera image topic (sensor_msgs/Image)'),
-    'camera_info': ('camera_info', 'camera_info topic matching the image'),
-    'lidar_points': ('lidar/points', 'LiDAR PointCloud2 topic (used when lidar.enabled)'),
-    'use_fastdds_profile': ('true', 'use the shipped Fast DDS profile (large shared-memory '
-                            'segment for multi-megabyte images)'),
-}
+from depth_node.launch_args import ARGUMENTS, node_plan, remappings
 
-# Launch argument -> node parameter it sets.
-PARAMETER_ARGUMENTS = {'model': 'model.name', 'device': 'model.device',
-                       'precision': 'model.precision'}
+
+def _node(context):
+    given = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    params_file = given['params_file'] or os.path.join(
+        get_package_share_directory('depth_node'), 'config', 'depth.yaml')
+    plan = node_plan(given, params_file)
+    parameters = [p if isinstance(p, str) else
+                  {name: ParameterValue(value, value_type=str) for name, value in p.items()}
+                  for p in plan.parameters]
+    return [Node(
+        package='depth_node',
+        executable=plan.executable,
+        name='depth_node',
+        namespace=given['namespace'],
+        output='screen',
+        emulate_tty=True,
+        arguments=plan.arguments,
+        parameters=parameters,
+        remappings=remappings(given),
+    )]
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory('depth_node')
-    defaults = dict(ARGUMENTS)
-    defaults['params_file'] = (os.path.join(share, 'config', 'depth.yaml'),
-                               ARGUMENTS['params_file'][1])
     args = [DeclareLaunchArgument(name, default_value=default, description=desc)
-            for name, (default, desc) in defaults.items()]
+            for name, (default, desc) in ARGUMENTS.items()]
     profile = os.path.join(share, 'config', 'fastdds_shm.xml')
-    env = [SetEnvironmentVariable(var, profile,
-                                  condition=IfCondition(LaunchConfiguration('use_fastdds_profile')))
+    use_profile = IfCondition(LaunchConfiguration('use_fastdds_profile'))
+    env = [SetEnvironmentVariable(var, profile, condition=use_profile)
            for var in ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')]
-    node = Node(
-        package='depth_node',
-        executable='depth_node',
-        name='depth_node',
-        namespace=LaunchConfiguration('namespace'),
-        output='screen',
-        emulate_tty=True,
-        parameters=[LaunchConfiguration('params_file'),
-                    {param: LaunchConfiguration(arg)
-                     for arg, param in PARAMETER_ARGUMENTS.items()}],
-        remappings=[('image', LaunchConfiguration('image')),
-                    ('image/compressed', [LaunchConfiguration('image'), '/compressed']),
-                    ('camera_info', LaunchConfiguration('camera_info')),
-                    ('lidar/points', LaunchConfiguration('lidar_points'))],
-    )
-    return LaunchDescription(args + env + [node])
+    return LaunchDescription(args + env + [OpaqueFunction(function=_node)])

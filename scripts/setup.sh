@@ -1,21 +1,43 @@
 #!/usr/bin/env bash
-# Set up a virtual environment with depth_node, PyTorch, transformers and rclpy (PyPI Jazzy
-# wheels) in .venv. Idempotent: a second run only checks. Use on a machine WITHOUT a ROS 2
-# install; in a ROS 2 workspace use colcon instead (README).
+# Set up a virtual environment with depth_node, PyTorch, transformers and rclpy from the PyPI
+# ROS 2 wheels: Jazzy in .venv (default), or Kilted in .venv-kilted with DEPTH_NODE_ROS=kilted.
+# Idempotent: a second run only checks. Use on a machine WITHOUT a ROS 2 install; in a ROS 2
+# workspace use colcon instead (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${DEPTH_NODE_VENV:-.venv}
+ROS=${DEPTH_NODE_ROS:-jazzy}
+case "$ROS" in
+  jazzy) EXTRA=ros-wheels; DEFAULT_VENV=.venv ;;
+  kilted) EXTRA=ros-wheels-kilted; DEFAULT_VENV=.venv-kilted ;;
+  *) echo "[setup] DEPTH_NODE_ROS=$ROS: use jazzy or kilted" >&2; exit 2 ;;
+esac
+VENV=${DEPTH_NODE_VENV:-$DEFAULT_VENV}
 PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
+touch "$VENV/COLCON_IGNORE"  # the ROS wheels ship package.xml files: keep colcon out
 . "$VENV/bin/activate"
-if ! python -c 'import torch, transformers, rclpy, sensor_msgs, diagnostic_msgs, depth_node, onnx,
-onnxruntime, openvino' 2>/dev/null || [ -z "$(ls "$VENV"/bin/depth_node-export 2>/dev/null)" ]; then
-  echo '[setup] installing into' "$VENV" '(torch first: 2.13.0 is the CPU wheel here)'
+# Jazzy (.venv, the full suite) also gets the CPU inference engines (onnx, onnxruntime,
+# openvino); the Kilted venv runs the ROS-level tests with the torch engine only.
+CHECK='import torch, transformers, rclpy, sensor_msgs, diagnostic_msgs, depth_node'
+ENGINES=''
+if [ "$ROS" = jazzy ]; then
+  CHECK="$CHECK, onnx, onnxruntime, openvino, depth_node.export_tool"
+  ENGINES=',engines'
+fi
+if ! python -c "$CHECK" 2>/dev/null || [ ! -x "$VENV/bin/depth_node-export" ]; then
+  echo "[setup] installing into $VENV, ROS 2 $ROS wheels (torch first: 2.13.0 is the CPU" \
+       'wheel here)'
   python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
-  python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt \
-    -e '.[ros-wheels,test,engines]'
+  if [ "$ROS" = jazzy ]; then
+    python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt \
+      -e ".[$EXTRA,test$ENGINES]"
+  else  # the non-ROS pins of constraints.txt, the Kilted ROS pins
+    grep -v '^ros-' scripts/constraints.txt > "$VENV/constraints-common.txt"
+    python -m pip install -q --disable-pip-version-check -c "$VENV/constraints-common.txt" \
+      -c scripts/constraints-kilted.txt -e ".[$EXTRA,test$ENGINES]"
+  fi
 fi
 python -c 'import torch, transformers, rclpy; print("[setup] ok: torch", torch.__version__,
-"transformers", transformers.__version__)'
+"transformers", transformers.__version__, "rclpy from", rclpy.__file__.split("/site-packages")[0])'

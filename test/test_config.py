@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 from pathlib import Path
@@ -55,30 +54,22 @@ def test_readme_documents_every_parameter_and_topic():
         assert f'`{topic}`' in readme, f'README lacks topic {topic}'
 
 
-def _launch_tables() -> tuple[dict, dict]:
-    tree = ast.parse((ROOT / 'launch' / 'depth.launch.py').read_text())
-    tables = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            if name in ('ARGUMENTS', 'PARAMETER_ARGUMENTS'):
-                tables[name] = ast.literal_eval(node.value)
-    return tables['ARGUMENTS'], tables['PARAMETER_ARGUMENTS']
-
-
 def test_launch_arguments_map_to_declared_parameters():
-    arguments, param_args = _launch_tables()
-    for arg, param in param_args.items():
-        assert arg in arguments
+    from depth_node.launch_args import ARGUMENTS, PARAMETER_ARGUMENTS
+
+    for arg, param in PARAMETER_ARGUMENTS.items():
+        assert arg in ARGUMENTS
         assert param in cfg.PARAMS_BY_NAME, f'launch sets unknown parameter {param}'
-        assert arguments[arg][0] == cfg.PARAMS_BY_NAME[param].default, arg
+        # '' = not given: the parameter file decides (test_launch_args.py)
+        assert ARGUMENTS[arg][0] == '', arg
     for required in ('params_file', 'model', 'device', 'namespace', 'image', 'camera_info'):
-        assert required in arguments
+        assert required in ARGUMENTS
 
 
 def test_launch_file_parses_and_points_at_shipped_files():
     source = (ROOT / 'launch' / 'depth.launch.py').read_text()
     compile(source, 'depth.launch.py', 'exec')
+    assert 'from depth_node.launch_args import' in source
     assert "'config', 'depth.yaml'" in source
     assert (ROOT / 'config' / 'fastdds_shm.xml').is_file()
     assert 'eval(' not in source and 'pip' not in source

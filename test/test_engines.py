@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 from pathlib import Path
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -313,9 +314,11 @@ def _write_onnx_model(folder: Path, card: dict | None = CARD) -> TinyEncoderDeco
 
     folder.mkdir(parents=True, exist_ok=True)
     net = TinyEncoderDecoder().eval()
-    torch.onnx.export(net, (torch.zeros(1, 3, 240, 320),), str(folder / 'model.onnx'),
-                      opset_version=17, dynamo=False, input_names=['image'],
-                      output_names=['depth'])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)  # the TorchScript exporter's notice
+        torch.onnx.export(net, (torch.zeros(1, 3, 240, 320),), str(folder / 'model.onnx'),
+                          opset_version=17, dynamo=False, input_names=['image'],
+                          output_names=['depth'])
     if card is not None:
         (folder / 'depth_node_model.yaml').write_text(yaml.safe_dump(card))
     return net

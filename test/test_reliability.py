@@ -79,7 +79,7 @@ class LogRecorder:
     # one call site per severity: rclpy refuses two severities from one line of code
     def warn(self, text: str, **kwargs: Any) -> Any:
         self._record('warning', text)
-        return self._logger.warn(text, **kwargs)
+        return self._logger.warning(text, **kwargs)
 
     warning = warn
 

@@ -1,0 +1,176 @@
+"""The managed (lifecycle) node: ``depth_node_lifecycle``, for lifecycle managers (Nav2).
+
+Same node name, parameters and topics as ``depth_node`` (:class:`depth_node.node.DepthNode`);
+the work is done by the same :class:`depth_node.node.DepthPipeline`, step by step:
+
+- **configure**: read and validate the parameters, load and warm up the model, create the
+  publishers (managed: silent until active) and ``/diagnostics``. A failure (bad model path,
+  invalid value) logs the reason and leaves the node unconfigured.
+- **activate**: subscribe the inputs (first time) and process frames.
+- **deactivate**: stop processing; frames arriving are dropped and counted
+  (``frames_dropped_inactive`` on ``/diagnostics``); the model stays loaded.
+- **cleanup**: destroy the topics, release the model and its device memory.
+- **shutdown** (from any state): as cleanup.
+
+Restart parameters (``model.*``, ``input.*``, ...) can be set while unconfigured and take
+effect at the next configure; once configured they are refused until cleanup. ``--autostart``
+configures and activates the node itself, as Nav2's ``autostart`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rcl_interfaces.msg import SetParametersResult
+
+from depth_node import config as cfg
+from depth_node.node import NODE_NAME, DepthPipeline, run_node
+
+DEACTIVATE_WAIT = 10.0
+"""Seconds deactivate waits for a frame in the worker's hands to be finished and published."""
+
+
+class DepthLifecycleNode(DepthPipeline, LifecycleNode):
+    """``depth_node`` as a managed node; see the module docstring for the transitions.
+
+    Attributes
+    ----------
+    configure_error : str
+        Why the last configure failed ('' after a successful one).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self._init_pipeline()
+        self._declare_parameters(read_only=False)
+        self._processing = False
+        self._configured = False
+        self.configure_error = ''
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------ transitions
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure(self._parameter_values())
+        except cfg.ConfigError as exc:
+            self._teardown()
+            self.configure_error = str(exc)
+            self.get_logger().error(f'configure failed, staying unconfigured: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        self.configure_error = ''
+        self._configured = True
+        self._start_worker()
+        self._log_ready('configured')
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if not self._inputs:
+            self._create_inputs()
+        result = super().on_activate(state)  # enables the managed publishers
+        self._processing = True
+        self.get_logger().info('active: processing frames')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._processing = False
+        self._drop_pending('frames_dropped_inactive')
+        if not self._idle.wait(DEACTIVATE_WAIT):
+            self.get_logger().warning(
+                f'deactivate: the frame in the worker was not finished within '
+                f'{DEACTIVATE_WAIT:g} s; its outputs are not published')
+        self.get_logger().info('inactive: frames arriving are dropped and counted '
+                               '(frames_dropped_inactive), the model stays loaded')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.get_logger().info('cleaned up: topics destroyed, model released')
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f'error in a transition from {state.label}: cleaning up')
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS  # back to unconfigured
+
+    def autostart(self) -> bool:
+        """Configure and activate now (``--autostart``); False when a step failed (the node
+        then stays in the state it reached, with the reason logged)."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().error(
+                'autostart: configure failed; fix the parameters (they can be set while '
+                'unconfigured), then configure through the lifecycle services')
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        """Undo configure: stop the worker, destroy the topics, release the model."""
+        self._processing = False
+        self._stop_worker()
+        self._drop_pending('frames_dropped_inactive')
+        self._destroy_interfaces()
+        self._release_model()
+        self._cameras = []
+        self._configured = False
+
+    # ---------------------------------------------------------------- entities
+    def _make_publisher(self, msg_type: Any, topic: str, qos: Any, **kwargs: Any) -> Any:
+        return self.create_lifecycle_publisher(msg_type, topic, qos, **kwargs)
+
+    def _destroy_publisher(self, pub: Any) -> None:
+        self.destroy_lifecycle_publisher(pub)
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Unconfigured: any value its spec accepts (checked as a whole at configure).
+        Configured: restart parameters are refused, the others validated as on depth_node."""
+        if self._configured:
+            fixed = [p.name for p in params
+                     if p.name in cfg.PARAMS_BY_NAME and cfg.PARAMS_BY_NAME[p.name].read_only]
+            if fixed:
+                return SetParametersResult(
+                    successful=False,
+                    reason=f'{", ".join(fixed)} take(s) effect at configure: clean the node up '
+                           '(lifecycle cleanup), set it, then configure again')
+            return super()._on_set_parameters(params)
+        for p in params:
+            spec = cfg.PARAMS_BY_NAME.get(p.name)
+            value = p.value
+            if spec is None or value is None:
+                continue
+            if spec.type_name == 'double' and isinstance(value, int) and \
+                    not isinstance(value, bool):
+                value = float(value)
+            reason = spec.check(value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def destroy_node(self) -> None:
+        """Stop the worker (it finishes or abandons the frame in hand), then the node."""
+        self._processing = False
+        self._stop_worker()
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
+    """Entry point of ``ros2 run depth_node depth_node_lifecycle [--autostart]``.
+
+    Exit codes as :func:`depth_node.node.main`; a failed configure is not one (the node stays
+    up, unconfigured, for its lifecycle manager).
+    """
+    def make_node(options: Any) -> DepthLifecycleNode:
+        node = DepthLifecycleNode()
+        if options.autostart:
+            node.autostart()
+        return node
+
+    return run_node(make_node, 'depth_node_lifecycle', args, exit_process, lifecycle=True)
+
+
+if __name__ == '__main__':
+    main()
