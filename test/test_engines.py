@@ -442,3 +442,32 @@ def test_node_outputs_agree_across_engines(kind, topic, tiny_dir, real_data):
     assert reference.shape == (480, 640) and np.std(reference) > 0
     for engine, got in outputs.items():
         assert rel_error(got, reference) < 1e-4, engine
+
+
+@pytest.mark.parametrize('engine', CPU_ENGINES)
+def test_predict_from_two_threads_at_once(engine, tiny_dir, frames, cache):
+    """The node's worker and a caller (a test, a tool) may predict at the same time: calls
+    take turns (an OpenVINO infer request is not thread-safe and crashed the process)."""
+    import threading
+
+    est = DepthEstimator(str(tiny_dir('depth_anything')), device='cpu', precision='fp32',
+                         engine=engine, cache_dir=cache)
+    image = frames['tum'][::4, ::4].copy()
+    expected = est.predict(image).depth
+    results, errors = [], []
+
+    def hammer():
+        try:
+            for _ in range(8):
+                results.append(est.predict(image).depth)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 24
+    for got in results:
+        np.testing.assert_array_equal(got, expected)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -203,6 +204,7 @@ class DepthEstimator:
                 source.dtype = self.engine.input_dtype
                 if source.dtype == torch.float16:
                     source.device = self.engine.device  # fp16 traces on the GPU
+        self._lock = threading.RLock()  # one forward at a time (see _run)
         self._backend = preprocess_backend
         self._checkpoint, self._channels_last = checkpoint, channels_last
         self._torch_options = options
@@ -273,11 +275,20 @@ class DepthEstimator:
         if self.engine.device.type == 'cuda':
             torch.cuda.synchronize(self.engine.device)
 
-    @torch.inference_mode()
     def _run(self, images: Sequence[np.ndarray], fx: Any,
              cloud: Optional[dict[str, Any]] = None) -> Prediction:
         """Predict; with ``cloud`` (keyword arguments of :func:`depth_to_points_tensor`) also
-        back-project the first image's prediction on the device. One copy back per output."""
+        back-project the first image's prediction on the device. One copy back per output.
+
+        One call at a time: an OpenVINO infer request, the CUDA staging buffer and captured
+        CUDA graphs are not shared between threads, so calls from several threads take turns.
+        """
+        with self._lock:
+            return self._run_locked(images, fx, cloud)
+
+    @torch.inference_mode()
+    def _run_locked(self, images: Sequence[np.ndarray], fx: Any,
+                    cloud: Optional[dict[str, Any]] = None) -> Prediction:
         height, width = self.preprocessor.check_images(images)
         self.preprocessor.input_size(height, width)
         start = time.perf_counter()
@@ -290,7 +301,7 @@ class DepthEstimator:
             if not self._auto:
                 raise
             self._fall_back_to_torch(exc)
-            return self._run(images, fx, cloud)
+            return self._run_locked(images, fx, cloud)
         self._sync()
         after_forward = time.perf_counter()
         if self._output_scale != 1.0:
@@ -429,7 +440,8 @@ class DepthEstimator:
         compile, or load from the cache); what it did goes to :attr:`startup_notes`."""
         in_h, in_w = self.input_size(height, width)
         try:
-            line = self.engine.prepare((int(batch), 3, in_h, in_w))
+            with self._lock:
+                line = self.engine.prepare((int(batch), 3, in_h, in_w))
         except EstimatorError as exc:
             if not self._auto:
                 raise
