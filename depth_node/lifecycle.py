@@ -41,8 +41,9 @@ class DepthLifecycleNode(DepthPipeline, LifecycleNode):
         Why the last configure failed ('' after a successful one).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, serve_on_caller: bool = False, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self.serve_on_caller = serve_on_caller
         self._init_pipeline()
         self._declare_parameters(read_only=False)
         self._processing = False
@@ -153,6 +154,7 @@ class DepthLifecycleNode(DepthPipeline, LifecycleNode):
     def destroy_node(self) -> None:
         """Stop the worker (it finishes or abandons the frame in hand), then the node."""
         self._processing = False
+        self._closed = True
         self._stop_worker()
         super().destroy_node()
 
@@ -164,7 +166,7 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
     up, unconfigured, for its lifecycle manager).
     """
     def make_node(options: Any) -> DepthLifecycleNode:
-        node = DepthLifecycleNode()
+        node = DepthLifecycleNode(serve_on_caller=True)  # forward passes on the main thread
         if options.autostart:
             node.autostart()
         return node

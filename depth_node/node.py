@@ -185,6 +185,10 @@ class DepthPipeline:
     """Whether frames arriving are processed (False: dropped and counted; a lifecycle node that
     is not active)."""
 
+    #: Whether :meth:`serve` is run by the caller (the entry points: on the main thread)
+    #: instead of on a worker thread the node starts itself (in-process use, tests).
+    serve_on_caller = False
+
     def _init_pipeline(self) -> None:
         """State that lives as long as the node (counters survive a lifecycle cleanup)."""
         self._counters = Counters()
@@ -194,6 +198,8 @@ class DepthPipeline:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._stop = threading.Event()
+        self._closed = False  # destroyed: serve() returns for good
+        self._inference_thread = ''  # name of the thread running the forward passes
         self._idle = threading.Event()  # set while the worker holds no frame
         self._idle.set()
         self._worker: Optional[threading.Thread] = None
@@ -397,10 +403,36 @@ class DepthPipeline:
                 qos_overriding_options=qos_opts()))
 
     def _start_worker(self) -> None:
+        """Serve frames from now on: on a worker thread, or, when the process entry point runs
+        :meth:`serve` on its main thread (``serve_on_caller``), there."""
         self._stop = threading.Event()
+        if self.serve_on_caller:
+            return
         self._worker = threading.Thread(target=self._work, name='depth_node_worker',
                                         daemon=True)
         self._worker.start()
+
+    def serve(self) -> None:
+        """Run the forward passes on the calling thread until the node is destroyed, serving
+        stops for good (:meth:`_end_serving`) or its context shuts down (a signal).
+
+        The entry points call this on the process's main thread while the executor spins on a
+        background thread: a forward pass on a non-main thread ran 1.09-1.16x slower on the same
+        estimator (issue 14; ``bench/bench_threads.py``), and the main thread is the one the
+        model was warmed up on. Between a lifecycle cleanup and the next configure it idles.
+        """
+        while not self._closed and self.context.ok():
+            if self._stop.is_set():  # stopped (lifecycle cleanup): wait for the next start
+                time.sleep(0.05)
+                continue
+            self._work()
+
+    def _end_serving(self) -> None:
+        """Make :meth:`serve` return after the frame in hand."""
+        self._closed = True
+        self._stop.set()
+        with self._cv:
+            self._cv.notify_all()
 
     def _stop_worker(self, timeout: float = 1.0) -> None:
         """Stop the worker: it finishes, or after ``timeout`` s abandons, the frame in hand."""
@@ -410,6 +442,8 @@ class DepthPipeline:
         if self._worker is not None:
             self._worker.join(timeout=timeout)
             self._worker = None
+        elif self.serve_on_caller and threading.current_thread() is not threading.main_thread():
+            self._idle.wait(timeout)  # serve() on the main thread finishes the frame in hand
 
     def _drop_pending(self, counter: str) -> None:
         """Drop every frame waiting for the worker, counting each in ``counter``."""
@@ -604,9 +638,10 @@ class DepthPipeline:
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
-        while not self._stop.is_set():
+        self._inference_thread = threading.current_thread().name
+        while not self._shutting_down():
             with self._cv:
-                while not any(c.pending for c in self._cameras) and not self._stop.is_set():
+                while not any(c.pending for c in self._cameras) and not self._shutting_down():
                     self._cv.wait(0.1)
                 wait = self._cfg['input.batch_wait']
                 if wait > 0 and len(self._cameras) > 1:  # let the other cameras catch up
@@ -971,6 +1006,8 @@ class DepthPipeline:
         values = [KeyValue(key=k, value=str(v)) for k, v in sorted(counts.items())]
         values += [KeyValue(key=f'time_ms.{k}', value=f'{v * 1e3:.2f}')
                    for k, v in self.last_timings.items()]
+        if self._inference_thread:  # which thread runs the forward passes (issue 14)
+            values.append(KeyValue(key='inference_thread', value=self._inference_thread))
         status = DiagnosticStatus(level=level, name=f'{self.get_name()}: pipeline',
                                   message=message, hardware_id=self.get_fully_qualified_name(),
                                   values=values)
@@ -999,8 +1036,9 @@ class DepthNode(DepthPipeline, Node):
         the model cannot be loaded.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, serve_on_caller: bool = False, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self.serve_on_caller = serve_on_caller
         self._init_pipeline()
         self._configure(self._declare_parameters())
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -1010,6 +1048,7 @@ class DepthNode(DepthPipeline, Node):
 
     def destroy_node(self) -> None:
         """Stop the worker (it finishes or abandons the frame in hand), then the node."""
+        self._closed = True
         self._stop_worker()
         super().destroy_node()
 
@@ -1034,7 +1073,8 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
     teardown: with torch loaded that takes 1-2 s on a small CPU and would break the promise that
     a signal stops the node within 2 s. Otherwise the code is returned.
     """
-    return run_node(lambda options: DepthNode(), NODE_NAME, args, exit_process)
+    return run_node(lambda options: DepthNode(serve_on_caller=True), NODE_NAME, args,
+                    exit_process)
 
 
 def run_node(make_node: Callable[[Any], Node], prog: str, args: Optional[list[str]],
@@ -1062,7 +1102,10 @@ def run_node(make_node: Callable[[Any], Node], prog: str, args: Optional[list[st
         executor = SingleThreadedExecutor()  # before the node: a signal may come at any time
         node = make_node(options)
         executor.add_node(node)
-        executor.spin()
+        if getattr(node, 'serve_on_caller', False):
+            _serve_on_main_thread(node, executor, exit_process)
+        else:
+            executor.spin()
     except cfg.ConfigError as exc:
         print(f'[{prog}] configuration error: {exc}', file=sys.stderr)
         code = 2
@@ -1078,6 +1121,40 @@ def run_node(make_node: Callable[[Any], Node], prog: str, args: Optional[list[st
             node.destroy_node()
         rclpy.try_shutdown()
     return _exit(code, exit_process)
+
+
+def _serve_on_main_thread(node: 'DepthPipeline', executor: Any, exit_process: bool) -> None:
+    """Spin ``executor`` on a background thread and run ``node.serve()`` here.
+
+    On a signal rclpy shuts the context down: the spin thread ends and :meth:`serve` returns
+    after the frame in hand. A forward pass cannot be interrupted, so when this thread has not
+    come back 1 s after the spin thread ended, the process ends there with code 0 (the promise
+    that a signal stops the node within 2 s). An error that stopped the executor is raised here.
+    """
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            if rclpy.ok():
+                errors.append(exc)
+        finally:
+            node._end_serving()
+        if exit_process and not errors and not done.wait(1.0):
+            _exit(0, True)  # the main thread is inside a forward pass: do not wait for it
+
+    spinner = threading.Thread(target=spin, name='depth_node_spin', daemon=True)
+    spinner.start()
+    try:
+        node.serve()
+    finally:
+        done.set()
+    if errors:
+        raise errors[0]
 
 
 def _exit(code: int, exit_process: bool) -> int:

@@ -139,7 +139,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(session, models):
     assert manager.state() == 'inactive'
     estimator = node._estimator
     assert estimator is not None
-    model_ref = weakref.ref(estimator.model)
+    model_ref = weakref.ref(estimator)  # it holds the engine and the weights, any engine
     assert _publishers(probe, f'{ns}/depth/relative') == 1
     assert _publishers(probe, f'{ns}/depth/camera_info') == 1
     assert probe.pub['image'].get_subscription_count() == 0

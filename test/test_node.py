@@ -249,6 +249,8 @@ def test_diagnostics_report_counters_and_timings(session, models, tum):
     assert int(values['frames_received']) >= 1
     assert float(values['time_ms.forward']) > 0
     assert float(values['time_ms.total']) >= float(values['time_ms.forward'])
+    # in process (no entry point serving on its main thread) the node's own worker infers
+    assert values['inference_thread'] == 'depth_node_worker'
 
 
 def test_runtime_parameter_change_validated(session, models):

@@ -16,7 +16,7 @@ import pytest
 
 from depth_node.messages import image_msg, image_to_array, make_header
 from depth_node.sample_data import load_frame
-from ros_harness import RosSession
+from ros_harness import RosSession, status_values
 from tiny_models import make_tiny_depth_anything
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -72,6 +72,11 @@ def test_entry_point_serves_frames_over_dds_and_stops_on_sigint(model_dir, real_
         assert all(m.header.frame_id == 'cam_optical' for m in served)
         assert image_to_array(served[-1]).shape == (480, 640)
         assert np.isfinite(image_to_array(served[-1])).all()
+        # the forward passes run on the process's main thread, the executor beside it
+        diag = probe.wait_for('/diagnostics', lambda m: 'inference_thread' in
+                              status_values(m.status[0]), timeout=30.0)
+        assert diag is not None, 'no /diagnostics naming the inference thread'
+        assert status_values(diag.status[0])['inference_thread'] == 'MainThread'
     finally:
         session.close()
         t0 = time.monotonic()
