@@ -471,3 +471,25 @@ def test_predict_from_two_threads_at_once(engine, tiny_dir, frames, cache):
     assert not errors and len(results) == 24
     for got in results:
         np.testing.assert_array_equal(got, expected)
+
+
+def test_openvino_compiled_model_cached_atomically_and_rebuilt_when_damaged(tiny_dir, frames,
+                                                                             cache, caplog):
+    """The compiled model is written beside the export; the next start imports it; a damaged
+    one (a node killed while writing, before writes were atomic) is compiled again."""
+    if 'openvino' not in CPU_ENGINES:
+        pytest.skip('openvino not installed')
+    model = str(tiny_dir('depth_anything'))
+    first = DepthEstimator(model, device='cpu', precision='fp32', engine='openvino',
+                           cache_dir=cache)
+    expected = first.predict(frames['tum']).depth
+    (entry,) = _entries(cache)
+    (blob,) = entry.glob('openvino-*.blob')
+    assert blob.stat().st_size > 1000 and not list(entry.glob('*.tmp'))
+    blob.write_bytes(blob.read_bytes()[:100])   # truncated
+    with caplog.at_level(logging.WARNING, logger='depth_node.estimator'):
+        again = DepthEstimator(model, device='cpu', precision='fp32', engine='openvino',
+                               cache_dir=cache)
+        np.testing.assert_array_equal(again.predict(frames['tum']).depth, expected)
+    assert any('does not load' in r.getMessage() for r in caplog.records)
+    assert blob.stat().st_size > 1000

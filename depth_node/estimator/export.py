@@ -9,8 +9,8 @@ Cache layout (``model.cache_dir``, default :func:`default_cache_dir`)::
 
     <cache_dir>/<key>/model.onnx      the exported network
     <cache_dir>/<key>/meta.json       what the key was made of, export time
-    <cache_dir>/<key>/<engine>-...    engines' compiled artefacts (TensorRT plans)
-    <cache_dir>/openvino/             OpenVINO's own compiled-blob cache
+    <cache_dir>/<key>/<engine>-...    engines' compiled artefacts (OpenVINO blobs, TensorRT
+                                      plans), named by engine version, device, precision
 
 ``key`` is a SHA-256 over the model's files (their content), the input shape, the export dtype
 and device kind, the opset and the torch, transformers and onnx versions. Every file is written
