@@ -46,6 +46,13 @@ class ParamSpec:
             return 'string'
         return f'{self.item_type}_array'
 
+    def coerce(self, value: Any) -> Any:
+        """``value`` as this parameter takes it: an integer given for a double becomes a float
+        (``ros2 param set ... 2`` sends an integer); anything else is returned as it is."""
+        if self.type_name == 'double' and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
     def check(self, value: Any) -> Optional[str]:
         """Return why ``value`` is refused, or None when it is acceptable."""
         t = self.type_name
@@ -260,8 +267,7 @@ def validate_values(values: dict[str, Any]) -> NodeConfig:
         spec = PARAMS_BY_NAME.get(name)
         if spec is None:
             continue
-        if spec.type_name == 'double' and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        value = spec.coerce(value)
         reason = spec.check(value)
         if reason:
             errors.append(reason)

@@ -140,13 +140,9 @@ class DepthLifecycleNode(DepthPipeline, LifecycleNode):
             return super()._on_set_parameters(params)
         for p in params:
             spec = cfg.PARAMS_BY_NAME.get(p.name)
-            value = p.value
-            if spec is None or value is None:
+            if spec is None or p.value is None:
                 continue
-            if spec.type_name == 'double' and isinstance(value, int) and \
-                    not isinstance(value, bool):
-                value = float(value)
-            reason = spec.check(value)
+            reason = spec.check(spec.coerce(p.value))
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)

@@ -475,11 +475,9 @@ class DepthPipeline:
         estimator, self._estimator = self._estimator, None
         if estimator is None:
             return
-        on_cuda = str(getattr(estimator, 'device', '')).startswith('cuda')
-        close = getattr(estimator, 'close', None)
-        if callable(close):
-            close()
-        del estimator, close
+        on_cuda = estimator.device.type == 'cuda'
+        estimator.close()
+        del estimator
         gc.collect()
         if on_cuda:
             import torch
@@ -491,10 +489,7 @@ class DepthPipeline:
             spec = cfg.PARAMS_BY_NAME.get(p.name)
             if spec is None:
                 continue
-            value = p.value
-            if spec.type_name == 'double' and isinstance(value, int) and \
-                    not isinstance(value, bool):
-                value = float(value)
+            value = spec.coerce(p.value)
             reason = spec.check(value)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)

@@ -42,6 +42,39 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+# Real frames of three sizes: TUM 640x480, KITTI 1224x370, nuScenes 1600x900.
+FRAMES = {
+    'tum': 'tum_rgbd/1341847980.722988',
+    'kitti': 'kitti_object/000000',
+    'nuscenes': 'nuscenes_mini/CAM_FRONT',
+}
+
+
+@pytest.fixture(scope='module')
+def tiny_dir(tmp_path_factory):
+    """``tiny_dir(kind) -> Path``: one saved tiny model per kind (``tiny_models.BUILDERS``)
+    for the module, built on first use."""
+    from tiny_models import BUILDERS
+
+    root = tmp_path_factory.mktemp('tiny_models')
+    cache: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = BUILDERS[kind](root)
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope='module')
+def frames(real_data) -> dict:
+    """The :data:`FRAMES` images, ``(H, W, 3)`` uint8 RGB, by key."""
+    from depth_node.sample_data import load_frame
+
+    return {key: load_frame(real_data / rel).image for key, rel in FRAMES.items()}
+
+
 @pytest.fixture
 def session():
     """A :class:`ros_harness.RosSession` (own context, spinning executor), closed after the test."""

@@ -18,7 +18,8 @@ from depth_node.estimator import DepthEstimator, EstimatorError
 from depth_node.estimator.engines import engine_available, resolve_engine
 from depth_node.estimator.export import write_atomic
 from depth_node.sample_data import load_frame
-from test_estimator import BUILDERS, FRAMES
+from conftest import FRAMES
+from tiny_models import BUILDERS
 
 CPU_ENGINES = [e for e in ('onnxruntime', 'openvino') if engine_available(e)]
 pytestmark = pytest.mark.skipif(len(CPU_ENGINES) < 2,
@@ -29,24 +30,6 @@ pytestmark = pytest.mark.skipif(len(CPU_ENGINES) < 2,
 def rel_error(got: np.ndarray, ref: np.ndarray) -> float:
     """Mean absolute difference over mean absolute reference (the 'relative mean error')."""
     return float(np.mean(np.abs(got - ref)) / np.mean(np.abs(ref)))
-
-
-@pytest.fixture(scope='module')
-def tiny_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp('engine_models')
-    cache: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in cache:
-            cache[kind] = BUILDERS[kind](root)
-        return cache[kind]
-
-    return get
-
-
-@pytest.fixture(scope='module')
-def frames(real_data) -> dict[str, np.ndarray]:
-    return {key: load_frame(real_data / rel).image for key, rel in FRAMES.items()}
 
 
 @pytest.fixture

@@ -17,43 +17,9 @@ from depth_node.estimator import (DEFAULT_MODEL, DepthEstimator, EstimatorError,
                                   RANDOM_WEIGHTS_WARNING, cpu_has_native_bf16, resolve_device,
                                   resolve_dtype)
 from depth_node.sample_data import frame_folders, load_frame
-from tiny_models import (make_tiny_depth_anything, make_tiny_depth_pro, make_tiny_dpt,
-                         make_tiny_glpn, make_tiny_zoedepth)
 
-# Real frames of three sizes: TUM 640x480, KITTI 1224x370, nuScenes 1600x900.
-FRAMES = {
-    'tum': 'tum_rgbd/1341847980.722988',
-    'kitti': 'kitti_object/000000',
-    'nuscenes': 'nuscenes_mini/CAM_FRONT',
-}
-
-BUILDERS = {
-    'depth_anything': lambda root: make_tiny_depth_anything(root),
-    'depth_anything_metric': lambda root: make_tiny_depth_anything(root, metric=True),
-    'dpt': lambda root: make_tiny_dpt(root),
-    'dpt_dinov2_pad': lambda root: make_tiny_dpt(root, backbone='dinov2', keep_aspect_ratio=True,
-                                                 ensure_multiple_of=14, do_pad=True,
-                                                 size_divisor=32),
-    'glpn': lambda root: make_tiny_glpn(root),
-    'zoedepth': lambda root: make_tiny_zoedepth(root),
-    'depth_pro': lambda root: make_tiny_depth_pro(root),
-}
 # Models whose PIL image processor loads without torchvision, with their frames to compare on.
 PROCESSOR_PARITY = ['depth_anything', 'dpt', 'dpt_dinov2_pad', 'glpn', 'zoedepth']
-
-
-@pytest.fixture(scope='module')
-def tiny_dir(tmp_path_factory):
-    """``tiny_dir(kind) -> Path``: one saved tiny model per kind for this module."""
-    root = tmp_path_factory.mktemp('tiny_models')
-    cache: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in cache:
-            cache[kind] = BUILDERS[kind](root)
-        return cache[kind]
-
-    return get
 
 
 @pytest.fixture(scope='module')
@@ -67,11 +33,6 @@ def estimator(tiny_dir):
         return cache[kind]
 
     return get
-
-
-@pytest.fixture(scope='module')
-def frames(real_data) -> dict[str, np.ndarray]:
-    return {key: load_frame(real_data / rel).image for key, rel in FRAMES.items()}
 
 
 def _reference(model_dir: Path, image: np.ndarray):

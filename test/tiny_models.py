@@ -166,3 +166,17 @@ def make_tiny_depth_pro(tmp_dir: Path | str, seed: int = 4, use_fov_model: bool 
                  'image_std': [0.5] * 3}
     return _save(DepthProForDepthEstimation(config), processor, tmp_dir, 'tiny_depth_pro_',
                  seed)
+
+
+#: One builder per model kind the tests use: ``BUILDERS[kind](tmp_dir) -> folder``.
+BUILDERS = {
+    'depth_anything': lambda root: make_tiny_depth_anything(root),
+    'depth_anything_metric': lambda root: make_tiny_depth_anything(root, metric=True),
+    'dpt': lambda root: make_tiny_dpt(root),
+    'dpt_dinov2_pad': lambda root: make_tiny_dpt(root, backbone='dinov2', keep_aspect_ratio=True,
+                                                 ensure_multiple_of=14, do_pad=True,
+                                                 size_divisor=32),
+    'glpn': lambda root: make_tiny_glpn(root),
+    'zoedepth': lambda root: make_tiny_zoedepth(root),
+    'depth_pro': lambda root: make_tiny_depth_pro(root),
+}
