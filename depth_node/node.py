@@ -70,6 +70,10 @@ OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
 _TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'relative_depth'}
 """Input topic of each kind of frame, for log lines."""
 
+EXIT_DEVICE_LOST = 3
+"""Exit code of :func:`main` after a sticky CUDA error (illegal memory access, device-side
+assert, lost GPU): the process must restart to use the GPU again."""
+
 PROBLEM_HOLD = 10.0
 """Seconds /diagnostics stays WARN after the last bad message or skipped frame."""
 
@@ -191,6 +195,7 @@ class DepthNode(Node):
         self._stop = threading.Event()
         self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
         self._consecutive_failures = 0
+        self.exit_code = 0  # EXIT_DEVICE_LOST after a sticky CUDA error
         self._problems: dict[str, int] = {}  # problem counters at the last change
         self._problems_changed = -math.inf    # monotonic time of that change
         self._problems_new: list[str] = []    # the counters that changed then
@@ -254,13 +259,8 @@ class DepthNode(Node):
         warm_s = 0.0
         if self._cfg['model.warmup']:
             width, height = self._cfg['model.warmup_size']
-            warm_s = est.warmup(height, width)
-            if len(self._cameras) > 1:  # the batch of all cameras is another shape to warm up
-                t0 = time.perf_counter()
-                frame = np.full((height, width, 3), 128, dtype=np.uint8)
-                est.prepare(height, width, batch=len(self._cameras))
-                est.predict_batch([frame] * len(self._cameras))
-                warm_s += time.perf_counter() - t0
+            # batch 1 and the batch of all cameras: smaller batches are padded to one of them
+            warm_s = est.warmup(height, width, batches=(1, len(self._cameras)))
         self.startup_timings = {'model_load': load_s, 'warmup': warm_s}
         for note in est.startup_notes:  # engine choice; export / compile or cache load times
             self.get_logger().info(note)
@@ -558,26 +558,30 @@ class DepthNode(Node):
         """One forward pass over same-size frames; its stage timings, or None when it failed
         (each frame is then skipped, counted and logged)."""
         try:
-            K = self._cloud_with_forward(frames[0]) if len(frames) == 1 else None
-            if K is not None:
-                # a metric model's cloud is back-projected where the depth is (the GPU), and
-                # comes back with it: one copy back per output
-                c = self._cfg
-                result = self._estimator.predict_points(
-                    frames[0].rgb, K, stride=c['cloud.stride'], min_depth=c['cloud.min_depth'],
-                    max_depth=c['cloud.max_depth'])
-                frames[0].points = result.points
-                predictions = [result.depth]
+            # a metric model's clouds are back-projected where the depth is (the GPU), and
+            # come back with it: one copy back per output
+            c = self._cfg
+            clouds = [None if K is None else {
+                'K': K, 'stride': c['cloud.stride'], 'min_depth': c['cloud.min_depth'],
+                'max_depth': c['cloud.max_depth']} for K in map(self._cloud_with_forward, frames)]
+            if len(frames) == 1 and clouds[0] is not None:
+                result = self._estimator.predict_points(frames[0].rgb, **clouds[0])
+                predictions, points = [result.depth], [result.points]
             elif len(frames) == 1:
                 result = self._estimator.predict(frames[0].rgb)
-                predictions = [result.depth]
+                predictions, points = [result.depth], [None]
             else:
-                result = self._estimator.predict_batch([f.rgb for f in frames])
-                predictions = list(result.depth)
+                result = self._estimator.predict_batch(
+                    [f.rgb for f in frames], clouds=clouds if any(clouds) else None)
+                predictions, points = list(result.depth), result.points or [None] * len(frames)
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
+            from depth_node.estimator.device import is_device_lost  # loaded with the model
+
             self._counters.add('forward_failures')
             self._consecutive_failures += 1
-            if self._throttle.ready('forward'):
+            if is_device_lost(exc):
+                self._device_lost(exc)
+            elif self._throttle.ready('forward'):
                 self.get_logger().error(
                     f'forward pass failed ({self._consecutive_failures} in a row): '
                     f'{type(exc).__name__}: {exc}')
@@ -585,9 +589,34 @@ class DepthNode(Node):
         self._consecutive_failures = 0
         self._counters.add('forward_passes')
         self._counters.add('forward_frames', len(frames))
-        for frame, prediction in zip(frames, predictions):
+        if result.non_finite:
+            self._counters.add('non_finite_outputs', result.non_finite)
+            if self._throttle.ready('non_finite'):
+                self.get_logger().warn(
+                    f'{result.non_finite} frame(s) with NaN or infinite network output '
+                    f'(published as NaN; so far {self._counters.get("non_finite_outputs")}): '
+                    'an fp16 overflow? set model.precision to bf16 or fp32')
+        for frame, prediction, xyz in zip(frames, predictions, points):
             frame.prediction = prediction
+            frame.points = xyz
         return result.timings
+
+    def _device_lost(self, exc: Exception) -> None:
+        """A sticky CUDA error: log it once and shut the node down with
+        :data:`EXIT_DEVICE_LOST`, so that a supervisor (systemd, launch ``respawn``) restarts
+        the process; nothing on this GPU works again in this process."""
+        if self.exit_code == EXIT_DEVICE_LOST:
+            return
+        self.exit_code = EXIT_DEVICE_LOST
+        self.get_logger().fatal(
+            f'the GPU is unusable in this process ({type(exc).__name__}: {exc}); exiting with '
+            f'code {EXIT_DEVICE_LOST} so that a supervisor restarts the node')
+        self._stop.set()
+        self._request_shutdown()
+
+    def _request_shutdown(self) -> None:
+        """Shut the node's context down: ``main`` returns from spinning and exits."""
+        self.context.try_shutdown()
 
     def _cloud_with_forward(self, frame: _Frame) -> Optional[np.ndarray]:
         """The camera matrix to build the cloud with the forward pass, or None.
@@ -778,7 +807,8 @@ class DepthNode(Node):
         counts = self._counters.snapshot()
         now = time.monotonic()
         problems = {k: v for k, v in counts.items()
-                    if k.startswith('bad_') or k in ('frame_errors', 'forward_failures')}
+                    if k.startswith('bad_') or k in ('frame_errors', 'forward_failures',
+                                                     'non_finite_outputs')}
         if problems != self._problems:
             new = sorted(k for k, v in problems.items() if v != self._problems.get(k))
             self._problems, self._problems_changed, self._problems_new = problems, now, new
@@ -821,7 +851,8 @@ class DepthNode(Node):
 def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
     """Entry point of ``ros2 run depth_node depth_node``.
 
-    Exit code 0 after SIGINT / SIGTERM, 2 for a configuration error. With ``exit_process`` the
+    Exit code 0 after SIGINT / SIGTERM, 2 for a configuration error, 3
+    (:data:`EXIT_DEVICE_LOST`) after a sticky CUDA error. With ``exit_process`` the
     process ends right after the node and rclpy are shut down, skipping the interpreter's own
     teardown: with torch loaded that takes 1-2 s on a small CPU and would break the promise that
     a signal stops the node within 2 s. Otherwise the code is returned.
@@ -851,6 +882,7 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
         # stop, not an error.
     finally:
         if node is not None:
+            code = code or node.exit_code
             node.destroy_node()
         rclpy.try_shutdown()
     return _exit(code, exit_process)
