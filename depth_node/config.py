@@ -113,10 +113,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               "back to torch under 'auto').",
               choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt')),
     ParamSpec('model.device', 'auto', "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."),
-    ParamSpec('model.precision', 'auto', "'auto' (fp16 on CUDA; on CPU bf16 when the CPU has "
-              "native bf16 instructions, AVX512-BF16 or AMX-BF16, else fp32), 'fp32', 'fp16' "
-              "(CUDA only), 'bf16' (on CPUs with AVX512-BF16 about 1.45x faster than fp32, more "
-              "with AMX).",
+    ParamSpec('model.precision', 'auto', "'auto' (on CUDA per model family: bf16 where the "
+              'GPU has it (compute capability 8.0+), else fp16 for Depth Anything and Depth Pro, '
+              'fp32 for DPT and GLPN; fp32 for ZoeDepth; on CPU bf16 when the CPU has native '
+              "bf16 instructions, AVX512-BF16 or AMX-BF16, else fp32), 'fp32', 'fp16' (CUDA "
+              "only), 'bf16' (on CPUs with AVX512-BF16 about 1.45x faster than fp32, more with "
+              'AMX).',
               choices=('auto', 'fp32', 'fp16', 'bf16')),
     ParamSpec('model.input_size', 0,
               "Short side of the network input in pixels, a multiple of the model's patch size "
@@ -142,8 +144,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               'about 20 s on 2 CPU cores, again for each new input size: set '
               'model.warmup_size; on CPU Inductor with weight freezing, 5-13 % faster forward).'),
     ParamSpec('model.cuda_graphs', False, 'CUDA only: capture the forward pass in a CUDA graph '
-              'per input size at warm-up (fixed camera size); ignored on CPU.'),
-    ParamSpec('model.warmup', True, 'Run two dummy frames at startup so the first real frame '
+              'per input size at warm-up (fixed camera size; at most 8 sizes, a size whose '
+              'capture fails runs eagerly); ignored on CPU.'),
+    ParamSpec('model.warmup', True, 'Run two dummy frames at startup (batch 1 and the batch of '
+              'all input.cameras; smaller batches are padded to those) so the first real frame '
               'is not slow.'),
     ParamSpec('model.warmup_size', [640, 480], 'Width and height of the warm-up frames: the '
               "camera's size, so compile and CUDA graphs are ready for its first frame.",

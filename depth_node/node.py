@@ -76,6 +76,10 @@ OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
 _TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'relative_depth'}
 """Input topic of each kind of frame, for log lines."""
 
+EXIT_DEVICE_LOST = 3
+"""Exit code of :func:`main` after a sticky CUDA error (illegal memory access, device-side
+assert, lost GPU): the process must restart to use the GPU again."""
+
 PROBLEM_HOLD = 10.0
 """Seconds /diagnostics stays WARN after the last bad message or skipped frame."""
 
@@ -199,6 +203,7 @@ class DepthPipeline:
         self._cv = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._closed = False  # destroyed: serve() returns for good
+        self.exit_code = 0  # EXIT_DEVICE_LOST after a sticky CUDA error
         self._inference_thread = ''  # name of the thread running the forward passes
         self._idle = threading.Event()  # set while the worker holds no frame
         self._idle.set()
@@ -321,13 +326,8 @@ class DepthPipeline:
         warm_s = 0.0
         if self._cfg['model.warmup']:
             width, height = self._cfg['model.warmup_size']
-            warm_s = est.warmup(height, width)
-            if len(self._cameras) > 1:  # the batch of all cameras is another shape to warm up
-                t0 = time.perf_counter()
-                frame = np.full((height, width, 3), 128, dtype=np.uint8)
-                est.prepare(height, width, batch=len(self._cameras))
-                est.predict_batch([frame] * len(self._cameras))
-                warm_s += time.perf_counter() - t0
+            # batch 1 and the batch of all cameras: smaller batches are padded to one of them
+            warm_s = est.warmup(height, width, batches=(1, len(self._cameras)))
         self.startup_timings = {'model_load': load_s, 'warmup': warm_s}
         for note in est.startup_notes:  # engine choice; export / compile or cache load times
             self.get_logger().info(note)
@@ -753,26 +753,30 @@ class DepthPipeline:
         """One forward pass over same-size frames; its stage timings, or None when it failed
         (each frame is then skipped, counted and logged)."""
         try:
-            K = self._cloud_with_forward(frames[0]) if len(frames) == 1 else None
-            if K is not None:
-                # a metric model's cloud is back-projected where the depth is (the GPU), and
-                # comes back with it: one copy back per output
-                c = self._cfg
-                result = self._estimator.predict_points(
-                    frames[0].rgb, K, stride=c['cloud.stride'], min_depth=c['cloud.min_depth'],
-                    max_depth=c['cloud.max_depth'])
-                frames[0].points = result.points
-                predictions = [result.depth]
+            # a metric model's clouds are back-projected where the depth is (the GPU), and
+            # come back with it: one copy back per output
+            c = self._cfg
+            clouds = [None if K is None else {
+                'K': K, 'stride': c['cloud.stride'], 'min_depth': c['cloud.min_depth'],
+                'max_depth': c['cloud.max_depth']} for K in map(self._cloud_with_forward, frames)]
+            if len(frames) == 1 and clouds[0] is not None:
+                result = self._estimator.predict_points(frames[0].rgb, **clouds[0])
+                predictions, points = [result.depth], [result.points]
             elif len(frames) == 1:
                 result = self._estimator.predict(frames[0].rgb)
-                predictions = [result.depth]
+                predictions, points = [result.depth], [None]
             else:
-                result = self._estimator.predict_batch([f.rgb for f in frames])
-                predictions = list(result.depth)
+                result = self._estimator.predict_batch(
+                    [f.rgb for f in frames], clouds=clouds if any(clouds) else None)
+                predictions, points = list(result.depth), result.points or [None] * len(frames)
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
+            from depth_node.estimator.device import is_device_lost  # loaded with the model
+
             self._counters.add('forward_failures')
             self._consecutive_failures += 1
-            if self._throttle.ready('forward'):
+            if is_device_lost(exc):
+                self._device_lost(exc)
+            elif self._throttle.ready('forward'):
                 self.get_logger().error(
                     f'forward pass failed ({self._consecutive_failures} in a row): '
                     f'{type(exc).__name__}: {_bounded(exc)}')
@@ -780,9 +784,34 @@ class DepthPipeline:
         self._consecutive_failures = 0
         self._counters.add('forward_passes')
         self._counters.add('forward_frames', len(frames))
-        for frame, prediction in zip(frames, predictions):
+        if result.non_finite:
+            self._counters.add('non_finite_outputs', result.non_finite)
+            if self._throttle.ready('non_finite'):
+                self.get_logger().warning(
+                    f'{result.non_finite} frame(s) with NaN or infinite network output '
+                    f'(published as NaN; so far {self._counters.get("non_finite_outputs")}): '
+                    'an fp16 overflow? set model.precision to bf16 or fp32')
+        for frame, prediction, xyz in zip(frames, predictions, points):
             frame.prediction = prediction
+            frame.points = xyz
         return result.timings
+
+    def _device_lost(self, exc: Exception) -> None:
+        """A sticky CUDA error: log it once and shut the node down with
+        :data:`EXIT_DEVICE_LOST`, so that a supervisor (systemd, launch ``respawn``) restarts
+        the process; nothing on this GPU works again in this process."""
+        if self.exit_code == EXIT_DEVICE_LOST:
+            return
+        self.exit_code = EXIT_DEVICE_LOST
+        self.get_logger().fatal(
+            f'the GPU is unusable in this process ({type(exc).__name__}: {exc}); exiting with '
+            f'code {EXIT_DEVICE_LOST} so that a supervisor restarts the node')
+        self._stop.set()
+        self._request_shutdown()
+
+    def _request_shutdown(self) -> None:
+        """Shut the node's context down: ``main`` returns from spinning and exits."""
+        self.context.try_shutdown()
 
     def _cloud_with_forward(self, frame: _Frame) -> Optional[np.ndarray]:
         """The camera matrix to build the cloud with the forward pass, or None.
@@ -985,7 +1014,8 @@ class DepthPipeline:
         counts = self._counters.snapshot()
         now = time.monotonic()
         problems = {k: v for k, v in counts.items()
-                    if k.startswith('bad_') or k in ('frame_errors', 'forward_failures')}
+                    if k.startswith('bad_') or k in ('frame_errors', 'forward_failures',
+                                                     'non_finite_outputs')}
         if problems != self._problems:
             new = sorted(k for k, v in problems.items() if v != self._problems.get(k))
             self._problems, self._problems_changed, self._problems_new = problems, now, new
@@ -1063,7 +1093,8 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
 
     ``args`` as ``rclpy.init`` takes them (``sys.argv`` when None). ``-h``/``--help`` prints
     usage and exits 0 before rclpy or the model load; an unknown plain argument exits 2. Exit
-    code 0 after SIGINT / SIGTERM, 2 for a configuration error. With ``exit_process`` the
+    code 0 after SIGINT / SIGTERM, 2 for a configuration error, 3 (:data:`EXIT_DEVICE_LOST`)
+    after a sticky CUDA error. With ``exit_process`` the
     process ends right after the node and rclpy are shut down, skipping the interpreter's own
     teardown: with torch loaded that takes 1-2 s on a small CPU and would break the promise that
     a signal stops the node within 2 s. Otherwise the code is returned.
@@ -1113,6 +1144,7 @@ def run_node(make_node: Callable[[Any], Node], prog: str, args: Optional[list[st
         # stop, not an error.
     finally:
         if node is not None:
+            code = code or node.exit_code
             node.destroy_node()
         rclpy.try_shutdown()
     return _exit(code, exit_process)
@@ -1140,7 +1172,8 @@ def _serve_on_main_thread(node: 'DepthPipeline', executor: Any, exit_process: bo
         finally:
             node._end_serving()
         if exit_process and not errors and not done.wait(1.0):
-            _exit(0, True)  # the main thread is inside a forward pass: do not wait for it
+            # the main thread is inside a forward pass: do not wait for it
+            _exit(getattr(node, 'exit_code', 0), True)
 
     spinner = threading.Thread(target=spin, name='depth_node_spin', daemon=True)
     spinner.start()

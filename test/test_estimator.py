@@ -281,7 +281,8 @@ def test_resolve_device():
             resolve_device(f'cuda:{torch.cuda.device_count()}')
 
 
-def test_resolve_dtype():
+def test_resolve_dtype(monkeypatch):
+    monkeypatch.setattr(device_module, 'cuda_has_native_bf16', lambda device: False)
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
     expected_auto = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     assert resolve_dtype('auto', cpu) == expected_auto
@@ -300,6 +301,7 @@ def test_resolve_dtype():
 @pytest.mark.parametrize('native', [True, False])
 def test_auto_precision_on_cpu_is_bf16_only_with_native_bf16(native, monkeypatch, tiny_dir):
     monkeypatch.setattr(device_module, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(device_module, 'cuda_has_native_bf16', lambda device: False)
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
     assert resolve_dtype('auto', cpu) == (torch.bfloat16 if native else torch.float32)
     assert resolve_dtype(' AUTO ', cpu) == resolve_dtype('auto', cpu)

@@ -315,6 +315,42 @@ def test_metric_model_invalid_pixels_are_nan_or_zero(session, models, tum, encod
         assert np.abs(depth[60:].astype(float) - expected * 1000.0).max() <= 0.5 + 1e-2
 
 
+def test_non_finite_network_output_is_nan_and_counted_on_diagnostics(session, models, tum):
+    """An overflowed forward pass (inf and NaN in the raw network output, injected in the
+    engine) is published as NaN, never inf, and counted as non_finite_outputs with a WARN."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node, probe = _start(session, models['relative'], **{'diagnostics.period': 0.2})
+    engine = node._estimator.engine
+    run = engine.run
+
+    def overflowing(pixel_values):
+        depth, fov = run(pixel_values)
+        depth = depth.clone()
+        depth[:, :8] = float('inf')
+        depth[:, 8:10] = float('nan')
+        return depth, fov
+
+    engine.run = overflowing
+    try:
+        stamp = _send(node, probe, tum, 93)
+        msg = probe.wait_stamp('depth/relative', stamp)
+    finally:
+        del engine.run
+    assert msg is not None
+    values = image_to_array(msg)
+    assert not np.isinf(values).any() and np.isnan(values[:40]).any()
+    assert np.isfinite(values[-100:]).all()
+
+    def counted(diag):
+        return status_values(diag.status[0]).get('non_finite_outputs') == '1'
+
+    diag = probe.wait_for('/diagnostics', counted, timeout=10.0)
+    assert diag is not None, 'non_finite_outputs never reached /diagnostics'
+    assert diag.status[0].level == DiagnosticStatus.WARN
+    assert 'non_finite_outputs' in diag.status[0].message
+
+
 def test_outputs_nobody_subscribes_are_not_built(session, models, tum):
     node = session.start_depth_node({'model.name': models['metric'], 'model.device': 'cpu',
                                      'model.warmup': False})

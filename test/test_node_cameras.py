@@ -109,6 +109,40 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
     assert values['forward_passes'] == '1'
 
 
+def test_batched_cameras_clouds_are_built_with_the_forward_pass(session, models, tum_pair):
+    """Two cameras batched through a metric model: each camera's cloud is back-projected with
+    the batch's forward pass (on the device on a GPU) and equals its published depth
+    back-projected through its own camera_info."""
+    from depth_node.cloud import depth_to_points
+
+    node, probes, _ = _start(session, {'model.name': models['metric']})
+    calls = []
+    original = node._estimator.predict_batch
+
+    def spy(images, *args, **kwargs):
+        calls.append((len(images), kwargs.get('clouds')))
+        return original(images, *args, **kwargs)
+
+    node._estimator.predict_batch = spy
+    front, rear = tum_pair
+    for name, frame, sec in (('front', front, 31), ('rear', rear, 32)):
+        _land_info(node, probes[name], name, frame, make_header(f'{name}_optical', sec, 0))
+    for name, frame, sec in (('front', front, 31), ('rear', rear, 32)):
+        probes[name].publish('image', image_msg(frame.image, 'rgb8',
+                                                make_header(f'{name}_optical', sec, 0)))
+    for name, frame, sec in (('front', front, 31), ('rear', rear, 32)):
+        depth = probes[name].wait_stamp('depth/image', (sec, 0))
+        cloud = probes[name].wait_stamp('depth/points', (sec, 0))
+        assert depth is not None and cloud is not None, f'no {name} depth or cloud'
+        expected = depth_to_points(image_to_array(depth), frame.K, stride=2, min_depth=0.1,
+                                   max_depth=80.0)
+        np.testing.assert_allclose(cloud_to_array(cloud), expected, rtol=1e-5, atol=1e-6,
+                                   equal_nan=True)
+    assert len(calls) == 1 and calls[0][0] == 2, calls
+    clouds = calls[0][1]
+    assert clouds is not None and all(c is not None and c['stride'] == 2 for c in clouds)
+
+
 def test_cameras_of_different_sizes_get_their_own_depth_info_and_cloud(session, models,
                                                                        tum_pair, kitti):
     node, probes, _ = _start(session, {'model.name': models['metric']})

@@ -129,3 +129,55 @@ def test_bad_startup_configuration_exits_2_with_what_to_fix(args, fragment, mode
     assert fragment in out
     assert 'configuration error' in out
     assert 'Traceback' not in out, out
+
+
+_STICKY = """
+import sys
+from depth_node.estimator import DepthEstimator
+from depth_node import node
+
+
+class FakeAcceleratorError(RuntimeError):
+    pass
+
+
+def lost(self, *args, **kwargs):
+    raise FakeAcceleratorError('CUDA error: an illegal memory access was encountered')
+
+
+DepthEstimator.predict = lost
+sys.exit(node.main(args=sys.argv))
+"""
+
+
+def test_sticky_cuda_error_exits_3_for_a_supervisor(model_dir, real_data, monkeypatch):
+    """A sticky CUDA error (injected: an error type with the illegal-memory-access message)
+    makes the process log it once and exit with code 3 instead of counting failures forever."""
+    monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', str(PROFILE))
+    frame = load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
+    proc = subprocess.Popen(
+        [sys.executable, '-c', _STICKY, '--ros-args', '-p', f'model.name:={model_dir}',
+         '-p', 'model.device:=cpu', '-p', 'model.warmup:=false', '-r', '__ns:=/sticky_test'],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL)
+    session = RosSession()
+    try:
+        probe = session.probe(namespace='/sticky_test')
+        assert probe.wait_subscribers('image', timeout=60.0), 'the node never subscribed image'
+        deadline = time.monotonic() + 30
+        i = 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            probe.publish('image', image_msg(frame.image, 'rgb8', make_header('cam', 7, i)))
+            i += 1
+            time.sleep(0.2)
+    finally:
+        session.close()
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            pytest.fail(f'the node did not exit after a sticky CUDA error:\n{out}')
+    assert proc.returncode == 3, out
+    assert out.count('the GPU is unusable in this process') == 1, out
+    assert 'FakeAcceleratorError' in out and 'Traceback' not in out, out

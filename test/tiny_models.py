@@ -121,8 +121,9 @@ def make_tiny_glpn(tmp_dir: Path | str, seed: int = 2) -> Path:
                  seed)
 
 
-def make_tiny_zoedepth(tmp_dir: Path | str, seed: int = 3) -> Path:
-    """ZoeDepth (BEiT backbone, one KITTI bin set) with the Intel checkpoints' processor."""
+def make_tiny_zoedepth(tmp_dir: Path | str, seed: int = 3, nk: bool = False) -> Path:
+    """ZoeDepth (BEiT backbone, one KITTI bin set) with the Intel checkpoints' processor;
+    ``nk=True``: two bin sets (NYU, KITTI) chosen per batch by a vote, like ZoeDepth-NK."""
     from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation
     from transformers.models.zoedepth.image_processing_pil_zoedepth import (
         ZoeDepthImageProcessorPil)
@@ -135,8 +136,12 @@ def make_tiny_zoedepth(tmp_dir: Path | str, seed: int = 3) -> Path:
         backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
         bottleneck_features=16, num_relative_features=8, bin_embedding_dim=8,
         num_attractors=[4, 4, 2, 1], reassemble_hidden_size=32,
-        bin_configurations=[{'n_bins': 16, 'min_depth': 0.001, 'max_depth': 80.0,
-                             'name': 'kitti'}])
+        bin_configurations=([{'n_bins': 16, 'min_depth': 0.001, 'max_depth': 10.0,
+                              'name': 'nyu'}] if nk else []) +
+        [{'n_bins': 16, 'min_depth': 0.001, 'max_depth': 80.0, 'name': 'kitti'}],
+        **(dict(num_patch_transformer_layers=4, patch_transformer_hidden_size=128,
+                patch_transformer_intermediate_size=128, patch_transformer_num_attention_heads=2)
+           if nk else {}))
     processor = ZoeDepthImageProcessorPil(size={'height': 384, 'width': 512},
                                           keep_aspect_ratio=True, ensure_multiple_of=32,
                                           resample=2, do_pad=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import torch
 
@@ -86,32 +87,78 @@ def cpu_has_native_bf16() -> bool:
     return bool(_cpuinfo_flags() & set(_BF16_CPU_FLAGS))
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+#: ``model.precision`` ``'auto'`` on CUDA for each transformers ``model_type`` (``'onnx'``: a
+#: plain ONNX model): ``(where the GPU has native bf16, where it has not)``. bf16 has fp32's
+#: range, so nothing overflows that does not overflow in fp32; fp16 overflows in DPT's (MiDaS)
+#: and ZoeDepth's activations, so those fall back to fp32 (with TF32 matmuls and convolutions)
+#: rather than fp16. On CUDA the torch engine runs the last convolution of the depth head, its
+#: activation and Depth Anything metric's ``* max_depth`` in fp32 (:func:`depth_node.estimator.
+#: engines.torch_engine.keep_output_layer_fp32`), so the output is not rounded to 8 (bf16) or
+#: 11 (fp16) significant bits. ZoeDepth stays fp32 everywhere: its metric bins head sums
+#: softmax-weighted bin centres, which a reduced precision rounds to centimetres.
+CUDA_AUTO_PRECISION: dict[str, tuple[str, str]] = {
+    'depth_anything': ('bf16', 'fp16'),
+    'depth_pro': ('bf16', 'fp16'),
+    'dpt': ('bf16', 'fp32'),
+    'glpn': ('bf16', 'fp32'),
+    'zoedepth': ('fp32', 'fp32'),
+    'onnx': ('fp16', 'fp16'),
+}
+_CUDA_AUTO_UNKNOWN = ('bf16', 'fp32')   # a model type not in the table: never fp16
+_NO_BF16_ENGINES = ('onnxruntime', 'tensorrt')  # our ONNX engines on CUDA run fp16 or fp32
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True when CUDA ``device`` (not the current one) computes bf16 natively (compute
+    capability 8.0 or later: Ampere, Ada, Hopper, Jetson Orin).
+
+    ``torch.cuda.is_bf16_supported()`` is not used: it reads the *current* device, and it is
+    also True where bf16 is only emulated (Turing, Volta, Jetson Xavier), slower than fp16.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_properties(device).major >= 8
+
+
+def resolve_dtype(precision: str, device: torch.device, model_type: Optional[str] = None,
+                  engine: str = 'torch') -> torch.dtype:
     """Pick the compute dtype for ``precision`` on ``device``.
 
     Parameters
     ----------
     precision : str
-        ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'``. ``'auto'`` is fp16 on CUDA; on CPU
-        bf16 where the CPU has native bf16 instructions (:func:`cpu_has_native_bf16`: AVX512-BF16
-        or AMX-BF16; Depth Anything V2 Small at 640x480 on 2 AVX512-BF16 cores without AMX:
-        0.79 s against 1.15 s in fp32; the prediction moves by about 0.8 % mean relative),
-        fp32 on other CPUs (bf16 is emulated there and no faster).
+        ``'auto'``, ``'fp32'``, ``'fp16'`` or ``'bf16'``. ``'auto'`` on CUDA depends on the
+        model (:data:`CUDA_AUTO_PRECISION`: bf16 where the GPU has it, else fp16 for Depth
+        Anything and Depth Pro and fp32 for DPT, GLPN; fp32 for ZoeDepth; the ONNX engines,
+        which have no bf16 here, take the second column). On CPU: bf16 where the CPU has native
+        bf16 instructions (:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX-BF16; Depth Anything
+        V2 Small at 640x480 on 2 AVX512-BF16 cores without AMX: 0.79 s against 1.15 s in fp32;
+        the prediction moves by about 0.8 % mean relative), fp32 on other CPUs (bf16 is
+        emulated there and no faster) and always with ONNX Runtime (no fast bf16 path).
     device : torch.device
-        Where the model runs.
+        Where the model runs; bf16 support is read from this device, not the current one.
+    model_type : str, optional
+        transformers ``config.model_type`` (``'onnx'`` for a plain ONNX model); None: Depth
+        Anything's row.
+    engine : str
+        The resolved ``model.engine``.
 
     Raises
     ------
     EstimatorError
         Unknown string; fp16 on CPU (refused: PyTorch has no fast fp16 matmul on most CPUs, it
-        measured 7x slower than fp32 here, so use bf16 or fp32); bf16 on a GPU without bf16.
+        measured 7x slower than fp32 here, so use bf16 or fp32); bf16 on a GPU without native
+        bf16.
     """
     text = str(precision).strip().lower()
     device = torch.device(device)
     if text == 'auto':
         if device.type == 'cuda':
-            return torch.float16
-        if device.type == 'cpu' and cpu_has_native_bf16():
+            with_bf16, without = CUDA_AUTO_PRECISION.get(model_type or 'depth_anything',
+                                                         _CUDA_AUTO_UNKNOWN)
+            native = engine not in _NO_BF16_ENGINES and cuda_has_native_bf16(device)
+            return _PRECISIONS[with_bf16 if native else without]
+        if device.type == 'cpu' and engine != 'onnxruntime' and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     if text not in _PRECISIONS:
@@ -123,10 +170,38 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
             "precision 'fp16' is refused on CPU: PyTorch emulates half-precision matmuls there "
             "(measured 7x slower than fp32 on the project's CPU); use 'bf16' (about "
             "1.5x faster than fp32 on CPUs with AVX512-BF16, more with AMX) or 'fp32'")
-    if dtype == torch.bfloat16 and device.type == 'cuda':
-        if not torch.cuda.is_bf16_supported():
-            raise EstimatorError(
-                f"precision 'bf16' is not supported by {torch.cuda.get_device_name(device)}; "
-                "use 'fp16' or 'fp32'")
+    if dtype == torch.bfloat16 and device.type == 'cuda' and not cuda_has_native_bf16(device):
+        raise EstimatorError(
+            f"precision 'bf16' is not native on {torch.cuda.get_device_name(device)} ({device}, "
+            "compute capability below 8.0: emulated, slower than fp16); use 'fp16' or 'fp32'")
     return dtype
 
+
+#: Messages of CUDA errors after which the CUDA context is unusable ("sticky" errors: every
+#: later call in the process fails the same way): only a new process recovers. Out of memory is
+#: not among them (the next frame may fit).
+STICKY_CUDA_ERRORS = (
+    'illegal memory access', 'device-side assert', 'unspecified launch failure',
+    'misaligned address', 'illegal instruction', 'an illegal address', 'launch timed out',
+    'uncorrectable ecc', 'hardware stack error', 'gpu has fallen off the bus',
+    'cudaerrorlaunchfailure', 'cuda error: unknown error', 'cublas_status_execution_failed',
+    'cudnn_status_execution_failed',
+)
+
+
+def is_device_lost(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a sticky CUDA error
+    (:data:`STICKY_CUDA_ERRORS`): the process must restart to use the GPU again.
+
+    ``torch.AcceleratorError`` (torch 2.8 and later) and ``RuntimeError`` are read by message,
+    since both also carry recoverable errors (out of memory, a bad argument).
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, RuntimeError):
+            text = str(exc).lower()
+            if any(marker in text for marker in STICKY_CUDA_ERRORS):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False

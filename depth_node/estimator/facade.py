@@ -5,8 +5,8 @@
 ==================  ==========================================================================
 module              what it does
 ==================  ==========================================================================
-``device``          device and precision resolution (``auto``: fp16 on CUDA, bf16 on CPUs with
-                    native bf16, else fp32)
+``device``          device and precision resolution (``auto``: per model family on CUDA, bf16
+                    on CPUs with native bf16, else fp32); sticky CUDA errors
 ``loading``         checkpoint loading (hub id, local directory, random architecture for tests)
 ``model_card``      plain ONNX models and their card (``depth_node_model.yaml``)
 ``recipe``          the processor recipe: input size, mean/std, padding, resampling
@@ -20,6 +20,12 @@ Pre- and postprocessing are the same for every engine; an engine takes the netwo
 returns the raw prediction (and Depth Pro's field of view). :meth:`DepthEstimator.predict`
 returns a :class:`Prediction`: the depth, and the seconds each stage took.
 
+On CUDA a call synchronises with the device once, when its outputs are copied back; stage times
+come from CUDA events. Batches are padded to the batch sizes warmed up (:meth:`DepthEstimator.
+warmup`), so that cameras dropping in and out do not create new input shapes (each one costs
+cuDNN autotuning, a capture and memory); ZoeDepth with several bin sets (NK) is never batched:
+its domain vote sums over the batch.
+
 Supported transformers model types (checked against transformers 5.23): ``depth_anything``
 (relative disparity, or metres when ``depth_estimation_type`` is ``'metric'``), ``dpt``
 (relative disparity), ``glpn``, ``zoedepth`` and ``depth_pro`` (metres). Plain ONNX models say
@@ -28,12 +34,13 @@ what they output in their card (``relative_disparity``, ``relative_depth`` or ``
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -66,15 +73,78 @@ class Prediction:
         axis when the model is metric, else its relative output (see ``output_kind``).
     timings : dict[str, float]
         Seconds spent in ``'preprocess'``, ``'forward'`` and ``'postprocess'`` (and
-        ``'cloud'`` from ``predict_points``); CUDA is synchronised for each.
-    points : np.ndarray or None
-        ``predict_points`` only: ``(ceil(H / stride), ceil(W / stride), 3)`` float32 points in
-        the camera optical frame, metres, NaN where invalid.
+        ``'cloud'`` with clouds); on CUDA from events on the stream (the device is synchronised
+        once per call, not per stage).
+    points : np.ndarray, list or None
+        ``predict_points``: ``(ceil(H / stride), ceil(W / stride), 3)`` float32 points in the
+        camera optical frame, metres, NaN where invalid. ``predict_batch`` with ``clouds``: a
+        list with such an array (or None) per image.
+    non_finite : int
+        How many of the frames had NaN or infinity in the network's raw output (fp16 overflow);
+        those values are NaN in ``depth``.
     """
 
     depth: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
-    points: Optional[np.ndarray] = None
+    points: Union[np.ndarray, list, None] = None
+    non_finite: int = 0
+
+
+class HostStageClock:
+    """Stage times from ``time.perf_counter`` (CPU: each stage has finished when it returns).
+
+    The interface :meth:`DepthEstimator._run` times with: :meth:`start`, :meth:`mark` after each
+    stage, :meth:`synchronize` once (here nothing to wait for), then :meth:`timings`.
+    """
+
+    def __init__(self) -> None:
+        self._marks: list[tuple[str, float]] = []
+
+    def start(self) -> None:
+        self._marks = [('', time.perf_counter())]
+
+    def mark(self, stage: str) -> None:
+        self._marks.append((stage, time.perf_counter()))
+
+    def synchronize(self) -> None:
+        """Nothing to wait for on the CPU."""
+
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage, between consecutive marks."""
+        return {stage: t - self._marks[i][1] for i, (stage, t) in enumerate(self._marks[1:])}
+
+
+class CudaStageClock(HostStageClock):
+    """Stage times from CUDA events recorded on the current stream of ``device``.
+
+    Marks cost no synchronisation; :meth:`synchronize` waits for the stream once, after which
+    the events are read. An event measures the stream's timeline: a stage's time includes the
+    host time spent issuing it while the device waited. One clock times one call.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        self._recorded: list[tuple[str, Any]] = []
+
+    def _record(self, stage: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        self._recorded.append((stage, event))
+
+    def start(self) -> None:
+        self._recorded = []
+        self._record('')
+
+    def mark(self, stage: str) -> None:
+        self._record(stage)
+
+    def synchronize(self) -> None:
+        torch.cuda.current_stream(self.device).synchronize()
+
+    def timings(self) -> dict[str, float]:
+        return {stage: self._recorded[i][1].elapsed_time(event) * 1e-3
+                for i, (stage, event) in enumerate(self._recorded[1:])}
 
 
 class DepthEstimator:
@@ -91,8 +161,9 @@ class DepthEstimator:
         ``'auto'``, ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (see :func:`resolve_device`): where
         pre- and postprocessing run, and the torch, ONNX Runtime and TensorRT engines.
     precision : str
-        ``'auto'`` (fp16 on CUDA; bf16 on a CPU with native bf16 instructions, fp32 on other
-        CPUs; fp32 for ONNX Runtime on the CPU), ``'fp32'``, ``'fp16'`` or ``'bf16'``.
+        ``'auto'`` (on CUDA per model family, see :data:`depth_node.estimator.device.
+        CUDA_AUTO_PRECISION`; bf16 on a CPU with native bf16 instructions, fp32 on other CPUs;
+        fp32 for ONNX Runtime on the CPU), ``'fp32'``, ``'fp16'`` or ``'bf16'``.
     random_init : str or None
         ``None`` to load ``name``. One of ``RANDOM_INIT_CHOICES`` builds that architecture
         with random weights and the stock Depth Anything preprocessing, for pipeline tests and
@@ -143,6 +214,9 @@ class DepthEstimator:
     model_name, model_type : str
     config : transformers.PretrainedConfig or None
         The model's config (patch size, depth head); None for a plain ONNX model.
+    batch_independent : bool
+        Whether a frame's prediction is the same alone and in a batch (False for ZoeDepth with
+        several bin sets, which :meth:`predict_batch` then runs frame by frame).
     startup_notes : list of str
         Lines for the startup log: engine choice and, per warmed-up shape, export / compile
         time on a cache miss or load time on a hit.
@@ -160,10 +234,8 @@ class DepthEstimator:
                 f"upsample '{upsample}' is not understood; use 'auto', 'bilinear' or 'bicubic'")
         onnx_model = not random_init and is_onnx_model(name)
         engine_name, why = resolve_engine(engine, self.device, onnx_model)
-        if engine_name == 'onnxruntime' and str(precision).strip().lower() == 'auto' \
-                and self.device.type == 'cpu':
-            precision = 'fp32'  # ONNX Runtime's CPU provider has no fast bf16
-        self.dtype = resolve_dtype(precision, self.device)
+        if str(precision).strip().lower() != 'auto':  # a bad setting fails before the load
+            resolve_dtype(precision, self.device, engine=engine_name)
         self._output_scale = 1.0
         checkpoint = card = None
         self.config = None  # the transformers config (None for a plain ONNX model)
@@ -180,6 +252,13 @@ class DepthEstimator:
             self.model_name, self.model_type = checkpoint.name, checkpoint.model_type
             self.output_kind = 'metric_depth' if checkpoint.is_metric else 'relative_disparity'
         self.is_metric = self.output_kind == 'metric_depth'
+        self.dtype = resolve_dtype(precision, self.device, self.model_type, engine_name)
+        # ZoeDepth with several bin sets (NK) picks one by a vote summed over the batch: a frame's
+        # depth would depend on the other frames of its batch.
+        bins = getattr(getattr(getattr(checkpoint, 'model', None), 'config', None),
+                       'bin_configurations', None) or ()
+        self.batch_independent = not (self.model_type == 'zoedepth' and len(bins) > 1)
+        self._warm_batches: set[int] = set()
         if input_size:
             recipe = with_short_side(recipe, input_size)
         if upsample != 'auto':
@@ -271,56 +350,94 @@ class DepthEstimator:
 
     # ------------------------------------------------------------------ running
 
-    def _sync(self) -> None:
+    def _device_scope(self) -> Any:
+        """``torch.cuda.device`` of the engine's device (CUDA), so that nothing in a call falls
+        on the thread's current device when the estimator runs on another ``cuda:N``."""
         if self.engine.device.type == 'cuda':
-            torch.cuda.synchronize(self.engine.device)
+            return torch.cuda.device(self.engine.device)
+        return contextlib.nullcontext()
+
+    def _new_clock(self) -> HostStageClock:
+        """The stage clock of one call: CUDA events on CUDA, ``perf_counter`` elsewhere."""
+        if self.engine.device.type == 'cuda':
+            return CudaStageClock(self.engine.device)
+        return HostStageClock()
+
+    def padded_batch(self, count: int) -> int:
+        """The batch size ``count`` frames run as: the smallest warmed-up batch size (see
+        :meth:`warmup`) that holds them, else ``count`` (then it is a new input shape)."""
+        fits = [b for b in self._warm_batches if b >= count]
+        return min(fits) if fits else count
 
     def _run(self, images: Sequence[np.ndarray], fx: Any,
-             cloud: Optional[dict[str, Any]] = None) -> Prediction:
-        """Predict; with ``cloud`` (keyword arguments of :func:`depth_to_points_tensor`) also
-        back-project the first image's prediction on the device. One copy back per output.
-
-        One call at a time: an OpenVINO infer request, the CUDA staging buffer and captured
-        CUDA graphs are not shared between threads, so calls from several threads take turns.
-        """
+             clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
+             pad: bool = True) -> Prediction:
+        """:meth:`_run_locked`, one call at a time: an OpenVINO infer request, the CUDA staging
+        buffer and captured CUDA graphs are not shared between threads, so calls from several
+        threads (the node's worker and a tool or test) take turns."""
         with self._lock:
-            return self._run_locked(images, fx, cloud)
+            return self._run_locked(images, fx, clouds, pad)
 
     @torch.inference_mode()
     def _run_locked(self, images: Sequence[np.ndarray], fx: Any,
-                    cloud: Optional[dict[str, Any]] = None) -> Prediction:
+                    clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
+                    pad: bool = True) -> Prediction:
+        """Predict; with ``clouds`` (one dict of keyword arguments of
+        :func:`depth_node.cloud.depth_to_points_tensor`, or None, per image) also back-project
+        on the device. One copy back per output and one synchronisation per call.
+
+        With ``pad`` the batch is padded to :meth:`padded_batch` with copies of the last image;
+        the padded outputs are dropped before postprocessing.
+        """
         height, width = self.preprocessor.check_images(images)
         self.preprocessor.input_size(height, width)
-        start = time.perf_counter()
-        pixel_values = self.preprocessor.run(images, compute=True)
-        self._sync()
-        after_pre = time.perf_counter()
-        try:
-            depth, fov = self.engine.run(pixel_values)
-        except EstimatorError as exc:
-            if not self._auto:
-                raise
-            self._fall_back_to_torch(exc)
-            return self._run_locked(images, fx, cloud)
-        self._sync()
-        after_forward = time.perf_counter()
-        if self._output_scale != 1.0:
-            depth = depth.float() * self._output_scale
-        depth = self.postprocessor.run(depth, fov, height, width, fx)
-        timings = {'preprocess': after_pre - start, 'forward': after_forward - after_pre}
-        if cloud is None:
-            result, xyz = self.postprocessor.to_host(depth)[0], None
-            timings['postprocess'] = time.perf_counter() - after_forward
-        else:
-            from depth_node.cloud import depth_to_points_tensor
+        count = len(images)
+        batch = self.padded_batch(count) if pad else count
+        if batch > count:
+            images = list(images) + [images[-1]] * (batch - count)
+        with self._device_scope():
+            clock = self._new_clock()
+            clock.start()
+            pixel_values = self.preprocessor.run(images, compute=True)
+            clock.mark('preprocess')
+            try:
+                depth, fov = self.engine.run(pixel_values)
+            except EstimatorError as exc:
+                if not self._auto:
+                    raise
+                self._fall_back_to_torch(exc)
+                return self._run_locked(images[:count], fx, clouds)
+            if batch > count:
+                depth = depth[:count]
+                fov = fov[:count] if fov is not None else None
+            clock.mark('forward')
+            # frames whose raw output holds NaN or infinity (fp16 overflow), read back with
+            # the depth
+            bad = ~torch.isfinite(depth.reshape(count, -1)).all(dim=1)
+            if self._output_scale != 1.0:
+                depth = depth.float() * self._output_scale
+            depth = self.postprocessor.run(depth, fov, height, width, fx)
+            outputs = [depth, bad]
+            wanted = [i for i, c in enumerate(clouds or ()) if c is not None]
+            if wanted:
+                from depth_node.cloud import depth_to_points_tensor
 
-            self._sync()
-            after_post = time.perf_counter()
-            timings['postprocess'] = after_post - after_forward
-            points = depth_to_points_tensor(depth[0], **cloud)
-            result, xyz = self.postprocessor.to_host(depth, points)
-            timings['cloud'] = time.perf_counter() - after_post
-        return Prediction(depth=result, timings=timings, points=xyz)
+                clock.mark('postprocess')
+                outputs += [depth_to_points_tensor(depth[i], **clouds[i]) for i in wanted]
+            hosts = self.postprocessor.copy_to_host(*outputs)
+            clock.mark('cloud' if wanted else 'postprocess')
+            clock.synchronize()  # the call's one wait for the device
+            timings = clock.timings()
+        result, bad = hosts[0].numpy(), hosts[1].numpy()
+        non_finite = int(bad.sum())
+        if non_finite:
+            result = np.where(np.isfinite(result), result, np.float32(np.nan))
+        points = None
+        if clouds is not None:
+            points = [None] * count
+            for i, host in zip(wanted, hosts[2:]):
+                points[i] = host.numpy()
+        return Prediction(depth=result, timings=timings, points=points, non_finite=non_finite)
 
     def close(self) -> None:
         """Release the engine (sessions, device memory); the estimator is unusable after."""
@@ -397,13 +514,19 @@ class DepthEstimator:
             raise EstimatorError(f'{self.model_name} predicts relative disparity, not metres; '
                                  'a cloud needs metric depth (align it first)')
         cloud = {'K': K, 'stride': stride, 'min_depth': min_depth, 'max_depth': max_depth}
-        prediction = self._run([rgb], fx, cloud=cloud)
+        prediction = self._run([rgb], fx, clouds=[cloud])
         prediction.depth = prediction.depth[0]
+        prediction.points = prediction.points[0]
         return prediction
 
     def predict_batch(self, images: list[np.ndarray],
-                      fx: Optional[float | Sequence[float]] = None) -> Prediction:
+                      fx: Optional[float | Sequence[float]] = None,
+                      clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
+                      ) -> Prediction:
         """Predict several same-size frames in one forward pass.
+
+        The batch runs padded to :meth:`padded_batch`; a model whose frames are not independent
+        in a batch (ZoeDepth NK, see :attr:`batch_independent`) runs one frame at a time.
 
         Parameters
         ----------
@@ -411,28 +534,76 @@ class DepthEstimator:
             ``(H, W, 3)`` uint8 RGB images, all of one size.
         fx : float or sequence of float, optional
             Focal length(s) in pixels, as in :meth:`predict`.
+        clouds : sequence of dict or None, optional
+            Per image, None or the keyword arguments ``K``, ``stride``, ``min_depth``,
+            ``max_depth`` of :meth:`predict_points`: that image's cloud is back-projected on the
+            device and copied back with the depth (metric models only).
 
         Returns
         -------
         Prediction
             ``depth`` ``(B, H, W)`` float32: one prediction per image, as :meth:`predict`
-            gives; ``timings`` of the whole batch.
-        """
-        return self._run(list(images), fx)
+            gives; ``timings`` of the whole batch; with ``clouds``, ``points`` is a list of
+            ``B`` arrays (None where no cloud was asked).
 
-    def warmup(self, height: int, width: int, iterations: int = 2) -> float:
-        """Run ``iterations`` synthetic ``height`` x ``width`` frames; return seconds taken.
+        Raises
+        ------
+        EstimatorError
+            Bad images, ``clouds`` of another length than ``images``, or clouds from a
+            relative model.
+        """
+        images = list(images)
+        if clouds is not None:
+            clouds = list(clouds)
+            if len(clouds) != len(images):
+                raise EstimatorError(f'clouds must have one entry per image ({len(images)}), got '
+                                     f'{len(clouds)}')
+            if not self.is_metric and any(c is not None for c in clouds):
+                raise EstimatorError(f'{self.model_name} predicts relative disparity, not '
+                                     'metres; a cloud needs metric depth (align it first)')
+        if self.batch_independent or len(images) <= 1:
+            return self._run(images, fx, clouds)
+        if fx is None or np.ndim(fx) == 0:
+            focals = [fx] * len(images)
+        else:
+            focals = list(fx)
+            if len(focals) != len(images):
+                raise EstimatorError(f'fx must be one positive focal length (pixels) per image, '
+                                     f'got {fx}')
+        parts = [self._run([image], focal, None if clouds is None else [clouds[i]])
+                 for i, (image, focal) in enumerate(zip(images, focals))]
+        timings: dict[str, float] = {}
+        for part in parts:
+            for stage, seconds in part.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        points = None if clouds is None else [part.points[0] for part in parts]
+        return Prediction(depth=np.concatenate([part.depth for part in parts]), timings=timings,
+                          points=points, non_finite=sum(part.non_finite for part in parts))
+
+    def warmup(self, height: int, width: int, iterations: int = 2,
+               batches: Sequence[int] = (1,)) -> float:
+        """Run ``iterations`` synthetic ``height`` x ``width`` frames per batch size in
+        ``batches``; return seconds taken.
 
         Triggers lazy initialisation (CUDA kernels, cuDNN autotuning, ``torch.compile``, CUDA
-        graph capture) for that input shape so the first real frame is not slow.
+        graph capture) for those input shapes so that the first real frames are not slow, and
+        records the batch sizes: later batches are padded to the smallest of them that holds
+        them (:meth:`padded_batch`). Call it on the thread that will predict: ``torch.compile``
+        with CUDA graphs keeps per-thread state (another thread re-warms each shape on its
+        first frame, logged). A model that is not :attr:`batch_independent` warms batch 1 only.
         """
         ramp = np.linspace(0, 255, num=int(width), dtype=np.float32)
         frame = np.broadcast_to(ramp[None, :, None], (int(height), int(width), 3))
         frame = np.ascontiguousarray(frame.astype(np.uint8))
+        sizes = sorted({max(1, int(b)) for b in batches} | {1})
+        if not self.batch_independent:
+            sizes = [1]
         start = time.perf_counter()
-        self.prepare(int(height), int(width))
-        for _ in range(max(1, int(iterations))):
-            self.predict(frame)
+        for batch in sizes:
+            self.prepare(int(height), int(width), batch=batch)
+            for _ in range(max(1, int(iterations))):
+                self._run([frame] * batch, None, pad=False)
+            self._warm_batches.add(batch)
         return time.perf_counter() - start
 
     def prepare(self, height: int, width: int, batch: int = 1) -> None:

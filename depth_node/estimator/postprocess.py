@@ -171,22 +171,23 @@ class Postprocessor:
             out = out[..., top:top + height, left:left + width]
         return out
 
-    def to_host(self, *tensors: torch.Tensor) -> list[np.ndarray]:
-        """One device-to-host copy per tensor (CUDA: into pinned memory, one synchronisation).
+    def copy_to_host(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Start one device-to-host copy per tensor; returns the host tensors.
 
-        On CUDA the pinned buffers come from torch's caching host allocator, so nothing is
-        pinned per frame after warm-up. Each returned array owns its memory (it keeps its
-        tensor alive): nothing is overwritten by the next frame.
+        On CUDA the copies are asynchronous, into pinned memory from torch's caching host
+        allocator (nothing is pinned per frame after warm-up): read them only after the current
+        stream is synchronised (the caller's one synchronisation per call). Each host tensor is
+        new, so nothing is overwritten by the next frame. On the CPU the tensors are returned
+        as they are.
         """
         if self.device.type != 'cuda':
-            return [t.numpy() for t in tensors]
+            return list(tensors)
         hosts = []
         for t in tensors:
             host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
             host.copy_(t, non_blocking=True)
             hosts.append(host)
-        torch.cuda.current_stream(self.device).synchronize()
-        return [host.numpy() for host in hosts]
+        return hosts
 
     def _crop_dpt_pad(self, depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Drop the centre padding DPT's processor added (scaled to the output grid).
@@ -207,13 +208,20 @@ class Postprocessor:
         """Scale DepthPro's canonical inverse depth by ``width / focal`` (its post_process)."""
         batch = depth.shape[0]
         if fx is not None:
-            focal = torch.as_tensor(fx, dtype=torch.float32, device=depth.device).reshape(-1)
-            if focal.numel() == 1:
-                focal = focal.expand(batch)
-            if focal.numel() != batch or not bool(torch.all(focal > 0)):
+            # Checked and turned into factors on the host: a per-frame tensor of fx on the GPU
+            # would be a pageable upload, and bool(torch.all(...)) a read-back (two hidden
+            # synchronisations).
+            focal = np.asarray(fx, dtype=np.float64).reshape(-1)
+            if focal.size == 1:
+                focal = np.repeat(focal, batch)
+            if focal.size != batch or not bool(np.all(np.isfinite(focal) & (focal > 0))):
                 raise EstimatorError(f'fx must be one positive focal length (pixels) per image, '
                                      f'got {fx}')
-        elif fov is not None:
+            factors = [float(np.float32(width) / np.float32(f)) for f in focal]
+            if batch == 1:
+                return depth * factors[0]
+            return torch.cat([depth[i:i + 1] * factor for i, factor in enumerate(factors)])
+        if fov is not None:
             fov = fov.float().reshape(-1)
             focal = 0.5 * width / torch.tan(0.5 * torch.deg2rad(fov))
         else:

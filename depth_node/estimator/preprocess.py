@@ -106,6 +106,15 @@ class Preprocessor:
         self._staging: Optional[torch.Tensor] = None   # pinned upload buffer (CUDA)
         self._staging_done: Optional[Any] = None       # its last host-to-device copy (event)
         self._sizes: dict[tuple[int, int], tuple[int, int]] = {}
+        # mean / std on the device once: a per-frame torch.tensor(..., device=cuda) is a
+        # pageable host-to-device copy, which waits for the stream (a hidden synchronisation).
+        mean = torch.tensor(recipe.image_mean, dtype=torch.float32)
+        std = torch.tensor(recipe.image_std, dtype=torch.float32)
+        self._mean, self._std = mean.view(1, 3, 1, 1).to(device), std.view(1, 3, 1, 1).to(device)
+        scale = 1.0 / recipe.rescale_factor if recipe.rescale_factor else 1.0
+        # Depth Pro's fused rescale + normalise: mean and std in 0..255 units.
+        self._mean_255 = (mean * scale).view(1, 3, 1, 1).to(device)
+        self._std_255 = (std * scale).view(1, 3, 1, 1).to(device)
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """Network input ``(height, width)`` in pixels for an image of ``height`` x ``width``
@@ -276,9 +285,7 @@ class Preprocessor:
         recipe = self.recipe
         if not recipe.do_normalize:
             return x
-        mean = torch.tensor(recipe.image_mean, dtype=torch.float32, device=x.device)
-        std = torch.tensor(recipe.image_std, dtype=torch.float32, device=x.device)
-        return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        return (x - self._mean) / self._std
 
     def run(self, images: Sequence[np.ndarray], compute: bool = False) -> torch.Tensor:
         """``pixel_values`` ``(B, 3, h, w)`` on the device, as the processor makes.
@@ -311,10 +318,7 @@ class Preprocessor:
         # depth_pro: fused rescale + normalise in float32, then resize without antialiasing.
         x = x.float()
         if recipe.do_rescale and recipe.do_normalize:
-            scale = 1.0 / recipe.rescale_factor
-            mean = torch.tensor(recipe.image_mean, device=x.device) * scale
-            std = torch.tensor(recipe.image_std, device=x.device) * scale
-            x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+            x = (x - self._mean_255) / self._std_255
         elif recipe.do_rescale:
             x = self._rescale(x)
         elif recipe.do_normalize:

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The prepared GPU check: the gpu tests, then the GPU benchmarks, in under 8 minutes on one GPU.
+#
+#   bash bench/gpu_check.sh            # writes to $OUT, or bench/results/gpu_check/
+#
+# Installs nothing and needs no network, no ROS and no shared data: it runs with the first
+# Python that has a CUDA torch ($PYTHON, ./.venv/bin/python, python3) and skips what that
+# Python cannot run (onnxruntime-gpu, tensorrt, rclpy), saying so. Every step has a hard
+# timeout; the script always exits 0 and ends with a summary of what ran, passed, failed and
+# was skipped (summary.txt).
+set -u
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-bench/results/gpu_check}"
+mkdir -p "$OUT_DIR"
+SUMMARY="$OUT_DIR/summary.txt"
+: > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export DEPTH_NODE_CACHE="${DEPTH_NODE_CACHE:-$(mktemp -d)}"
+
+PY=''
+for candidate in "${PYTHON:-}" ./.venv/bin/python python3; do
+  [ -n "$candidate" ] || continue
+  command -v "$candidate" >/dev/null 2>&1 || [ -x "$candidate" ] || continue
+  if timeout 120 "$candidate" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+      >/dev/null 2>&1; then
+    PY="$candidate"
+    break
+  fi
+done
+
+note "== gpu_check $(date -u +%FT%TZ)"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi -L 2>&1 | tee -a "$SUMMARY"
+else
+  note 'nvidia-smi: not found'
+fi
+if [ -z "$PY" ]; then
+  for candidate in "${PYTHON:-}" ./.venv/bin/python python3; do
+    [ -n "$candidate" ] || continue
+    command -v "$candidate" >/dev/null 2>&1 || [ -x "$candidate" ] || continue
+    timeout 60 "$candidate" -c 'import torch; print("torch", torch.__version__, "CUDA build",
+torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 | sed "s|^|$candidate: |" \
+      | tee -a "$SUMMARY"
+  done
+  note 'NOT RUN: no Python here has a CUDA-enabled torch that sees a GPU (a CPU torch wheel,'
+  note 'or no driver). Nothing GPU-specific could be checked.'
+  exit 0
+fi
+timeout 120 "$PY" - <<'EOF' 2>&1 | tee -a "$SUMMARY"
+import importlib.util
+import torch
+print(f'python: torch {torch.__version__} (CUDA {torch.version.cuda}), '
+      f'{torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0)}')
+for name in ('transformers', 'onnxruntime', 'tensorrt', 'openvino', 'rclpy'):
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        print(f'{name}: not installed (its checks are skipped)')
+        continue
+    module = __import__(name)
+    extra = ''
+    if name == 'onnxruntime':
+        extra = f' providers {module.get_available_providers()}'
+    print(f'{name}: {getattr(module, "__version__", "?")}{extra}')
+EOF
+
+step() {  # step NAME SECONDS COMMAND...: run with a hard timeout, log to $OUT_DIR/NAME.log
+  local name="$1" seconds="$2"
+  shift 2
+  local start=$SECONDS
+  timeout --kill-after=10 "$seconds" "$@" > "$OUT_DIR/$name.log" 2>&1
+  local rc=$?
+  local verdict='ok'
+  [ $rc -eq 0 ] || verdict="FAILED (exit $rc)"
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && verdict="TIMED OUT after ${seconds} s"
+  note "-- $name: $verdict in $((SECONDS - start)) s (log: $name.log)"
+  tail -n 25 "$OUT_DIR/$name.log" | sed 's/^/   /' | tee -a "$SUMMARY" >/dev/null
+}
+
+# 1. the gpu tests (parity, CUDA graphs, threads, capture failure, precision per family)
+step pytest_gpu 270 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider test/test_gpu.py \
+  --junitxml="$OUT_DIR/pytest_gpu.xml"
+grep -E '^(PASSED|FAILED|SKIPPED|ERROR)|passed|failed|skipped' "$OUT_DIR/pytest_gpu.log" \
+  | tail -n 20 >> "$SUMMARY"
+
+# 2. the measurements: latency per mode and precision, 3 cameras dropping frames, precision
+step bench_gpu 200 "$PY" bench/bench_gpu.py --quick --frames 3000 --out "$OUT_DIR/bench_gpu.json"
+
+# 3. torch.compile latency, if time is left (compiling V2-Small takes minutes)
+if [ $SECONDS -lt 330 ]; then
+  step bench_gpu_compile $((450 - SECONDS)) "$PY" bench/bench_gpu.py --quick --compile \
+    --only latency --iterations 100 --out "$OUT_DIR/bench_gpu_compile.json"
+else
+  note '-- bench_gpu_compile: skipped (no time left under the 8-minute budget)'
+fi
+
+# The ROS benchmarks need rclpy and ../shared/data/real, which a bare GPU machine lacks.
+if "$PY" -c 'import rclpy' >/dev/null 2>&1 && [ -d ../shared/data/real ]; then
+  note '-- rclpy and the shared data are here: run bench/bench_pipeline.py --device cuda'
+  note '   --quick and bench/bench_batching.py --device cuda by hand (several minutes each)'
+else
+  note '-- bench_pipeline.py / bench_batching.py: not run (need rclpy and ../shared/data/real)'
+fi
+note "== done in $SECONDS s; results in $OUT_DIR"
+exit 0
