@@ -11,6 +11,7 @@ keeps only the newest frame, and the bag tool runs it offline.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 from typing import Sequence
@@ -61,6 +62,9 @@ class MarigoldPath(SlowPath):
         if int(denoising_steps) < 0 or int(ensemble_size) < 0:
             raise EstimatorError('model.denoising_steps and model.ensemble_size must be >= 0 '
                                  '(0 = the checkpoint default)')
+        if int(ensemble_size) > 1 and importlib.util.find_spec('scipy') is None:
+            raise EstimatorError('model.ensemble_size > 1 needs scipy (Marigold aligns the '
+                                 "members with it): pip install 'depth_node[marigold]'")
         try:
             pipe = MarigoldDepthPipeline.from_pretrained(source, dtype=dtype,
                                                          local_files_only=offline)
