@@ -50,6 +50,8 @@ def test_marigold_is_relative_depth_at_the_image_size(marigold, frame):
     np.testing.assert_array_equal(est.predict(frame).depth, first.depth)
     other = est.predict(np.ascontiguousarray(frame[::-1])).depth
     assert not np.allclose(other, first.depth, atol=1e-4)
+    with pytest.raises(EstimatorError, match='inside its pipeline'):
+        est.preprocess([frame])
     with pytest.raises(EstimatorError, match='not metres'):
         est.predict_points(frame, K)
 

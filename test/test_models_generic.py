@@ -67,9 +67,9 @@ def test_type_without_fast_path_runs_through_its_processor(slow_models, frame, m
     np.testing.assert_allclose(batch[0], prediction.depth, rtol=1e-4, atol=1e-4)
     assert not np.allclose(batch[1], batch[0], rtol=1e-3, atol=1e-3)
     # the node's shape check asks the input size: the processor's output size
-    blank = np.zeros((48, 80, 3), np.uint8)
-    processor_size = est.engine.processor(images=[blank], return_tensors='pt')
-    assert est.input_size(48, 80) == tuple(processor_size['pixel_values'].shape[-2:])
+    pixel_values = est.preprocess([frame])
+    assert est.input_size(48, 80) == tuple(pixel_values.shape[-2:])
+    assert pixel_values.dtype == torch.float32 and pixel_values.shape[:2] == (1, 3)
 
 
 def test_config_that_does_not_say_needs_model_kind(slow_models):

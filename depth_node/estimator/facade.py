@@ -316,7 +316,7 @@ class DepthEstimator:
         """Predict; with ``cloud`` (keyword arguments of :func:`depth_to_points_tensor`) also
         back-project the first image's prediction on the device. One copy back per output."""
         if self._slow is not None:  # slow path: the model's own processor / pipeline
-            return self._slow.run(images, fx, cloud)
+            return self._slow.predict(images, fx, cloud)
         height, width = self.preprocessor.check_images(images)
         self.preprocessor.input_size(height, width)
         start = time.perf_counter()

@@ -132,8 +132,13 @@ class SlowPath:
         """``(B, H, W)`` float32 predictions at the images' size and the seconds per stage."""
         raise NotImplementedError
 
-    def run(self, images: Sequence[np.ndarray], fx: Any,
-            cloud: Optional[dict[str, Any]] = None):
+    def run(self, images: Sequence[np.ndarray], compute: bool = False) -> torch.Tensor:
+        """``DepthEstimator.preprocess``: the network input, where the model has one."""
+        raise EstimatorError(f'{self.model_name} has no separate network input to show '
+                             '(it is preprocessed inside its pipeline)')
+
+    def predict(self, images: Sequence[np.ndarray], fx: Any,
+                cloud: Optional[dict[str, Any]] = None):
         """What ``DepthEstimator._run`` returns, for this model (``fx`` is not used)."""
         from depth_node.estimator.facade import Prediction
 
@@ -186,6 +191,11 @@ class GenericTransformersPath(SlowPath):
             raise EstimatorError(f"could not load the model in '{name}': {exc}") from exc
         self.model = model.eval().requires_grad_(False).to(device=device, dtype=dtype)
         self.config = model.config
+
+    def run(self, images: Sequence[np.ndarray], compute: bool = False) -> torch.Tensor:
+        """``DepthEstimator.preprocess``: ``(B, 3, h, w)`` float32 from the image processor."""
+        return self.processor(images=list(images), return_tensors='pt')['pixel_values'].to(
+            self.device)
 
     def _input_size(self, height: int, width: int) -> tuple[int, int]:
         blank = np.zeros((height, width, 3), dtype=np.uint8)
