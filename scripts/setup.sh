@@ -17,7 +17,7 @@ onnxruntime, openvino' 2>/dev/null || [ -z "$(ls "$VENV"/bin/depth_node-export 2
   python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt \
     -e '.[ros-wheels,test,engines]'
 fi
-python -c 'import diffusers, scipy' 2>/dev/null || python -m pip install -q --disable-pip-version-check \
+python -c 'import diffusers' 2>/dev/null || python -m pip install -q --disable-pip-version-check \
   -c scripts/constraints.txt -e '.[marigold]'  # Marigold tests (test/test_marigold.py)
 python -c 'import torch, transformers, rclpy; print("[setup] ok: torch", torch.__version__,
 "transformers", transformers.__version__)'

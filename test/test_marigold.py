@@ -7,6 +7,7 @@ Its output is affine-invariant depth: ``relative_depth``, aligned with LiDAR in 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -61,6 +62,10 @@ def test_denoising_steps_and_ensemble_size_reach_the_pipeline(marigold, frame):
     one = DepthEstimator(marigold, device='cpu', precision='fp32', denoising_steps=1)
     assert one.engine.steps == 1
     assert not np.allclose(one.predict(frame).depth, base, atol=1e-5)
+    if importlib.util.find_spec('scipy') is None:  # diffusers ensembles with scipy
+        with pytest.raises(EstimatorError, match='pip install scipy'):
+            DepthEstimator(marigold, device='cpu', precision='fp32', ensemble_size=3)
+        return
     three = DepthEstimator(marigold, device='cpu', precision='fp32', ensemble_size=3)
     assert three.engine.ensemble_size == 3
     assert not np.allclose(three.predict(frame).depth, base, atol=1e-5)

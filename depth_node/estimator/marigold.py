@@ -64,7 +64,7 @@ class MarigoldPath(SlowPath):
                                  '(0 = the checkpoint default)')
         if int(ensemble_size) > 1 and importlib.util.find_spec('scipy') is None:
             raise EstimatorError('model.ensemble_size > 1 needs scipy (Marigold aligns the '
-                                 "members with it): pip install 'depth_node[marigold]'")
+                                 'members with it): pip install scipy')
         try:
             pipe = MarigoldDepthPipeline.from_pretrained(source, dtype=dtype,
                                                          local_files_only=offline)
