@@ -50,6 +50,9 @@ setup(
         'openvino': ['onnx>=1.15', 'openvino>=2024.0'],
         'tensorrt': ['onnx>=1.15', 'tensorrt>=10.0'],
         'engines': ['onnx>=1.15', 'onnxruntime>=1.17', 'openvino>=2024.0'],
+        # Marigold depth checkpoints (diffusers pipeline); model.ensemble_size > 1 also needs
+        # scipy (not installed by scripts/setup.sh: see TESTING.md).
+        'marigold': ['diffusers>=0.32'],
     },
     zip_safe=True,
     maintainer='depth_node maintainers',

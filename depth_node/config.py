@@ -136,6 +136,19 @@ PARAMS: tuple[ParamSpec, ...] = (
               'device, else CPU.', item_type='string'),
     ParamSpec('model.openvino_device', 'CPU',
               "OpenVINO device: 'CPU', 'GPU' (Intel GPU), 'NPU', 'AUTO'."),
+    ParamSpec('model.kind', '',
+              "What the model outputs, overriding its config: 'metric_depth' (metres along the "
+              "optical axis), 'relative_disparity' (larger = nearer), 'relative_depth' (larger "
+              "= farther). Empty = from the config (or ONNX card); a model type without a fast "
+              "path whose config does not say needs it. DPT's KITTI/NYU checkpoints are metric "
+              "but their config does not say so: set 'metric_depth'.",
+              choices=('', 'relative_disparity', 'relative_depth', 'metric_depth')),
+    ParamSpec('model.denoising_steps', 0,
+              'Marigold only: denoising steps per frame (more = slower, finer). 0 = the '
+              "checkpoint's recommendation.", min=0, max=1000),
+    ParamSpec('model.ensemble_size', 0,
+              'Marigold only: predictions averaged per frame (each costs the full denoising). '
+              '0 = 1.', min=0, max=100),
     ParamSpec('model.random_init', '',
               "TEST ONLY: build this architecture with RANDOM weights instead of loading "
               "model.name ('depth-anything-v2-small', 'depth-anything-v2-base'). Output is "

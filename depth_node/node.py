@@ -315,7 +315,9 @@ class DepthPipeline:
                                  input_size=c['model.input_size'],
                                  cache_dir=c['model.cache_dir'], threads=c['model.threads'],
                                  providers=[p for p in c['model.onnxruntime_providers'] if p],
-                                 openvino_device=c['model.openvino_device'])
+                                 openvino_device=c['model.openvino_device'],
+                                 kind=c['model.kind'], denoising_steps=c['model.denoising_steps'],
+                                 ensemble_size=c['model.ensemble_size'])
             load_s = time.perf_counter() - t0
         except EstimatorError as exc:
             raise cfg.ConfigError(str(exc)) from exc

@@ -39,5 +39,7 @@ if ! python -c "$CHECK" 2>/dev/null || [ ! -x "$VENV/bin/depth_node-export" ]; t
       -c scripts/constraints-kilted.txt -e ".[$EXTRA,test$ENGINES]"
   fi
 fi
+python -c 'import diffusers' 2>/dev/null || python -m pip install -q --disable-pip-version-check \
+  -c scripts/constraints.txt -e '.[marigold]'  # Marigold tests (test/test_marigold.py)
 python -c 'import torch, transformers, rclpy; print("[setup] ok: torch", torch.__version__,
 "transformers", transformers.__version__, "rclpy from", rclpy.__file__.split("/site-packages")[0])'

@@ -30,6 +30,8 @@ Supported transformers model types (checked against transformers 5.23): ``depth_
 (relative disparity, or metres when ``depth_estimation_type`` is ``'metric'``), ``dpt``
 (relative disparity), ``glpn``, ``zoedepth`` and ``depth_pro`` (metres). Plain ONNX models say
 what they output in their card (``relative_disparity``, ``relative_depth`` or ``metric_depth``).
+Any other transformers depth model type, and Marigold (diffusers), take the slow path of
+:mod:`depth_node.estimator.generic`: their own processor or pipeline, torch only.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from depth_node.estimator.engines.onnx_base import FixedOnnx
 from depth_node.estimator.engines.torch_engine import TorchEngine
 from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.export import OnnxExporter, default_cache_dir
+from depth_node.estimator.generic import check_kind, open_slow_path
 from depth_node.estimator.loading import DEFAULT_MODEL, load_checkpoint
 from depth_node.estimator.model_card import is_onnx_model, load_onnx_model
 from depth_node.estimator.postprocess import Postprocessor
@@ -197,6 +200,12 @@ class DepthEstimator:
         ONNX Runtime execution providers in order (empty = CUDA then CPU on CUDA, else CPU).
     openvino_device : str
         OpenVINO device (``'CPU'``, ``'GPU'``, ``'NPU'``).
+    kind : str
+        ``''`` (what the config or card says) or the output kind, which overrides it
+        (:data:`depth_node.estimator.generic.KIND_CHOICES`); required for a model type without
+        a fast path whose config does not say.
+    denoising_steps, ensemble_size : int
+        Marigold checkpoints only (:mod:`depth_node.estimator.marigold`); 0 = its default.
 
     Attributes
     ----------
@@ -227,11 +236,23 @@ class DepthEstimator:
                  compile: bool = False, preprocess_backend: str = 'auto',
                  upsample: str = 'auto', cuda_graphs: bool = False, engine: str = 'torch',
                  input_size: int = 0, cache_dir: str = '', threads: int = 0,
-                 providers: Sequence[str] = (), openvino_device: str = 'CPU') -> None:
+                 providers: Sequence[str] = (), openvino_device: str = 'CPU', kind: str = '',
+                 denoising_steps: int = 0, ensemble_size: int = 0) -> None:
         self.device = resolve_device(device)
         if upsample not in ('auto', 'bilinear', 'bicubic'):
             raise EstimatorError(
                 f"upsample '{upsample}' is not understood; use 'auto', 'bilinear' or 'bicubic'")
+        self._lock = threading.RLock()  # one forward at a time (see _run)
+        self._warm_batches: set[int] = set()
+        self.batch_independent = True
+        # --- slow path (depth_node.estimator.generic): a model type without a fast path or a
+        # Marigold checkpoint runs through its own processor / pipeline; _run hands it frames.
+        self._slow = open_slow_path(name, random_init, engine, self.device, precision, kind,
+                                    denoising_steps, ensemble_size)
+        if self._slow is not None:
+            self._use_slow_path(engine)
+            return
+        # --- end slow path
         onnx_model = not random_init and is_onnx_model(name)
         engine_name, why = resolve_engine(engine, self.device, onnx_model)
         if str(precision).strip().lower() != 'auto':  # a bad setting fails before the load
@@ -251,6 +272,7 @@ class DepthEstimator:
             recipe = make_recipe(checkpoint.model_type, checkpoint.processor)
             self.model_name, self.model_type = checkpoint.name, checkpoint.model_type
             self.output_kind = 'metric_depth' if checkpoint.is_metric else 'relative_disparity'
+        self.output_kind = check_kind(kind) or self.output_kind  # model.kind overrides
         self.is_metric = self.output_kind == 'metric_depth'
         self.dtype = resolve_dtype(precision, self.device, self.model_type, engine_name)
         # ZoeDepth with several bin sets (NK) picks one by a vote summed over the batch: a frame's
@@ -258,7 +280,6 @@ class DepthEstimator:
         bins = getattr(getattr(getattr(checkpoint, 'model', None), 'config', None),
                        'bin_configurations', None) or ()
         self.batch_independent = not (self.model_type == 'zoedepth' and len(bins) > 1)
-        self._warm_batches: set[int] = set()
         if input_size:
             recipe = with_short_side(recipe, input_size)
         if upsample != 'auto':
@@ -283,7 +304,6 @@ class DepthEstimator:
                 source.dtype = self.engine.input_dtype
                 if source.dtype == torch.float16:
                     source.device = self.engine.device  # fp16 traces on the GPU
-        self._lock = threading.RLock()  # one forward at a time (see _run)
         self._backend = preprocess_backend
         self._checkpoint, self._channels_last = checkpoint, channels_last
         self._torch_options = options
@@ -295,6 +315,24 @@ class DepthEstimator:
         logger.info('depth model %s (%s, %s) on %s, engine %s, preprocessing %s',
                     self.model_name, self.model_type, self.output_kind, self.device,
                     self.engine.describe(), self.preprocessor.backend)
+
+    def _use_slow_path(self, engine: str) -> None:
+        """Take the slow path's model, kind and precision; it is engine and preprocessor."""
+        slow = self._slow
+        self.engine = self.preprocessor = slow
+        self.postprocessor = self._checkpoint = self._recipe = None
+        self.dtype, self.config = slow.input_dtype, slow.config
+        self.model_name, self.model_type = slow.model_name, slow.model_type
+        self.output_kind = slow.output_kind
+        self.is_metric = self.output_kind == 'metric_depth'
+        self._auto, self._output_scale, self._backend = False, 1.0, slow.backend
+        self.cache_dir = default_cache_dir()
+        auto = str(engine).strip().lower() == 'auto'
+        why = 'model.engine auto' if auto else 'set by model.engine'
+        self.startup_notes = [f'engine {slow.describe()} ({why}; no fast path for '
+                              f'{self.model_type}: slower)']
+        logger.info('depth model %s (%s, %s) on %s, engine %s', self.model_name,
+                    self.model_type, self.output_kind, self.device, slow.describe())
 
     def _stage_parts(self) -> None:
         """Pre- and postprocessing for the engine's input device and dtype."""
@@ -389,6 +427,13 @@ class DepthEstimator:
         With ``pad`` the batch is padded to :meth:`padded_batch` with copies of the last image;
         the padded outputs are dropped before postprocessing.
         """
+        if self._slow is not None:  # slow path: the model's own processor / pipeline
+            result = self._slow.predict(images, fx)
+            if clouds is not None:
+                from depth_node.cloud import depth_to_points
+                result.points = [None if c is None else depth_to_points(result.depth[i], **c)
+                                 for i, c in enumerate(clouds)]
+            return result
         height, width = self.preprocessor.check_images(images)
         self.preprocessor.input_size(height, width)
         count = len(images)

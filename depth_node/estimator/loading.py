@@ -226,8 +226,10 @@ def _load_pretrained(name: str) -> tuple[torch.nn.Module, Optional[dict]]:
     model_type = getattr(config, 'model_type', None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise EstimatorError(
-            f"'{name}' is a '{model_type}' model, which this node does not support; use a "
-            f"depth model of type {', '.join(SUPPORTED_MODEL_TYPES)}")
+            f"'{name}' is a '{model_type}' model, not a depth estimation model; use a "
+            'transformers depth model (fast path for '
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}; any other AutoModelForDepthEstimation type "
+            'through its own processor) or a Marigold checkpoint')
     try:
         model = AutoModelForDepthEstimation.from_pretrained(
             source, config=config, local_files_only=offline)
