@@ -289,7 +289,12 @@ class DepthPipeline:
         self._create_outputs()
 
     def _log_ready(self, what: str = 'ready') -> None:
-        kind = 'metric depth (metres)' if self._is_metric else 'relative inverse depth'
+        output = self._estimator.output_kind if self._estimator is not None else (
+            'relative_depth' if self._cfg['input.relative_kind'] == 'depth'
+            else 'relative_disparity')
+        kind = {'metric_depth': 'metric depth (metres)',
+                'relative_depth': 'relative depth (larger is farther, no unit)',
+                'relative_disparity': 'relative inverse depth'}[output]
         cameras = (f', {len(self._cameras)} cameras ({", ".join(self._cfg.cameras)}) batched'
                    if self._named else '')
         self.get_logger().info(

@@ -61,7 +61,7 @@ def test_every_key_resolves_with_rosdep():
 
 
 def test_run_dependencies_are_what_the_package_imports():
-    code = sorted((ROOT / 'depth_node').glob('*.py')) + sorted((ROOT / 'launch').glob('*.py'))
+    code = sorted((ROOT / 'depth_node').rglob('*.py')) + sorted((ROOT / 'launch').glob('*.py'))
     needed = _keys_for(_imports(code))
     deps = _depends()
     declared = deps['exec_depend'] | deps['depend']
