@@ -647,8 +647,9 @@ class NodeRun:
 def _param_text(value: Any) -> str:
     if isinstance(value, bool):
         return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(repr(float(v)) for v in value) + ']'
+    if isinstance(value, (list, tuple)):  # integer lists stay integers (model.warmup_size)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return '[' + ','.join(str(v) if ints else repr(float(v)) for v in value) + ']'
     return str(value)
 
 
