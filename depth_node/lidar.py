@@ -502,6 +502,26 @@ def _occlusion_keep(u: np.ndarray, v: np.ndarray, z: np.ndarray, width: int, hei
     return block_min >= (1.0 - tolerance) * z
 
 
+def _scan_columns(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: 'CameraModel',
+                  out_width: int, out_height: int,
+                  ) -> tuple[np.ndarray, np.ndarray, 'CameraModel']:
+    """Checked inputs of a projection: ``(3, N)`` float64 x, y, z rows (one transposing copy, so
+    every later step is a contiguous 1-D pass), the checked 4x4 transform, and the camera
+    scaled to the output size.
+
+    Raises
+    ------
+    LidarError
+        Points not ``(N, >=3)``, or a transform that is not a rigid 4x4.
+    """
+    pts = np.asarray(points_lidar)
+    if pts.ndim != 2 or pts.shape[1] < 3:
+        raise LidarError(f'points must be (N, 3) or (N, >3), got shape {pts.shape}')
+    T = _check_transform(T_camera_lidar)
+    cols = np.ascontiguousarray(pts[:, :3].T, dtype=np.float64)
+    return cols, T, camera.scaled(out_width, out_height)
+
+
 def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: CameraModel,
                    out_width: int, out_height: int,
                    occlusion_window: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -529,14 +549,8 @@ def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera:
     z : np.ndarray
         ``(M,)`` float32 depth along the optical axis, metres.
     """
-    pts = np.asarray(points_lidar)
-    if pts.ndim != 2 or pts.shape[1] < 3:
-        raise LidarError(f'points must be (N, 3) or (N, >3), got shape {pts.shape}')
-    T = _check_transform(T_camera_lidar)
-    out_camera = camera.scaled(out_width, out_height)
-    # x, y, z as contiguous float64 rows (one transposing copy), so that every step below is a
-    # contiguous 1-D pass; the values are those of the float64 arithmetic on the columns.
-    cols = np.ascontiguousarray(pts[:, :3].T, dtype=np.float64)
+    cols, T, out_camera = _scan_columns(points_lidar, T_camera_lidar, camera, out_width,
+                                        out_height)
     # Cull a full 360-degree scan on two camera-frame coordinates before computing the third:
     # optical z, then the horizontal field of view (|x| <= max_radius * z).
     with np.errstate(over='ignore', invalid='ignore'):  # overflow: inf or NaN, dropped below
@@ -626,12 +640,8 @@ def projection_counts(points_lidar: np.ndarray, T_camera_lidar: np.ndarray,
     Same parameters as :func:`prepare_points`; costs about as much, so the node calls it only
     when a scan gave too few points for a fit.
     """
-    pts = np.asarray(points_lidar)
-    if pts.ndim != 2 or pts.shape[1] < 3:
-        raise LidarError(f'points must be (N, 3) or (N, >3), got shape {pts.shape}')
-    T = _check_transform(T_camera_lidar)
-    out_camera = camera.scaled(out_width, out_height)
-    cols = np.ascontiguousarray(pts[:, :3].T, dtype=np.float64)
+    cols, T, out_camera = _scan_columns(points_lidar, T_camera_lidar, camera, out_width,
+                                        out_height)
     with np.errstate(over='ignore', invalid='ignore'):
         xyz = [_transform_row(T, cols, row) for row in range(3)]
         finite = np.isfinite(xyz[0]) & np.isfinite(xyz[1]) & np.isfinite(xyz[2])
@@ -643,7 +653,7 @@ def projection_counts(points_lidar: np.ndarray, T_camera_lidar: np.ndarray,
         u, v, z, _ = _project(x, y, z, out_camera, _MIN_DEPTH)
     visible = int(np.count_nonzero(_occlusion_keep(u, v, z, out_camera.width,
                                                    out_camera.height, occlusion_window)))
-    n = int(pts.shape[0])
+    n = int(cols.shape[1])
     n_finite = int(np.count_nonzero(finite))
     return ProjectionCounts(in_scan=n, not_finite=n - n_finite, behind=behind,
                             on_plane=n_finite - behind - int(in_front.size),
