@@ -166,3 +166,15 @@ class RosSession:
 
     def close(self) -> None:
         self._spinner.close(timeout=2.0)
+
+
+def output_or_kill(proc: Any, timeout: float = 10.0) -> tuple[str, bool]:
+    """The output of ``proc`` once it exits within ``timeout`` s; after that it is killed.
+    Returns the output and whether it had to be killed."""
+    import subprocess
+
+    try:
+        return proc.communicate(timeout=timeout)[0], False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0], True

@@ -25,7 +25,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from depth_node.lifecycle import DepthLifecycleNode
 from depth_node.messages import camera_info_msg, image_msg, make_header
-from ros_harness import status_values
+from ros_harness import output_or_kill, status_values
 
 pytestmark = [pytest.mark.ros]
 
@@ -277,11 +277,7 @@ def test_autostart_entry_point_serves_and_stops_on_sigint(session, models):
         assert probe.wait_stamp('depth/relative', stamp) is not None
     finally:
         proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = output_or_kill(proc)[0]
     assert proc.returncode == 0, out
     assert 'Traceback' not in out, out
     assert 'configured: input image' in out and 'active: processing frames' in out, out

@@ -16,7 +16,7 @@ import pytest
 
 from depth_node.messages import image_msg, image_to_array, make_header
 from depth_node.sample_data import load_frame
-from ros_harness import RosSession, status_values
+from ros_harness import RosSession, output_or_kill, status_values
 from tiny_models import make_tiny_depth_anything
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -81,11 +81,8 @@ def test_entry_point_serves_frames_over_dds_and_stops_on_sigint(model_dir, real_
         session.close()
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out, killed = output_or_kill(proc)
+        if killed:
             pytest.fail(f'node did not stop on SIGINT:\n{out}')
         elapsed = time.monotonic() - t0
     assert proc.returncode == 0, out
@@ -172,11 +169,8 @@ def test_sticky_cuda_error_exits_3_for_a_supervisor(model_dir, real_data, monkey
             time.sleep(0.2)
     finally:
         session.close()
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out, killed = output_or_kill(proc)
+        if killed:
             pytest.fail(f'the node did not exit after a sticky CUDA error:\n{out}')
     assert proc.returncode == 3, out
     assert out.count('the GPU is unusable in this process') == 1, out

@@ -55,14 +55,13 @@ from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.export import OnnxExporter, default_cache_dir
 from depth_node.estimator.generic import check_kind, open_slow_path
 from depth_node.estimator.loading import DEFAULT_MODEL, load_checkpoint
-from depth_node.estimator.model_card import is_onnx_model, load_onnx_model
+from depth_node.estimator.model_card import (OUTPUT_KINDS, is_onnx_model,  # noqa: F401
+                                             load_onnx_model)
 from depth_node.estimator.postprocess import Postprocessor
 from depth_node.estimator.preprocess import Preprocessor
 from depth_node.estimator.recipe import make_recipe, with_short_side
 
 logger = logging.getLogger('depth_node.estimator')
-
-OUTPUT_KINDS = ('metric_depth', 'relative_disparity', 'relative_depth')
 
 
 @dataclass
@@ -286,7 +285,7 @@ class DepthEstimator:
             recipe = replace(recipe, upsample=upsample)
         self._recipe = recipe
         options = EngineOptions(threads=int(threads), providers=tuple(providers),
-                                openvino_device=openvino_device, cache_dir=str(cache_dir),
+                                openvino_device=openvino_device,
                                 compile=bool(compile), cuda_graphs=bool(cuda_graphs))
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         if engine_name == 'torch':

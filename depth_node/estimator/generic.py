@@ -30,11 +30,12 @@ import torch
 
 from depth_node.estimator.device import resolve_dtype
 from depth_node.estimator.errors import EstimatorError
+from depth_node.estimator.model_card import OUTPUT_KINDS
 
 logger = logging.getLogger('depth_node.estimator')
 
 #: ``model.kind``: '' = from the model's config (or card); otherwise what the output is.
-KIND_CHOICES = ('', 'relative_disparity', 'relative_depth', 'metric_depth')
+KIND_CHOICES = ('',) + OUTPUT_KINDS
 
 _KIND_HELP = ("'metric_depth' (metres along the optical axis), 'relative_disparity' "
               "(affine-invariant inverse depth, larger = nearer) or 'relative_depth' "

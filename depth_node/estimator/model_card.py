@@ -223,19 +223,6 @@ def parse_card(card: dict, where: str, input_shape: tuple = (None,) * 4,
     return recipe, kind, scale
 
 
-def card_for(recipe: Recipe, output_kind: str, output_scale: float = 1.0) -> dict:
-    """The card of a recipe (what ``depth_node-export`` writes beside a plain ONNX export)."""
-    card: dict[str, Any] = {'resize_filter': 'bicubic' if recipe.resample == PIL_BICUBIC
-                            else 'bilinear',
-                            'mean': list(recipe.image_mean), 'std': list(recipe.image_std),
-                            'output_kind': output_kind, 'output_scale': output_scale,
-                            'upsample': recipe.upsample}
-    if recipe.keep_aspect_ratio:
-        card.update(short_side=min(recipe.size), multiple=int(recipe.ensure_multiple_of))
-    else:
-        card['input_size'] = list(recipe.size)
-    return card
-
 
 def fixed_shape(model: OnnxModel, shape: tuple[int, ...]) -> Optional[str]:
     """Why ``shape`` does not fit ``model``'s input (None when it does)."""

@@ -11,10 +11,10 @@ from typing import Optional
 
 import torch
 
-from depth_node.estimator.engines.base import ENGINES, EXTRAS, Engine, EngineOptions
+from depth_node.estimator.engines.base import ENGINES, Engine, EngineOptions
 from depth_node.estimator.errors import EstimatorError
 
-__all__ = ['ENGINES', 'EXTRAS', 'Engine', 'EngineOptions', 'resolve_engine', 'make_onnx_engine']
+__all__ = ['ENGINES', 'Engine', 'EngineOptions', 'resolve_engine', 'make_onnx_engine']
 
 
 def engine_available(name: str) -> bool:

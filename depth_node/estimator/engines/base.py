@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -11,8 +11,6 @@ import torch
 #: Engine names of ``model.engine`` (``'auto'`` resolves to one of them).
 ENGINES = ('torch', 'onnxruntime', 'openvino', 'tensorrt')
 
-#: The pip extra that installs each engine's Python package.
-EXTRAS = {'onnxruntime': 'onnxruntime', 'openvino': 'openvino', 'tensorrt': 'tensorrt'}
 
 
 @dataclass(frozen=True)
@@ -31,9 +29,6 @@ class EngineOptions:
     openvino_device : str
         OpenVINO device: ``'CPU'``, ``'GPU'`` (Intel GPU), ``'NPU'``, or any device string
         OpenVINO accepts (``'AUTO'``, ``'HETERO:GPU,CPU'``).
-    cache_dir : str
-        Where exported ONNX files and compiled engines are kept ('' = the user's cache
-        directory, see :func:`depth_node.estimator.export.default_cache_dir`).
     compile : bool
         torch only: ``torch.compile`` the model.
     cuda_graphs : bool
@@ -43,10 +38,8 @@ class EngineOptions:
     threads: int = 0
     providers: tuple[str, ...] = ()
     openvino_device: str = 'CPU'
-    cache_dir: str = ''
     compile: bool = False
     cuda_graphs: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class Engine(ABC):
