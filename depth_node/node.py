@@ -36,20 +36,14 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from depth_node import config as cfg
-from depth_node.alignment import Aligner, AlignerConfig, Alignment
-from depth_node.camera_info import (
-    CameraInfoError, Intrinsics, fit_to_image, intrinsics_from_fields, scale_intrinsics)
-from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
-from depth_node.colormap import colorize
-from depth_node.hub import is_local_model, prepare_hub_access
-from depth_node.image_codec import (
-    ImageDecodeError, decode_compressed, decode_image, decode_relative_depth, limit_pixels,
-    limited_size, plan_compressed)
-from depth_node.input_shape import check_input_shape, model_patch_size
-from depth_node.lidar import (
-    CameraModel, LidarError, prepare_points, projection_counts, read_points_xyz)
+from depth_node.alignment import Aligner
+from depth_node.camera_info import CameraInfoError, intrinsics_from_fields
+from depth_node.frame_pipeline import (
+    AlignmentReport, CameraState, Frame, FramePipeline, INPUT_TOPICS, load_estimator,
+    nearest_scan, Problem, stamp_to_sec)
+from depth_node.image_codec import ImageDecodeError
+from depth_node.lidar import LidarError, read_points_xyz
 from depth_node.messages import camera_info_msg, cloud_msg, image_msg
-from depth_node.packing import depth_to_uint16_mm
 from depth_node.pipeline import Counters, StageTimer, Throttle
 from depth_node.text import shorten
 
@@ -73,9 +67,6 @@ LIDAR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                         reliability=ReliabilityPolicy.RELIABLE)
 
-_TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'relative_depth'}
-"""Input topic of each kind of frame, for log lines."""
-
 EXIT_DEVICE_LOST = 3
 """Exit code of :func:`main` after a sticky CUDA error (illegal memory access, device-side
 assert, lost GPU): the process must restart to use the GPU again."""
@@ -92,11 +83,6 @@ _PARAM_TYPES = {'bool': Parameter.Type.BOOL, 'int': Parameter.Type.INTEGER,
                 'double_array': Parameter.Type.DOUBLE_ARRAY,
                 'int_array': Parameter.Type.INTEGER_ARRAY,
                 'string_array': Parameter.Type.STRING_ARRAY}
-
-
-def stamp_to_sec(stamp: Any) -> float:
-    """``builtin_interfaces/Time`` to float seconds."""
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def _descriptor(spec: cfg.ParamSpec, read_only: bool = True) -> ParameterDescriptor:
@@ -137,21 +123,19 @@ _Job = tuple[str, Any]
 """A received frame: its kind ('image', 'compressed' or 'relative') and message."""
 
 
-class _Camera:
-    """One camera: its topics, its latest camera_info, its LiDAR fit and its waiting frame.
+class _Camera(CameraState):
+    """One camera: its topics, publishers and waiting frame, besides the pipeline's state (its
+    latest camera_info and LiDAR fit).
 
     The node without ``input.cameras`` has one camera named ``''`` whose topics are the plain
     ``image``, ``camera_info`` and ``depth/*``.
     """
 
-    def __init__(self, name: str, index: int) -> None:
+    def __init__(self, name: str, index: int, aligner: Optional[Aligner]) -> None:
+        super().__init__(index=index, aligner=aligner)
         self.name = name
-        self.index = index  # place in input.cameras: selects its lidar.T_camera_lidar block
         self.prefix = f'{name}/' if name else ''
-        self.intrinsics: Optional[Intrinsics] = None
         self.warned_no_info = False
-        self.aligner: Optional[Aligner] = None
-        self.last_alignment: Optional[Alignment] = None
         self.pending: Optional[_Job] = None    # not started yet
         self.displaced: Optional[_Job] = None  # what pending replaced
         self.last_sequence: Optional[int] = None  # publisher's sequence number of the last frame
@@ -159,19 +143,6 @@ class _Camera:
 
     def topic(self, name: str) -> str:
         return self.prefix + name
-
-
-class _Frame:
-    """A decoded frame on its way through the worker."""
-
-    def __init__(self, camera: _Camera, kind: str, msg: Any) -> None:
-        self.camera = camera
-        self.kind = kind
-        self.msg = msg
-        self.rgb: Optional[np.ndarray] = None
-        self.prediction: Optional[np.ndarray] = None
-        self.points: Optional[np.ndarray] = None  # the cloud, when built with the forward
-        self.src_w = self.src_h = 0
 
 
 class DepthPipeline:
@@ -258,23 +229,22 @@ class DepthPipeline:
             When a value is invalid or the model cannot be loaded; nothing is advertised then.
         """
         self._cfg = cfg.validate_values(values)
-        self._cameras = [_Camera(name, i) for i, name in enumerate(self._cfg.cameras)]
         self._named = bool(self._cfg['input.cameras'])
         self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
         self._consecutive_failures = 0
 
         self._estimator = None
-        self._patch_size = 1
-        self._shape_ok: Optional[tuple] = None  # the last image shape check_input_shape passed
         if self._cfg['input.mode'] == 'image':
-            self._estimator = self._load_estimator()
-            self._is_metric = self._estimator.is_metric
-            self._patch_size = model_patch_size(self._estimator.config)
-        else:
-            self._is_metric = False
-        if self._cfg['lidar.enabled']:
-            for camera in self._cameras:
-                camera.aligner = Aligner(self._aligner_config())
+            loaded = load_estimator(self._cfg, batches=(1, len(self._cfg.cameras)))
+            for level, note in loaded.notes:  # one call site per severity (rclpy's rule)
+                if level == 'warning':
+                    self.get_logger().warning(note)
+                else:
+                    self.get_logger().info(note)
+            self._estimator, self.startup_timings = loaded.estimator, loaded.timings
+        self._frames = FramePipeline(self._cfg, self._estimator)
+        self._cameras = [_Camera(name, i, self._frames.new_camera(i).aligner)
+                         for i, name in enumerate(self._cfg.cameras)]
 
         self._tf_buffer = None
         if self._cfg['lidar.enabled'] and self._cfg.T_camera_lidar is None:
@@ -289,9 +259,7 @@ class DepthPipeline:
         self._create_outputs()
 
     def _log_ready(self, what: str = 'ready') -> None:
-        output = self._estimator.output_kind if self._estimator is not None else (
-            'relative_depth' if self._cfg['input.relative_kind'] == 'depth'
-            else 'relative_disparity')
+        output = self._frames.output_kind
         kind = {'metric_depth': 'metric depth (metres)',
                 'relative_depth': 'relative depth (larger is farther, no unit)',
                 'relative_disparity': 'relative inverse depth'}[output]
@@ -301,60 +269,10 @@ class DepthPipeline:
             f'{what}: input {self._cfg["input.mode"]}{cameras}, model output {kind}, LiDAR '
             f'{"on" if self._cfg["lidar.enabled"] else "off"}')
 
-    # ------------------------------------------------------------------ startup
-    def _load_estimator(self) -> Any:
-        from depth_node.estimator import DepthEstimator, EstimatorError
-
-        name = self._cfg['model.name']
-        random_init = self._cfg['model.random_init'] or None
-        if not random_init:
-            note = prepare_hub_access(name, is_local=is_local_model(name))
-            if note:
-                self.get_logger().warning(note)
-        try:
-            t0 = time.perf_counter()
-            c = self._cfg
-            est = DepthEstimator(name, device=c['model.device'], precision=c['model.precision'],
-                                 random_init=random_init, compile=c['model.compile'],
-                                 cuda_graphs=c['model.cuda_graphs'], engine=c['model.engine'],
-                                 input_size=c['model.input_size'],
-                                 cache_dir=c['model.cache_dir'], threads=c['model.threads'],
-                                 providers=[p for p in c['model.onnxruntime_providers'] if p],
-                                 openvino_device=c['model.openvino_device'],
-                                 kind=c['model.kind'], denoising_steps=c['model.denoising_steps'],
-                                 ensemble_size=c['model.ensemble_size'])
-            load_s = time.perf_counter() - t0
-        except EstimatorError as exc:
-            raise cfg.ConfigError(str(exc)) from exc
-        if random_init:
-            self.get_logger().warning(
-                f'model.random_init={random_init}: RANDOM WEIGHTS, the output is meaningless. '
-                'Use this for pipeline smoke tests and timing only.')
-        warm_s = 0.0
-        if self._cfg['model.warmup']:
-            width, height = self._cfg['model.warmup_size']
-            # batch 1 and the batch of all cameras: smaller batches are padded to one of them
-            warm_s = est.warmup(height, width, batches=(1, len(self._cameras)))
-        self.startup_timings = {'model_load': load_s, 'warmup': warm_s}
-        for note in est.startup_notes:  # engine choice; export / compile or cache load times
-            self.get_logger().info(note)
-        self.get_logger().info(
-            f'model {random_init or name} on {est.device} ({est.dtype}), engine '
-            f'{est.engine.name}, {est.output_kind.replace("_", " ")}; load {load_s:.2f} s, '
-            f'warm-up {warm_s:.2f} s')
-        return est
-
-    def _aligner_config(self) -> AlignerConfig:
-        c = self._cfg
-        relative_depth = (c['input.mode'] == 'relative_depth' and
-                          c['input.relative_kind'] == 'depth') or (
-            self._estimator is not None and self._estimator.output_kind == 'relative_depth')
-        space = 'depth' if (self._is_metric or relative_depth) else 'disparity'
-        return AlignerConfig(space=space,
-                             fit_shift=False if self._is_metric else c['lidar.fit_shift'],
-                             fit=c['lidar.fit'], min_points=c['lidar.min_points'],
-                             min_depth=c['cloud.min_depth'], max_depth=c['cloud.max_depth'],
-                             smoothing=c['lidar.smoothing'], max_fit_age=c['lidar.max_fit_age'])
+    @property
+    def _is_metric(self) -> bool:
+        """Whether the model outputs metric depth."""
+        return self._frames.is_metric
 
     def _make_publisher(self, msg_type: Any, topic: str, qos: Any, **kwargs: Any) -> Any:
         """A publisher for an output topic (the lifecycle node makes managed ones)."""
@@ -482,6 +400,7 @@ class DepthPipeline:
         estimator, self._estimator = self._estimator, None
         if estimator is None:
             return
+        self._frames.estimator = None
         on_cuda = estimator.device.type == 'cuda'
         estimator.close()
         del estimator
@@ -509,10 +428,10 @@ class DepthPipeline:
         if errors:
             return SetParametersResult(successful=False, reason='; '.join(errors))
         with self._lock:
-            self._cfg = cfg.NodeConfig(values)
+            self._cfg = self._frames.config = cfg.NodeConfig(values)
             for cam in self._cameras:
                 if cam.aligner is not None:
-                    cam.aligner.config = self._aligner_config()
+                    cam.aligner.config = self._frames.aligner_config()
         return SetParametersResult(successful=True)
 
     # ---------------------------------------------------------------- callbacks
@@ -553,9 +472,9 @@ class DepthPipeline:
             self._count('frames_dropped_inactive', cam)
             return
         try:
-            self._check_fields(kind, msg)
+            self._frames.check(kind, msg)
         except ImageDecodeError as exc:
-            self._bad_input('image', f'{cam.topic(_TOPICS[kind])} refused: {exc}')
+            self._bad_input('image', f'{cam.topic(INPUT_TOPICS[kind])} refused: {exc}')
             return
         with self._cv:
             if cam.pending is not None:
@@ -569,44 +488,6 @@ class DepthPipeline:
         self._counters.add(name, n)
         if self._named:
             self._counters.add(f'{name}.{cam.name}', n)
-
-    def _check_fields(self, kind: str, msg: Any) -> None:
-        """O(1) checks of a frame on arrival. A raw Image: data length, then the codec decodes
-        the first two rows (encoding, size, step and its own rules), then
-        ``input.max_pixels`` with ``refuse``. A CompressedImage: its header (container, size,
-        ``input.max_pixels`` and whether it can be reduced while decoding). Then, for the
-        network, the image's shape (``input.max_aspect``, at least a patch on each side)."""
-        max_pixels, oversize = self._cfg['input.max_pixels'], self._cfg['input.oversize']
-        if kind == 'compressed':
-            plan = plan_compressed(msg.format, msg.data, max_pixels, oversize)
-            self._check_shape(plan.height, plan.width, (plan.out_height, plan.out_width))
-            return
-        decode = decode_relative_depth if kind == 'relative' else decode_image
-        height, width, step = int(msg.height), int(msg.width), int(msg.step)
-        if len(msg.data) != step * height:
-            raise ImageDecodeError(
-                f'{shorten(msg.encoding)}: data is {len(msg.data)} bytes, step {step} x height '
-                f'{height} needs {step * height}')
-        rows = min(height, 2) if width > 0 else height  # an empty image says its real size
-        decode(msg.encoding, rows, width, step, bool(msg.is_bigendian),
-               memoryview(msg.data)[:step * rows])
-        if kind == 'relative':
-            return
-        if oversize == 'refuse' and 0 < max_pixels < width * height:
-            raise ImageDecodeError(
-                f'{width}x{height} is over input.max_pixels={max_pixels} '
-                '(set input.oversize:=downscale or raise the limit)')
-        self._check_shape(height, width, limited_size(height, width, max_pixels))
-
-    def _check_shape(self, height: int, width: int, resized: tuple[int, int]) -> None:
-        """:func:`check_input_shape` with the estimator's input size rule; the last shape that
-        passed is remembered (a camera keeps its size)."""
-        key = (height, width, resized)
-        if self._estimator is None or key == self._shape_ok:
-            return
-        check_input_shape(height, width, self._cfg['input.max_aspect'],
-                          self._estimator.input_size, self._patch_size, resized)
-        self._shape_ok = key
 
     def _on_camera_info(self, cam: _Camera, msg: CameraInfo) -> None:
         try:
@@ -636,7 +517,7 @@ class DepthPipeline:
         self._counters.add(f'bad_{key}')
         if self._throttle.ready(key):
             self.get_logger().warning(f'{_bounded(text)} (bad {key} messages so far: '
-                                   f'{self._counters.get("bad_" + key)})')
+                                      f'{self._counters.get("bad_" + key)})')
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -673,32 +554,30 @@ class DepthPipeline:
         the network once per input size on all of them, then finish each frame."""
         timer = self._timer
         timer.start()
-        frames = []
+        frames: list[tuple[_Camera, Frame]] = []
         for cam, job, displaced in jobs:
             frame = self._decode_or_skip(cam, job)
             if frame is None and displaced is not None:
                 self._count('frames_dropped', cam, -1)  # served after all
                 frame = self._decode_or_skip(cam, displaced)
             if frame is not None:
-                frames.append(frame)
+                frames.append((cam, frame))
         timer.mark('decode')
         if self._estimator is not None:
-            by_size: dict[tuple[int, int], list[_Frame]] = {}
-            for frame in frames:
-                by_size.setdefault(frame.rgb.shape[:2], []).append(frame)
+            by_size: dict[tuple[int, int], list[tuple[_Camera, Frame]]] = {}
+            for cam, frame in frames:
+                by_size.setdefault(frame.rgb.shape[:2], []).append((cam, frame))
             for group in by_size.values():
                 timings = self._forward(group)
-                if timings is None:
-                    continue
                 for stage in ('preprocess', 'forward', 'postprocess', 'cloud'):
                     if stage in timings:
                         timer.add(stage, timings[stage])
             timer.skip()  # the stages above are the whole of the forward passes
-        for frame in frames:
+        for cam, frame in frames:
             if frame.prediction is None:
                 continue  # its forward pass failed (counted)
             try:
-                self._finish(frame, timer)
+                self._finish(cam, frame, timer)
             except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
                 if self._shutting_down():
                     return  # the publishers are gone, nothing went wrong
@@ -711,12 +590,12 @@ class DepthPipeline:
         down first (SIGINT, SIGTERM), so publishing may fail."""
         return self._stop.is_set() or not self.context.ok()
 
-    def _decode_or_skip(self, cam: _Camera, job: _Job) -> Optional[_Frame]:
+    def _decode_or_skip(self, cam: _Camera, job: _Job) -> Optional[Frame]:
         """The decoded frame, or None when it is refused (logged and counted)."""
         try:
-            return self._decode(cam, *job)
+            return self._frames.decode(*job)
         except ImageDecodeError as exc:
-            self._bad_input('image', f'{cam.topic(_TOPICS[job[0]])} refused: {exc}')
+            self._bad_input('image', f'{cam.topic(INPUT_TOPICS[job[0]])} refused: {exc}')
         except Exception as exc:  # noqa: BLE001 - one frame must never stop the node
             self._frame_error(exc)
         return None
@@ -727,56 +606,15 @@ class DepthPipeline:
         if self._throttle.ready('frame_error'):
             self.get_logger().error(f'frame skipped: {type(exc).__name__}: {_bounded(exc)}')
 
-    def _decode(self, cam: _Camera, kind: str, msg: Any) -> _Frame:
-        frame = _Frame(cam, kind, msg)
-        c = self._cfg
-        if kind == 'relative':
-            frame.prediction = decode_relative_depth(msg.encoding, msg.height, msg.width,
-                                                     msg.step, bool(msg.is_bigendian), msg.data)
-            frame.src_w, frame.src_h = int(msg.width), int(msg.height)
-            return frame
-        if kind == 'compressed':
-            # a JPEG over input.max_pixels comes out reduced (downscale); the source size is
-            # the header's
-            limits = (c['input.max_pixels'], c['input.oversize'])
-            plan = plan_compressed(msg.format, msg.data, *limits)
-            rgb = decode_compressed(msg.format, msg.data, *limits)
-            frame.src_h, frame.src_w = plan.height, plan.width
-        else:
-            rgb = decode_image(msg.encoding, msg.height, msg.width, msg.step,
-                               bool(msg.is_bigendian), msg.data)
-            frame.src_h, frame.src_w = rgb.shape[:2]
-        max_pixels = c['input.max_pixels']
-        if max_pixels and frame.src_h * frame.src_w > max_pixels:
-            if c['input.oversize'] == 'refuse':
-                raise ImageDecodeError(
-                    f'{frame.src_w}x{frame.src_h} is over input.max_pixels={max_pixels} '
-                    '(set input.oversize:=downscale or raise the limit)')
-            rgb = limit_pixels(rgb, max_pixels)
-        frame.rgb = rgb
-        return frame
-
-    def _forward(self, frames: list[_Frame]) -> Optional[dict[str, float]]:
-        """One forward pass over same-size frames; its stage timings, or None when it failed
-        (each frame is then skipped, counted and logged)."""
-        try:
-            # a metric model's clouds are back-projected where the depth is (the GPU), and
-            # come back with it: one copy back per output
-            c = self._cfg
-            clouds = [None if K is None else {
-                'K': K, 'stride': c['cloud.stride'], 'min_depth': c['cloud.min_depth'],
-                'max_depth': c['cloud.max_depth']} for K in map(self._cloud_with_forward, frames)]
-            if len(frames) == 1 and clouds[0] is not None:
-                result = self._estimator.predict_points(frames[0].rgb, **clouds[0])
-                predictions, points = [result.depth], [result.points]
-            elif len(frames) == 1:
-                result = self._estimator.predict(frames[0].rgb)
-                predictions, points = [result.depth], [None]
-            else:
-                result = self._estimator.predict_batch(
-                    [f.rgb for f in frames], clouds=clouds if any(clouds) else None)
-                predictions, points = list(result.depth), result.points or [None] * len(frames)
-        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
+    def _forward(self, group: list[tuple[_Camera, Frame]]) -> dict[str, float]:
+        """One forward pass over same-size frames; its stage timings. When it fails, each frame
+        is skipped, counted and logged (no timings)."""
+        # a metric model's clouds are back-projected where the depth is (the GPU), and come
+        # back with it, when depth/points has a subscriber
+        want_points = [cam.pubs['points'].get_subscription_count() > 0 for cam, _ in group]
+        result = self._frames.forward([f for _, f in group], [c for c, _ in group], want_points)
+        exc = result.error
+        if exc is not None:
             from depth_node.estimator.device import is_device_lost  # loaded with the model
 
             self._counters.add('forward_failures')
@@ -787,10 +625,10 @@ class DepthPipeline:
                 self.get_logger().error(
                     f'forward pass failed ({self._consecutive_failures} in a row): '
                     f'{type(exc).__name__}: {_bounded(exc)}')
-            return None
+            return {}
         self._consecutive_failures = 0
         self._counters.add('forward_passes')
-        self._counters.add('forward_frames', len(frames))
+        self._counters.add('forward_frames', len(group))
         if result.non_finite:
             self._counters.add('non_finite_outputs', result.non_finite)
             if self._throttle.ready('non_finite'):
@@ -798,9 +636,6 @@ class DepthPipeline:
                     f'{result.non_finite} frame(s) with NaN or infinite network output '
                     f'(published as NaN; so far {self._counters.get("non_finite_outputs")}): '
                     'an fp16 overflow? set model.precision to bf16 or fp32')
-        for frame, prediction, xyz in zip(frames, predictions, points):
-            frame.prediction = prediction
-            frame.points = xyz
         return result.timings
 
     def _device_lost(self, exc: Exception) -> None:
@@ -820,157 +655,59 @@ class DepthPipeline:
         """Shut the node's context down: ``main`` returns from spinning and exits."""
         self.context.try_shutdown()
 
-    def _cloud_with_forward(self, frame: _Frame) -> Optional[np.ndarray]:
-        """The camera matrix to build the cloud with the forward pass, or None.
-
-        Only a metric model's own depth (no LiDAR correction to apply first), only while
-        ``depth/points`` has a subscriber and the camera_info fits the image. Anything else
-        builds the cloud after the forward, where problems are logged.
-        """
-        cam = frame.camera
-        if not (self._is_metric and cam.aligner is None and self._cfg['cloud.enabled'] and
-                cam.pubs['points'].get_subscription_count() > 0):
-            return None
-        height, width = frame.rgb.shape[:2]
-        try:
-            intr = self._fitted_intrinsics(cam, frame.src_w, frame.src_h, width, height)
-        except CameraInfoError:
-            return None
-        return None if intr is None else intr.K
-
-    def _finish(self, frame: _Frame, timer: StageTimer) -> None:
-        """Everything after the network for one frame: alignment, depth, cloud, publishing."""
-        cam, header, prediction, rgb = frame.camera, frame.msg.header, frame.prediction, frame.rgb
-        c = self._cfg
+    def _finish(self, cam: _Camera, frame: Frame, timer: StageTimer) -> None:
+        """Everything after the network for one frame (:meth:`FramePipeline.finish`), each
+        output published as soon as it is ready; then its problems logged and counted."""
         pubs = cam.pubs
         # nothing is built for an output nobody subscribes (depth/alignment is always sent)
-        wanted = {key: pub.get_subscription_count() > 0 for key, pub in pubs.items()}
-        height, width = prediction.shape
-        if not self._is_metric and c['output.relative'] and wanted['relative']:
-            # first: whatever happens to the metric path, the prediction itself is served
-            self._publish_image(pubs['relative'], header, prediction, '32FC1')
-            timer.mark('publish_relative')
-        intr = self._intrinsics_for(cam, frame.src_w, frame.src_h, width, height)
-
-        metric: Optional[np.ndarray] = None
+        wanted = {key for key, pub in pubs.items() if pub.get_subscription_count() > 0}
+        scan = None
         if cam.aligner is not None:
-            metric = self._align(cam, header, prediction, intr)
-            timer.mark('alignment')
-        if metric is None and self._is_metric and (
-                wanted['depth'] or wanted['points'] or wanted['colored']):
-            # a metric model's own depth; LiDAR only refines it (depth/alignment says whether)
-            metric = np.where(prediction > 0, prediction, np.float32(np.nan))
-
-        if metric is not None and wanted['depth']:
-            if c['output.encoding'] == '16UC1':
-                self._publish_image(pubs['depth'], header, depth_to_uint16_mm(metric), '16UC1')
-            else:
-                self._publish_image(pubs['depth'], header, metric, '32FC1')
-        if intr is not None and wanted['info'] and (
-                metric is not None or self._is_metric or c['output.relative']):
-            # with every depth-like image (depth/image, depth/relative): its header, its size
-            pubs['info'].publish(camera_info_msg(intr, header))
-        if metric is not None:
-            timer.mark('publish_depth')
-            if c['cloud.enabled'] and intr is not None and wanted['points']:
-                self._publish_cloud(pubs['points'], header, metric, intr, rgb, frame.points)
-                timer.mark('cloud')
-        if wanted['colored']:
-            shown = metric if metric is not None else prediction
-            self._publish_image(pubs['colored'], header,
-                                colorize(shown, invert=metric is None), 'rgb8')
-            timer.mark('colored')
+            with self._lock:
+                scans = list(self._scans)
+            scan = nearest_scan(scans, frame.stamp, self._cfg['lidar.max_time_offset'])
+            if scan is None and scans:
+                self._counters.add('lidar_unpaired')
+        self._frames.finish(frame, cam, wanted, self._sink(cam, frame.header), scan,
+                            self._lookup_tf, timer)
         self._count('frames_processed', cam)
 
-    def _fitted_intrinsics(self, cam: _Camera, src_w: int, src_h: int, width: int,
-                           height: int) -> Optional[Intrinsics]:
-        """The camera's latest camera_info fitted to the ``src_w`` x ``src_h`` image and scaled
-        to the ``width`` x ``height`` output; None before any camera_info.
+    def _sink(self, cam: _Camera, header: Any) -> Callable[[str, Any], None]:
+        """Publishes each output of a frame on the camera's topic, with the frame's header."""
+        def publish(key: str, value: Any) -> None:
+            if key == 'problem':
+                self._report(cam, value)
+                return
+            pub = cam.pubs[key]
+            if key == 'info':
+                pub.publish(camera_info_msg(value, header))
+            elif key == 'points':
+                pub.publish(cloud_msg(value, header))
+            elif key == 'alignment':
+                pub.publish(self._alignment_msg(cam, value))
+            else:
+                encoding = {'relative': '32FC1', 'colored': 'rgb8'}.get(
+                    key, '16UC1' if value.dtype == np.uint16 else '32FC1')
+                pub.publish(image_msg(value, encoding, header))
+        return publish
 
-        Raises
-        ------
-        CameraInfoError
-            When the camera_info does not fit the image.
-        """
-        with self._lock:
-            intr = cam.intrinsics
-        if intr is None:
-            return None
-        intr = fit_to_image(intr, src_w, src_h)
-        if (width, height) != (src_w, src_h):
-            intr = scale_intrinsics(intr, width, height)
-        return intr
-
-    def _intrinsics_for(self, cam: _Camera, src_w: int, src_h: int, width: int,
-                        height: int) -> Optional[Intrinsics]:
-        """:meth:`_fitted_intrinsics`, with a warning before the first camera_info and a
-        counted, throttled warning when it does not fit; None then."""
-        try:
-            intr = self._fitted_intrinsics(cam, src_w, src_h, width, height)
-        except CameraInfoError as exc:
-            self._bad_input('camera_info', f'camera_info does not fit the image: {exc}')
-            return None
-        if intr is None and not cam.warned_no_info:
+    def _report(self, cam: _Camera, problem: Problem) -> None:
+        """Log (throttled, or once) and count a problem a frame ran into."""
+        if problem.key == 'camera_info':
+            self._bad_input('camera_info', problem.text)
+        elif problem.key == 'no_camera_info' and not cam.warned_no_info:
             cam.warned_no_info = True
             self.get_logger().warning(
                 f'no {cam.topic("camera_info")} received yet: publishing depth images only; '
                 'no depth/points, depth/camera_info or LiDAR projection until it arrives')
-        return intr
+        elif problem.key == 'no_fit' and self._throttle.ready('no_fit'):
+            self.get_logger().warning(_bounded(problem.text))
 
-    def _align(self, cam: _Camera, header: Any, prediction: np.ndarray,
-               intr: Optional[Intrinsics]) -> Optional[np.ndarray]:
-        stamp = stamp_to_sec(header.stamp)
-        uv = z = None
-        n_scan = 0
-        scan = self._nearest_scan(stamp)
-        why = ('no LiDAR scan within lidar.max_time_offset' if scan is None else
-               'no camera_info that fits the image' if intr is None else '')
-        if scan is not None and intr is not None:
-            T = self._extrinsics(cam, scan[1], header)
-            why = '' if T is not None else f'no transform {shorten(scan[1])} -> camera'
-            if T is not None:
-                height, width = prediction.shape
-                n_scan = len(scan[2])
-                try:
-                    camera = CameraModel(K=intr.K, D=intr.D,
-                                         distortion_model=intr.distortion_model,
-                                         width=width, height=height)
-                    window = self._cfg['lidar.occlusion_window']
-                    uv, z = prepare_points(scan[2], T, camera, width, height,
-                                           occlusion_window=window)
-                    if len(z) < self._cfg['lidar.min_points']:  # say which step lost them
-                        source = ('lidar.T_camera_lidar' if self._tf_buffer is None else
-                                  f'the tf from {shorten(scan[1])} to '
-                                  f'{shorten(header.frame_id)}')
-                        why = projection_counts(scan[2], T, camera, width, height,
-                                                window).explain(self._cfg['lidar.min_points'],
-                                                                source)
-                except LidarError as exc:  # e.g. more non-zero D than the model has
-                    self._bad_input('camera_info', f'camera_info unusable for LiDAR: {exc}')
-                    why = f'camera_info unusable for LiDAR: {exc}'
-        alignment = cam.aligner.align(prediction, uv, z, stamp)
-        cam.last_alignment = alignment
-        reason = why or (alignment.fit.reason if alignment.fit is not None else '')
-        self._publish_alignment(cam, header, alignment, n_scan, reason)
-        if alignment.state == 'no_fit' and self._throttle.ready('no_fit'):
-            self.get_logger().warning(f'no metric depth for this frame: {_bounded(reason)}')
-        return alignment.depth
-
-    def _nearest_scan(self, stamp: float) -> Optional[tuple[float, str, np.ndarray]]:
-        with self._lock:
-            scans = list(self._scans)
-        if not scans:
+    def _lookup_tf(self, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
+        """The LiDAR-to-camera transform from tf2 at the frame's stamp; None (counted, logged)
+        when there is none."""
+        if self._tf_buffer is None:
             return None
-        best = min(scans, key=lambda s: abs(s[0] - stamp))
-        if abs(best[0] - stamp) > self._cfg['lidar.max_time_offset']:
-            self._counters.add('lidar_unpaired')
-            return None
-        return best
-
-    def _extrinsics(self, cam: _Camera, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
-        T = self._cfg.T_camera_lidar_for(cam.index)
-        if T is not None:
-            return np.asarray(T, dtype=np.float64).reshape(4, 4)
         try:
             tf = self._tf_buffer.lookup_transform(header.frame_id, lidar_frame, header.stamp)
         except Exception as exc:  # noqa: BLE001 - tf2 raises several lookup exceptions
@@ -980,42 +717,15 @@ class DepthPipeline:
         return _transform_to_matrix(tf.transform)
 
     # --------------------------------------------------------------- publishing
-    def _publish_image(self, pub: Any, header: Any, array: np.ndarray, encoding: str) -> None:
-        pub.publish(image_msg(array, encoding, header))
-
-    def _publish_cloud(self, pub: Any, header: Any, depth: np.ndarray, intr: Intrinsics,
-                       rgb: Optional[np.ndarray], xyz: Optional[np.ndarray] = None) -> None:
-        """Back-project ``depth`` (unless ``xyz`` already holds its points) and publish."""
-        c = self._cfg
-        stride = c['cloud.stride']
-        expected = (-(-depth.shape[0] // stride), -(-depth.shape[1] // stride), 3)
-        if xyz is None or xyz.shape != expected:  # none, or cloud.stride changed since
-            xyz = depth_to_points(depth, intr.K, stride=stride, min_depth=c['cloud.min_depth'],
-                                  max_depth=c['cloud.max_depth'])
-        colors = None
-        if c['cloud.color'] and rgb is not None and rgb.shape[:2] == depth.shape:
-            colors = strided_rgb(rgb, stride)
-        pub.publish(
-            cloud_msg(pack_cloud(xyz, colors, organized=c['cloud.organized']), header))
-
-    def _publish_alignment(self, cam: _Camera, header: Any, a: Alignment,
-                           n_scan: int, reason: str) -> None:
-        level = {'ok': DiagnosticStatus.OK, 'stale': DiagnosticStatus.WARN}.get(
-            a.state, DiagnosticStatus.ERROR)
-        fit = a.fit
-        values = {
-            'state': a.state, 'scale': a.scale, 'shift': a.shift, 'fit_age': a.fit_age,
-            'points_in_scan': n_scan, 'points_projected': a.n_projected,
-            'inliers': fit.n_inliers if fit is not None else 0,
-            'residual': fit.residual if fit is not None else math.nan,
-            'reason': _bounded(reason),
-            'stamp': f'{header.stamp.sec}.{header.stamp.nanosec:09d}',
-        }
+    def _alignment_msg(self, cam: _Camera, report: AlignmentReport) -> DiagnosticStatus:
+        """``depth/alignment``: one frame's LiDAR fit."""
+        values = report.values()
+        values['reason'] = _bounded(values['reason'])
         which = f' ({cam.name})' if cam.name else ''
-        cam.pubs['alignment'].publish(DiagnosticStatus(
-            level=level, name=f'{self.get_name()}: lidar alignment{which}', message=a.state,
-            hardware_id=_bounded(header.frame_id, 64),
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
+        return DiagnosticStatus(
+            level=bytes([report.level]), name=f'{self.get_name()}: lidar alignment{which}',
+            message=report.alignment.state, hardware_id=_bounded(report.frame_id, 64),
+            values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
     def _publish_diagnostics(self) -> None:
         counts = self._counters.snapshot()

@@ -347,7 +347,7 @@ def test_lidar_scan_without_a_fit_names_its_cause(lidar, case):
     assert values['state'] == 'no_fit', values
     expected = reason(len(points))
     assert expected in values['reason'], values['reason']
-    lines = lidar.log.matching('no metric depth for this frame')
+    lines = lidar.log.wait_matching('no metric depth for this frame')
     assert len(lines) == 1 and expected in lines[0], lines
     assert 'no camera_info or extrinsics' not in lines[0]
     assert lidar.probe.wait_stamp('depth/image', stamp, timeout=0.5) is None

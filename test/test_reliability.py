@@ -91,6 +91,14 @@ class LogRecorder:
         with self._lock:
             return [text for _, text in self.lines if fragment in text]
 
+    def wait_matching(self, fragment: str, timeout: float = 5.0) -> list[str]:
+        """The lines with ``fragment`` once there is one (the worker logs a frame's problems
+        after its outputs are sent), or none after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not self.matching(fragment) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.matching(fragment)
+
     def clear(self) -> None:
         with self._lock:
             self.lines.clear()
@@ -485,12 +493,12 @@ def test_an_exception_after_the_forward_pass_skips_only_that_frame(image_rig, sm
     rig = image_rig
     rgb = small[0]
     rig.fresh_log()
-    original = rig.node._intrinsics_for
+    frames = rig.node._frames
 
     def broken(*args, **kwargs):
         raise ValueError('injected fault')
 
-    rig.node._intrinsics_for = broken
+    frames.intrinsics = broken  # the first step after the forward pass and depth/relative
     try:
         stamp = next_stamp()
         before = rig.count('frame_errors')
@@ -500,7 +508,7 @@ def test_an_exception_after_the_forward_pass_skips_only_that_frame(image_rig, sm
         served_right(rig, stamp, rig.reference['rgb'])
         assert 'ValueError: injected fault' in rig.log.matching('frame skipped')[0]
     finally:
-        rig.node._intrinsics_for = original
+        del frames.intrinsics
     good = next_stamp()
     rig.probe.publish('image', raw(rgb, 'rgb8', good))
     served_right(rig, good, rig.reference['rgb'])
