@@ -3,8 +3,10 @@
 Measures, for each architecture (Depth Anything V2 Small / Base, RANDOM weights: timing only),
 input size (640x480, 1280x720) and precision the device supports:
 
-- the node's stages run in this process with the package's own functions, in the node's order
-  for a relative model with LiDAR: ``decode`` (rgb8 Image bytes -> array), ``preprocess``,
+- the node's stages run in this process through the package's own per-frame pipeline
+  (:class:`depth_node.frame_pipeline.FramePipeline`: ``decode``, ``forward``, ``finish``, the
+  code the node and ``depth_node-bag`` run), for a relative model with LiDAR: ``decode``
+  (rgb8 Image bytes -> array), ``preprocess``,
   ``forward``, ``postprocess`` (the estimator's own timings), ``alignment`` (LiDAR projection
   and fit), ``cloud`` (back-projection and packing), ``fill`` (all messages: relative depth,
   metric depth, camera_info, organized cloud) and ``publish`` (rclpy ``publish`` of those four
@@ -258,7 +260,9 @@ class Pipeline:
 
     def __init__(self, label: str, inputs: Inputs, stride: int, publishers: Optional[dict],
                  estimator: Any = None, naive_model: Any = None, device: str = 'cpu') -> None:
+        from depth_node import config as cfg
         from depth_node.alignment import Aligner, AlignerConfig
+        from depth_node.frame_pipeline import FramePipeline
         from depth_node.lidar import CameraModel
         from depth_node.messages import image_msg
 
@@ -270,6 +274,18 @@ class Pipeline:
         self.naive_model = naive_model
         self.device = device
         self.image_msg = image_msg(inputs.rgb, 'rgb8', _header('camera', 0))
+        # the package's own per-frame pipeline, as the node runs it (the scan is given in the
+        # camera frame: identity extrinsics)
+        self.config = cfg.validate_values({
+            'lidar.enabled': True, 'lidar.T_camera_lidar': np.eye(4).ravel().tolist(),
+            'lidar.smoothing': 0.0, 'cloud.min_depth': MIN_DEPTH, 'cloud.max_depth': MAX_DEPTH,
+            'cloud.stride': stride, 'cloud.organized': True, 'output.relative': True,
+            'input.max_pixels': 0})
+        self.frames = FramePipeline(self.config, estimator) if estimator is not None else None
+        self.state = self.frames.new_camera() if self.frames is not None else None
+        if self.state is not None:
+            self.state.intrinsics = inputs.intr
+        # the naive baseline's own alignment (the same functions, called directly)
         self.aligner = Aligner(AlignerConfig(smoothing=0.0, min_depth=MIN_DEPTH,
                                              max_depth=MAX_DEPTH))
         intr = inputs.intr
@@ -337,14 +353,75 @@ class Pipeline:
 
     def run(self, k: int, record: bool = True) -> dict[str, float]:
         """One frame through every stage; returns (and records) stage seconds."""
+        stage = self._run_package(k) if self.naive_model is None else self._run_naive(k)
+        stage['overhead'] = stage['total'] - stage['forward']
+        if record:
+            (self.stub_samples if self.stubbed else self.samples).append(stage)
+        return stage
+
+    def _run_package(self, k: int) -> dict[str, float]:
+        """The node's own code: :class:`depth_node.frame_pipeline.FramePipeline`'s decode,
+        forward and finish, with a sink that fills and publishes the messages as the node's
+        does (relative depth, metric depth, camera_info, organized cloud)."""
+        from depth_node.messages import camera_info_msg, cloud_msg, image_msg
+        from depth_node.pipeline import StageTimer
+
+        stage = {'fill': 0.0, 'publish': 0.0}
+        sink_s: dict[str, float] = {}
+        header = _header('camera', 1_000_000 + k)
+        msg = self.image_msg
+        msg.header = header
+        wall = time.perf_counter()
+        frame = self.frames.decode('image', msg)
+        stage['decode'] = time.perf_counter() - wall
+        result = self.frames.forward([frame], [self.state], [False])
+        if result.error is not None:
+            raise result.error
+        stage.update({key: result.timings[key]
+                      for key in ('preprocess', 'forward', 'postprocess')})
+        self.last_prediction = frame.prediction
+        frame.prediction = self.inputs.alignment_input(frame.prediction)
+        topics = {'relative': 'bench/relative', 'depth': 'bench/depth',
+                  'info': 'bench/camera_info', 'points': 'bench/points'}
+
+        def sink(key: str, value: Any) -> None:
+            if key not in topics:
+                return
+            t = time.perf_counter()
+            if key == 'info':
+                out = camera_info_msg(value, header)
+            elif key == 'points':
+                out = cloud_msg(value, header)
+            else:
+                out = image_msg(value, '32FC1', header)
+            t1 = time.perf_counter()
+            stage['fill'] += t1 - t
+            if self.pubs is not None:
+                self.pubs[topics[key]].publish(out)
+            t2 = time.perf_counter()
+            stage['publish'] += t2 - t1
+            sink_s[key] = t2 - t
+
+        scan = None if self.inputs.scan is None else (frame.stamp, 'camera', self.inputs.scan)
+        timer = StageTimer()
+        timer.start()
+        self.frames.finish(frame, self.state, set(topics), sink, scan=scan, timer=timer)
+        times = timer.finish()
+        stage['alignment'] = times.get('alignment', 0.0)
+        stage['cloud'] = times.get('cloud', 0.0) - sink_s.get('points', 0.0)
+        stage['total'] = time.perf_counter() - wall
+        return stage
+
+    def _run_naive(self, k: int) -> dict[str, float]:
+        """The same frame done naively (:meth:`infer`'s processor and fp32 forward, the
+        per-pixel Python cloud, ``tolist()`` fills); decode and alignment are the package's."""
         from sensor_msgs.msg import Image as ImageMsg, PointCloud2
 
-        from depth_node.cloud import depth_to_points, naive_cloud_points, pack_cloud
+        from depth_node.cloud import naive_cloud_points
         from depth_node.image_codec import decode_image
         from depth_node.lidar import prepare_points
-        from depth_node.messages import camera_info_msg, cloud_msg, image_msg
+        from depth_node.messages import camera_info_msg
 
-        naive = self.naive_model is not None
         stage = {'fill': 0.0, 'publish': 0.0}
         header = _header('camera', 1_000_000 + k)
         msg = self.image_msg
@@ -359,12 +436,9 @@ class Pipeline:
 
         def fill_image(array_: np.ndarray) -> Any:
             t = time.perf_counter()
-            if naive:
-                out = ImageMsg(header=header, height=array_.shape[0], width=array_.shape[1],
-                               encoding='32FC1', step=array_.shape[1] * 4)
-                _naive_fill(out, array_)
-            else:
-                out = image_msg(array_, '32FC1', header)
+            out = ImageMsg(header=header, height=array_.shape[0], width=array_.shape[1],
+                           encoding='32FC1', step=array_.shape[1] * 4)
+            _naive_fill(out, array_)
             stage['fill'] += time.perf_counter() - t
             return out
 
@@ -394,28 +468,16 @@ class Pipeline:
             stage['fill'] += time.perf_counter() - t
             publish('bench/camera_info', info)
             t = time.perf_counter()
-            if naive:
-                points = naive_cloud_points(depth, self.inputs.K, self.stride)
-                stage['cloud'] = time.perf_counter() - t
-                t = time.perf_counter()
-                xyz = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-                cloud = PointCloud2(header=header, height=1, width=len(xyz), point_step=12,
-                                    row_step=12 * len(xyz), is_dense=True)
-                _naive_fill(cloud, xyz)
-                stage['fill'] += time.perf_counter() - t
-            else:
-                xyz = depth_to_points(depth, self.inputs.K, stride=self.stride,
-                                      min_depth=MIN_DEPTH, max_depth=MAX_DEPTH)
-                packed = pack_cloud(xyz, None, organized=True)
-                stage['cloud'] = time.perf_counter() - t
-                t = time.perf_counter()
-                cloud = cloud_msg(packed, header)
-                stage['fill'] += time.perf_counter() - t
+            points = naive_cloud_points(depth, self.inputs.K, self.stride)
+            stage['cloud'] = time.perf_counter() - t
+            t = time.perf_counter()
+            xyz = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+            cloud = PointCloud2(header=header, height=1, width=len(xyz), point_step=12,
+                                row_step=12 * len(xyz), is_dense=True)
+            _naive_fill(cloud, xyz)
+            stage['fill'] += time.perf_counter() - t
             publish('bench/points', cloud)
         stage['total'] = time.perf_counter() - wall
-        stage['overhead'] = stage['total'] - stage['forward']
-        if record:
-            (self.stub_samples if self.stubbed else self.samples).append(stage)
         return stage
 
     def summary(self) -> dict[str, float]:
