@@ -1,0 +1,127 @@
+"""The per-frame pipeline without ROS: what reaches the sink, in which order, and the problems.
+
+The messages are plain objects with the sensor_msgs field names (as rosbags gives them), so
+these tests also show the pipeline needs no rclpy message type.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from depth_node import config as cfg
+from depth_node.demo import simulated_lidar
+from depth_node.frame_pipeline import FramePipeline, nearest_scan
+from depth_node.image_codec import ImageDecodeError
+from depth_node.sample_data import load_frame
+
+SCALE, SHIFT = 3.0, 0.2  # the relative input is SCALE / depth + SHIFT
+
+
+def _header(sec: int, frame_id: str = 'cam_optical') -> SimpleNamespace:
+    return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=250), frame_id=frame_id)
+
+
+def _image(array: np.ndarray, encoding: str, sec: int) -> SimpleNamespace:
+    """A message-like Image (numpy data, like rosbags' messages)."""
+    a = np.ascontiguousarray(array)
+    return SimpleNamespace(header=_header(sec), height=a.shape[0], width=a.shape[1],
+                           encoding=encoding, is_bigendian=0, step=a.strides[0],
+                           data=a.view(np.uint8).reshape(-1))
+
+
+@pytest.fixture(scope='module')
+def tum(real_data):
+    frame = load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
+    gt = frame.depth_gt
+    filled = np.where(np.isfinite(gt), gt, np.nanmedian(gt)).astype(np.float32)
+    return frame, (SCALE / filled + SHIFT).astype(np.float32), simulated_lidar(gt, frame.K)
+
+
+def _pipeline(**params) -> FramePipeline:
+    values = {'input.mode': 'relative_depth', 'lidar.enabled': True,
+              'lidar.T_camera_lidar': np.eye(4).ravel().tolist(), 'lidar.smoothing': 0.0,
+              'cloud.stride': 4, 'cloud.max_depth': 10.0}
+    values.update(params)
+    return FramePipeline(cfg.validate_values(values))
+
+
+def test_outputs_reach_the_sink_in_order_with_the_input_header(tum):
+    frame_data, prediction, scan = tum
+    pipe = _pipeline()
+    state = pipe.new_camera()
+    state.intrinsics = frame_data.intrinsics()
+    msg = _image(prediction, '32FC1', 7)
+    pipe.check('relative', msg)
+    frame = pipe.decode('relative', msg)
+    assert frame.header is msg.header and frame.stamp == pytest.approx(7 + 250e-9)
+    seen = []
+    out = pipe.finish(frame, state, {'relative', 'depth', 'info', 'points'},
+                      lambda key, value: seen.append(key), scan=(frame.stamp, 'cam', scan))
+    # depth/relative leaves first, before the fit; then the fit's report, depth, info, cloud
+    assert seen == ['relative', 'alignment', 'depth', 'info', 'points'], seen
+    assert out.problems == [] and out.metric
+    report = out.values['alignment']
+    assert report.level == 0 and report.stamp == (7, 250) and report.frame_id == 'cam_optical'
+    assert report.values()['state'] == 'ok'
+    depth = out.values['depth']
+    assert depth.dtype == np.float32 and depth.shape == prediction.shape
+    gt = frame_data.depth_gt
+    ok = np.isfinite(gt) & np.isfinite(depth) & (gt < 10)
+    assert ok.mean() > 0.5
+    assert np.median(np.abs(depth[ok] - gt[ok]) / gt[ok]) < 0.01
+    cloud = out.values['points']
+    assert (cloud.height, cloud.width) == (-(-depth.shape[0] // 4), -(-depth.shape[1] // 4))
+
+
+def test_without_a_scan_no_metric_depth_and_the_reason(tum):
+    frame_data, prediction, _ = tum
+    pipe = _pipeline(**{'output.encoding': '16UC1'})
+    state = pipe.new_camera()
+    state.intrinsics = frame_data.intrinsics()
+    frame = pipe.decode('relative', _image(prediction, '32FC1', 8))
+    seen = {}
+    out = pipe.finish(frame, state, {'relative', 'depth', 'info'},
+                      lambda key, value: seen.setdefault(key, value))
+    assert 'depth' not in out.values and not out.metric
+    assert [p.key for p in out.problems] == ['no_fit']
+    assert 'no LiDAR scan within lidar.max_time_offset' in out.problems[0].text
+    assert out.values['alignment'].level == 2
+    # relative depth is still served, never as metres: only on the relative key
+    np.testing.assert_array_equal(seen['relative'], prediction)
+
+
+def test_uint16_depth_and_no_camera_info(tum):
+    frame_data, prediction, scan = tum
+    pipe = _pipeline(**{'output.encoding': '16UC1'})
+    state = pipe.new_camera()
+    frame = pipe.decode('relative', _image(prediction, '32FC1', 9))
+    out = pipe.finish(frame, state, {'depth', 'info'}, lambda key, value: None,
+                      scan=(frame.stamp, 'cam', scan))
+    keys = [p.key for p in out.problems]
+    assert keys[0] == 'no_camera_info' and 'no_fit' in keys  # nothing to project the scan with
+    state.intrinsics = frame_data.intrinsics()
+    out = pipe.finish(frame, state, {'depth', 'info'}, lambda key, value: None,
+                      scan=(frame.stamp, 'cam', scan))
+    depth = out.values['depth']
+    assert depth.dtype == np.uint16 and (depth > 0).mean() > 0.5  # millimetres, 0 invalid
+    assert out.values['info'].width == prediction.shape[1]
+
+
+def test_a_refused_frame_raises_the_codec_error(tum):
+    _, prediction, _ = tum
+    pipe = _pipeline()
+    bad = _image(prediction, '32FC1', 10)
+    bad.data = bad.data[:-4]
+    with pytest.raises(ImageDecodeError, match='bytes'):
+        pipe.check('relative', bad)
+
+
+def test_nearest_scan_looks_both_ways():
+    scans = [(1.0, 'a', None), (2.0, 'b', None), (3.0, 'c', None)]
+    assert nearest_scan(scans, 2.4, 0.5)[1] == 'b'
+    assert nearest_scan(scans, 2.6, 0.5)[1] == 'c'  # after the frame
+    assert nearest_scan(scans, 5.0, 0.5) is None
+    assert nearest_scan([], 1.0, 0.5) is None
