@@ -364,7 +364,7 @@ class Pipeline:
         forward and finish, with a sink that fills and publishes the messages as the node's
         does (relative depth, metric depth, camera_info, organized cloud)."""
         from depth_node.messages import camera_info_msg, cloud_msg, image_msg
-        from depth_node.pipeline import StageTimer
+        from depth_node.telemetry import StageTimer
 
         stage = {'fill': 0.0, 'publish': 0.0}
         sink_s: dict[str, float] = {}

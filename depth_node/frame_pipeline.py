@@ -38,7 +38,7 @@ from depth_node.image_codec import (
 from depth_node.input_shape import check_input_shape, model_patch_size
 from depth_node.lidar import CameraModel, LidarError, prepare_points, projection_counts
 from depth_node.packing import depth_to_uint16_mm
-from depth_node.pipeline import StageTimer
+from depth_node.telemetry import StageTimer
 from depth_node.text import shorten
 
 INPUT_TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'relative_depth'}

@@ -1,7 +1,7 @@
 """The managed (lifecycle) node: ``depth_node_lifecycle``, for lifecycle managers (Nav2).
 
 Same node name, parameters and topics as ``depth_node`` (:class:`depth_node.node.DepthNode`);
-the work is done by the same :class:`depth_node.node.DepthPipeline`, step by step:
+the work is done by the same :class:`depth_node.node.DepthNodeBase`, step by step:
 
 - **configure**: read and validate the parameters, load and warm up the model, create the
   publishers (managed: silent until active) and ``/diagnostics``. A failure (bad model path,
@@ -26,13 +26,13 @@ from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
 
 from depth_node import config as cfg
-from depth_node.node import NODE_NAME, DepthPipeline, run_node
+from depth_node.node import NODE_NAME, DepthNodeBase, run_node
 
 DEACTIVATE_WAIT = 10.0
 """Seconds deactivate waits for a frame in the worker's hands to be finished and published."""
 
 
-class DepthLifecycleNode(DepthPipeline, LifecycleNode):
+class DepthLifecycleNode(DepthNodeBase, LifecycleNode):
     """``depth_node`` as a managed node; see the module docstring for the transitions.
 
     Attributes

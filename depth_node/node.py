@@ -44,7 +44,7 @@ from depth_node.frame_pipeline import (
 from depth_node.image_codec import ImageDecodeError
 from depth_node.lidar import LidarError, read_points_xyz
 from depth_node.messages import camera_info_msg, cloud_msg, image_msg
-from depth_node.pipeline import Counters, StageTimer, Throttle
+from depth_node.telemetry import Counters, StageTimer, Throttle
 from depth_node.text import shorten
 
 try:  # tf2 is part of every ROS 2 install but not of the PyPI wheels.
@@ -145,7 +145,7 @@ class _Camera(CameraState):
         return self.prefix + name
 
 
-class DepthPipeline:
+class DepthNodeBase:
     """The node's work, shared by :class:`DepthNode` and the managed
     :class:`depth_node.lifecycle.DepthLifecycleNode`: parameters, model, topics, the worker.
 
@@ -765,7 +765,7 @@ class DepthPipeline:
         return self._counters.snapshot()
 
 
-class DepthNode(DepthPipeline, Node):
+class DepthNode(DepthNodeBase, Node):
     """Camera image in; depth image, relative depth, camera_info and point cloud out.
 
     Loads the model and starts serving in the constructor. The managed variant, configured and
@@ -867,7 +867,7 @@ def run_node(make_node: Callable[[Any], Node], prog: str, args: Optional[list[st
     return _exit(code, exit_process)
 
 
-def _serve_on_main_thread(node: 'DepthPipeline', executor: Any, exit_process: bool) -> None:
+def _serve_on_main_thread(node: 'DepthNodeBase', executor: Any, exit_process: bool) -> None:
     """Spin ``executor`` on a background thread and run ``node.serve()`` here.
 
     On a signal rclpy shuts the context down: the spin thread ends and :meth:`serve` returns

@@ -40,7 +40,7 @@ from depth_node.evaluate import compute_metrics
 from depth_node.messages import (camera_info_msg, image_msg, image_to_array, make_header,
                                  xyz_cloud_msg)
 from depth_node.node import DepthNode
-from depth_node.pipeline import Throttle
+from depth_node.telemetry import Throttle
 from depth_node.sample_data import load_frame
 from ros_harness import RosSession, holds_camera_info, holds_scan, status_values
 from tiny_models import make_tiny_depth_anything

@@ -1,4 +1,4 @@
-"""Small thread-safe helpers the node uses: counters, per-key log throttling, stage timing."""
+"""Thread-safe helpers for the node's telemetry: counters, log throttling, stage timing."""
 
 from __future__ import annotations
 
