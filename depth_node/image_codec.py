@@ -40,6 +40,7 @@ from typing import Union
 
 import numpy as np
 
+from depth_node.encodings import IMAGE_ENCODINGS
 from depth_node.text import shorten
 
 ByteData = Union[bytes, bytearray, memoryview, array.array, np.ndarray]
@@ -49,53 +50,14 @@ class ImageDecodeError(ValueError):
     """An image payload that cannot be decoded: bad encoding, size, step or bytes."""
 
 
-# encoding -> (channels, bytes per sample, indices of R, G, B among the channels)
-_PACKED = {
-    'rgb8': (3, 1, (0, 1, 2)),
-    'bgr8': (3, 1, (2, 1, 0)),
-    '8UC3': (3, 1, (2, 1, 0)),
-    'rgba8': (4, 1, (0, 1, 2)),
-    'bgra8': (4, 1, (2, 1, 0)),
-    '8UC4': (4, 1, (2, 1, 0)),
-    'mono8': (1, 1, (0, 0, 0)),
-    '8UC1': (1, 1, (0, 0, 0)),
-    'mono16': (1, 2, (0, 0, 0)),
-    'rgb16': (3, 2, (0, 1, 2)),
-    'bgr16': (3, 2, (2, 1, 0)),
-    'rgba16': (4, 2, (0, 1, 2)),
-    'bgra16': (4, 2, (2, 1, 0)),
-}
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(
+    name for name, enc in IMAGE_ENCODINGS.items() if enc.colour)
+"""Encodings :func:`decode_image` accepts (those of
+:data:`~depth_node.encodings.IMAGE_ENCODINGS` with a ``colour`` rule)."""
 
-# encoding -> (byte offset of the first Y, of U, of V) inside each 4-byte pixel pair
-_YUV422 = {
-    'yuv422': (1, 0, 2),
-    'uyvy': (1, 0, 2),
-    'yuv422_yuy2': (0, 1, 3),
-    'yuyv': (0, 1, 3),
-}
-
-# encoding -> (2x2 colour-filter pattern, row by row, as RGB channel indices; bytes per sample)
-_BAYER = {
-    f'bayer_{name}{bits}': (tuple('rgb'.index(c) for c in name), bits // 8)
-    for name in ('rggb', 'bggr', 'gbrg', 'grbg')
-    for bits in (8, 16)
-}
-
-# single-channel encodings for decode_relative_depth -> (numpy dtype kind+size, 0 is invalid)
-_DEPTH = {
-    '32FC1': ('f4', False),
-    '64FC1': ('f8', False),
-    '16UC1': ('u2', True),
-    'mono16': ('u2', True),
-    'mono8': ('u1', False),
-    '8UC1': ('u1', False),
-}
-
-SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_PACKED) + tuple(_YUV422) + tuple(_BAYER)
-"""Encodings :func:`decode_image` accepts."""
-
-SUPPORTED_DEPTH_ENCODINGS: tuple[str, ...] = tuple(_DEPTH)
-"""Encodings :func:`decode_relative_depth` accepts."""
+SUPPORTED_DEPTH_ENCODINGS: tuple[str, ...] = tuple(
+    name for name, enc in IMAGE_ENCODINGS.items() if enc.depth)
+"""Encodings :func:`decode_relative_depth` accepts (single-channel ``depth`` ones)."""
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Largest compressed image (width x height) :func:`decode_compressed` decodes by default."""
@@ -111,13 +73,6 @@ OVERSIZE_MODES = ('refuse', 'downscale')
 _MAX_JPEG_SEGMENTS = 1000  # marker segments before the first scan; real files have < 30
 _MAX_JPEG_JUNK = 4096      # stray bytes between markers (Pillow skips them one at a time)
 
-_BYTES_PER_PIXEL = {
-    **{enc: channels * size for enc, (channels, size, _) in _PACKED.items()},
-    **{enc: 2 for enc in _YUV422},
-    **{enc: size for enc, (_, size) in _BAYER.items()},
-    **{enc: int(kind[1]) for enc, (kind, _) in _DEPTH.items()},
-}
-
 _JPEG_MAGIC = b'\xff\xd8\xff'
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -132,13 +87,13 @@ _U_TO_B = 2.018
 def bytes_per_pixel(encoding: str) -> int:
     """Bytes one pixel takes in ``data`` for ``encoding`` (2 for the YUV 4:2:2 encodings).
 
-    Knows every encoding of :data:`SUPPORTED_ENCODINGS` and :data:`SUPPORTED_DEPTH_ENCODINGS`;
-    raises :class:`ImageDecodeError` for any other.
+    Knows every encoding of :data:`~depth_node.encodings.IMAGE_ENCODINGS`; raises
+    :class:`ImageDecodeError` for any other.
     """
     try:
-        return _BYTES_PER_PIXEL[encoding]
+        return IMAGE_ENCODINGS[encoding].bytes_per_pixel
     except (KeyError, TypeError):
-        raise ImageDecodeError(_unknown_encoding(encoding, tuple(_BYTES_PER_PIXEL))) from None
+        raise ImageDecodeError(_unknown_encoding(encoding, tuple(IMAGE_ENCODINGS))) from None
 
 
 def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
@@ -173,23 +128,23 @@ def decode_image(encoding: str, height: int, width: int, step: int, is_bigendian
     if encoding not in SUPPORTED_ENCODINGS:
         raise ImageDecodeError(_unknown_encoding(encoding, SUPPORTED_ENCODINGS))
     rows = _row_view(encoding, height, width, step, data)
-    height, width = rows.shape[0], rows.shape[1] // bytes_per_pixel(encoding)
-    if encoding in _YUV422:
+    enc = IMAGE_ENCODINGS[encoding]
+    height, width = rows.shape[0], rows.shape[1] // enc.bytes_per_pixel
+    if enc.colour == 'yuv422':
         if width % 2:
             raise ImageDecodeError(
                 f'{encoding}: width {width} is odd; YUV 4:2:2 pairs of pixels share their '
                 f'chroma, so the width must be even')
-        return _yuv422_to_rgb(rows.reshape(height, width // 2, 4), *_YUV422[encoding])
-    if encoding in _BAYER:
-        pattern, sample_bytes = _BAYER[encoding]
+        return _yuv422_to_rgb(rows.reshape(height, width // 2, 4), *enc.order)
+    sample_bytes = enc.dtype.itemsize
+    high = _high_byte(sample_bytes, is_bigendian)
+    if enc.colour == 'bayer':
         if height < 2 or width < 2:
             raise ImageDecodeError(
                 f'{encoding}: {width}x{height} image is smaller than one 2x2 Bayer cell')
-        high = _high_byte(sample_bytes, is_bigendian)
-        return _demosaic_bilinear(rows.reshape(height, width, sample_bytes)[..., high], pattern)
-    channels, sample_bytes, order = _PACKED[encoding]
-    samples = rows.reshape(height, width, channels, sample_bytes)
-    return _pick_channels(samples[..., _high_byte(sample_bytes, is_bigendian)], order)
+        return _demosaic_bilinear(rows.reshape(height, width, sample_bytes)[..., high], enc.order)
+    samples = rows.reshape(height, width, enc.channels, sample_bytes)
+    return _pick_channels(samples[..., high], enc.order)
 
 
 def decode_relative_depth(encoding: str, height: int, width: int, step: int,
@@ -219,12 +174,13 @@ def decode_relative_depth(encoding: str, height: int, width: int, step: int,
     if encoding not in SUPPORTED_DEPTH_ENCODINGS:
         raise ImageDecodeError(_unknown_encoding(encoding, SUPPORTED_DEPTH_ENCODINGS))
     rows = _row_view(encoding, height, width, step, data)
-    kind, zero_is_invalid = _DEPTH[encoding]
+    enc = IMAGE_ENCODINGS[encoding]
     # A strided view of the bytes as the sample type (no copy, alignment does not matter),
     # converted with the single copy astype makes.
     with np.errstate(over='ignore'):  # 64FC1 beyond the float32 range becomes +-inf
-        values = rows.view(('>' if is_bigendian else '<') + kind).astype(np.float32)
-    if zero_is_invalid:
+        values = rows.view(enc.dtype.newbyteorder('>' if is_bigendian else '<')).astype(
+            np.float32)
+    if enc.zero_is_invalid:
         values[values == 0] = np.nan
     return values
 

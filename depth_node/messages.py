@@ -14,11 +14,8 @@ from std_msgs.msg import Header
 
 from depth_node.camera_info import Intrinsics, intrinsics_to_fields
 from depth_node.cloud import PackedCloud, pack_cloud
+from depth_node.encodings import IMAGE_ENCODINGS
 from depth_node.packing import fill_cloud, fill_image
-
-_IMAGE_DTYPES = {'32FC1': (np.float32, 1), '16UC1': (np.uint16, 1), 'mono16': (np.uint16, 1),
-                 'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'mono8': (np.uint8, 1),
-                 '8UC1': (np.uint8, 1), '64FC1': (np.float64, 1)}
 
 
 def make_header(frame_id: str, sec: int = 0, nanosec: int = 0) -> Header:
@@ -30,7 +27,8 @@ def make_header(frame_id: str, sec: int = 0, nanosec: int = 0) -> Header:
 
 
 def image_msg(array: np.ndarray, encoding: str, header: Header) -> Image:
-    """An Image of ``array`` ((H, W) or (H, W, C), dtype matching ``encoding``)."""
+    """An Image of ``array``: the samples of ``encoding``, as
+    :func:`~depth_node.packing.fill_image` takes them."""
     msg = Image(header=header)
     fill_image(msg, array, encoding)
     return msg
@@ -55,11 +53,13 @@ def xyz_cloud_msg(points: np.ndarray, header: Header) -> PointCloud2:
 
 
 def image_to_array(msg: Image) -> np.ndarray:
-    """Read an Image of a plain encoding back into numpy: (H, W) or (H, W, C), a copy."""
-    if msg.encoding not in _IMAGE_DTYPES:
+    """Read an Image's samples back into numpy, a copy in native byte order: (H, W) for a
+    single-channel encoding, else (H, W, channels) (the inverse of
+    :func:`~depth_node.packing.fill_image`; no colour conversion)."""
+    if msg.encoding not in IMAGE_ENCODINGS:
         raise ValueError(f'image_to_array: unsupported encoding {msg.encoding!r}')
-    dtype, channels = _IMAGE_DTYPES[msg.encoding]
-    dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
+    enc = IMAGE_ENCODINGS[msg.encoding]
+    dtype, channels = enc.dtype.newbyteorder('>' if msg.is_bigendian else '<'), enc.channels
     raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
     row = raw[:, :msg.width * channels * dtype.itemsize]
     out = np.ascontiguousarray(row).view(dtype).reshape(msg.height, msg.width, channels)

@@ -32,18 +32,7 @@ from typing import Any
 import numpy as np
 
 from depth_node.cloud import PackedCloud
-
-# encoding -> (little-endian dtype, channels)
-_ENCODINGS = {
-    '32FC1': (np.dtype('<f4'), 1),
-    '16UC1': (np.dtype('<u2'), 1),
-    'mono16': (np.dtype('<u2'), 1),
-    'mono8': (np.dtype('u1'), 1),
-    '8UC1': (np.dtype('u1'), 1),
-    'rgb8': (np.dtype('u1'), 3),
-    'bgr8': (np.dtype('u1'), 3),
-    '8UC3': (np.dtype('u1'), 3),
-}
+from depth_node.encodings import IMAGE_ENCODINGS
 
 
 class PackingError(ValueError):
@@ -86,16 +75,19 @@ def fill_image(msg: Any, array: np.ndarray, encoding: str) -> None:
     msg : sensor_msgs/Image
         Header untouched (the caller copies the input image's header).
     array : np.ndarray
-        ``(H, W)`` float32 for ``32FC1`` (metres, NaN invalid), ``(H, W)`` uint16 for ``16UC1``
-        (millimetres, 0 invalid), ``(H, W, 3)`` uint8 for ``rgb8``; also ``bgr8``, ``8UC3``,
-        ``mono8``, ``8UC1``, ``mono16``. Data is written little-endian (``is_bigendian = 0``).
+        The samples as they go into ``data``: ``(H, W)`` for a single-channel encoding, else
+        ``(H, W, channels)``, of the encoding's sample type (both from
+        :data:`~depth_node.encodings.IMAGE_ENCODINGS`): e.g. ``(H, W)`` float32 for ``32FC1``
+        (metres, NaN invalid), ``(H, W)`` uint16 for ``16UC1`` (millimetres, 0 invalid),
+        ``(H, W, 3)`` uint8 for ``rgb8``, ``(H, W, 2)`` uint8 for ``yuv422``. Data is written
+        little-endian (``is_bigendian = 0``).
     encoding : str
-        The sensor_msgs image encoding.
+        The sensor_msgs image encoding, a key of ``IMAGE_ENCODINGS``.
     """
-    if encoding not in _ENCODINGS:
+    if encoding not in IMAGE_ENCODINGS:
         raise PackingError(f'unsupported encoding {encoding!r}; use one of '
-                           f'{", ".join(_ENCODINGS)}')
-    dtype, channels = _ENCODINGS[encoding]
+                           f'{", ".join(IMAGE_ENCODINGS)}')
+    dtype, channels = IMAGE_ENCODINGS[encoding].dtype, IMAGE_ENCODINGS[encoding].channels
     a = np.asarray(array)
     shape_ok = (a.ndim == 2 and channels == 1) or (a.ndim == 3 and a.shape[2] == channels)
     if not shape_ok or a.dtype.kind != dtype.kind or a.dtype.itemsize != dtype.itemsize:
