@@ -39,15 +39,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-# sensor_msgs/PointField datatype codes.
-POINTFIELD_INT8 = 1
-POINTFIELD_UINT8 = 2
-POINTFIELD_INT16 = 3
-POINTFIELD_UINT16 = 4
-POINTFIELD_INT32 = 5
-POINTFIELD_UINT32 = 6
-POINTFIELD_FLOAT32 = 7
-POINTFIELD_FLOAT64 = 8
+from depth_node.encodings import POINTFIELD_FLOAT32
 
 POINT_STEP_XYZ = 12
 """Bytes per packed point without colour: x, y, z float32, no padding."""
@@ -77,7 +69,8 @@ class PackedCloud:
     point_step, row_step : int
         Bytes per point and per row.
     fields : tuple of (name, offset, datatype, count)
-        PointField descriptions, datatype codes as the ``POINTFIELD_*`` constants.
+        PointField descriptions, datatype codes as the ``POINTFIELD_*`` constants of
+        :mod:`depth_node.encodings`.
     is_dense : bool
         True when every point is finite.
     """

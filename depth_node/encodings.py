@@ -95,3 +95,25 @@ IMAGE_ENCODINGS: dict[str, ImageEncoding] = _table(
 )
 """Every image encoding the package reads or writes, by name."""
 
+
+# sensor_msgs/PointField datatype codes
+POINTFIELD_INT8 = 1
+POINTFIELD_UINT8 = 2
+POINTFIELD_INT16 = 3
+POINTFIELD_UINT16 = 4
+POINTFIELD_INT32 = 5
+POINTFIELD_UINT32 = 6
+POINTFIELD_FLOAT32 = 7
+POINTFIELD_FLOAT64 = 8
+
+POINTFIELD_DATATYPES: dict[int, np.dtype] = {
+    POINTFIELD_INT8: np.dtype(np.int8),
+    POINTFIELD_UINT8: np.dtype(np.uint8),
+    POINTFIELD_INT16: np.dtype(np.int16),
+    POINTFIELD_UINT16: np.dtype(np.uint16),
+    POINTFIELD_INT32: np.dtype(np.int32),
+    POINTFIELD_UINT32: np.dtype(np.uint32),
+    POINTFIELD_FLOAT32: np.dtype(np.float32),
+    POINTFIELD_FLOAT64: np.dtype(np.float64),
+}
+"""``sensor_msgs/PointField`` datatype codes to numpy dtypes (native byte order)."""

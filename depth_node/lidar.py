@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from depth_node.camera_info import DISTORTION_COEFFICIENTS
+from depth_node.encodings import POINTFIELD_DATATYPES, POINTFIELD_FLOAT32, POINTFIELD_FLOAT64
 from depth_node.text import shorten, shorten_values
 
 
@@ -29,20 +30,8 @@ class LidarError(ValueError):
     """A point cloud, camera model or transform that cannot be used; the message says why."""
 
 
-POINTFIELD_DATATYPES: dict[int, np.dtype] = {
-    1: np.dtype(np.int8),      # INT8
-    2: np.dtype(np.uint8),     # UINT8
-    3: np.dtype(np.int16),     # INT16
-    4: np.dtype(np.uint16),    # UINT16
-    5: np.dtype(np.int32),     # INT32
-    6: np.dtype(np.uint32),    # UINT32
-    7: np.dtype(np.float32),   # FLOAT32
-    8: np.dtype(np.float64),   # FLOAT64
-}
-"""``sensor_msgs/PointField`` datatype codes to numpy dtypes (native byte order)."""
-
 _XYZ = ('x', 'y', 'z')
-_FLOAT_CODES = (7, 8)
+_FLOAT_CODES = (POINTFIELD_FLOAT32, POINTFIELD_FLOAT64)
 
 
 def _as_bytes(data) -> np.ndarray:

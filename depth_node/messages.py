@@ -14,7 +14,7 @@ from std_msgs.msg import Header
 
 from depth_node.camera_info import Intrinsics, intrinsics_to_fields
 from depth_node.cloud import PackedCloud, pack_cloud
-from depth_node.encodings import IMAGE_ENCODINGS
+from depth_node.encodings import IMAGE_ENCODINGS, POINTFIELD_DATATYPES
 from depth_node.packing import fill_cloud, fill_image
 
 
@@ -73,15 +73,25 @@ def cloud_fields(msg: PointCloud2) -> list[tuple[str, int, int, int]]:
 
 def cloud_to_array(msg: PointCloud2, names: tuple[str, ...] = ('x', 'y', 'z'),
                    ) -> np.ndarray:
-    """Read float32 fields of every point (NaN kept): (height, width, len(names)) float32."""
-    offsets = {f.name: f.offset for f in msg.fields}
-    missing = [n for n in names if n not in offsets]
+    """Read fields of every point (NaN kept): (height, width, len(names)) float32.
+
+    Each field is read with its own datatype and the message's byte order
+    (:data:`~depth_node.encodings.POINTFIELD_DATATYPES`) and converted to float32; a FLOAT32
+    field (``rgb`` included) keeps its bits, so ``.view(np.uint32)`` gives the packed colour.
+    """
+    fields = {f.name: f for f in msg.fields}
+    missing = [n for n in names if n not in fields]
     if missing:
         raise ValueError(f'cloud_to_array: fields {missing} not in the cloud')
+    order = '>' if msg.is_bigendian else '<'
     raw = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.row_step)
     raw = raw[:, :msg.width * msg.point_step].reshape(msg.height, msg.width, msg.point_step)
-    cols = [np.ascontiguousarray(raw[:, :, offsets[n]:offsets[n] + 4]).view('<f4')[..., 0]
-            for n in names]
+    cols = []
+    for name in names:
+        offset = fields[name].offset
+        dtype = POINTFIELD_DATATYPES[fields[name].datatype].newbyteorder(order)
+        column = np.ascontiguousarray(raw[:, :, offset:offset + dtype.itemsize]).view(dtype)
+        cols.append(column[..., 0].astype(np.float32))
     return np.stack(cols, axis=-1)
 
 

@@ -188,7 +188,7 @@ def test_organized_xyzrgb_layout_and_round_trip():
     xyz, rgb = _sample_cloud()
     packed = pack_cloud(xyz, rgb)
     assert packed.point_step == 16 and packed.row_step == 16 * 7 and packed.height == 6
-    assert packed.fields[-1] == ('rgb', 12, cloud.POINTFIELD_FLOAT32, 1)
+    assert packed.fields[-1] == ('rgb', 12, 7, 1)  # 7: PointField.FLOAT32
     assert packed.is_dense is False
     out, out_rgb = decode(packed)
     np.testing.assert_array_equal(out, xyz)

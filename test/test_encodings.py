@@ -1,10 +1,12 @@
-"""Tests for depth_node.encodings: the tables pinned against packing and decoding.
+"""Tests for depth_node.encodings: both tables pinned against packing and decoding.
 
 Every image encoding of the table goes through the whole round trip: packed into a real
 ``sensor_msgs/Image`` by ``fill_image``, serialized and deserialized as a publish would, read
 back by ``image_to_array`` and decoded by the codec, little- and big-endian. What each decoder
 must return is written out here from the encoding's name, not read from the table, so a wrong
-sample type, channel count, channel order or zero rule in the table fails a test.
+sample type, channel count, channel order or zero rule in the table fails a test. The same for
+every PointField datatype: a PointCloud2 with a field of it, read back by ``cloud_to_array`` and
+sized by ``read_points_xyz``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from depth_node.encodings import IMAGE_ENCODINGS
+from depth_node import encodings
+from depth_node.cloud import pack_cloud
+from depth_node.encodings import IMAGE_ENCODINGS, POINTFIELD_DATATYPES
 from depth_node.image_codec import (
     bytes_per_pixel, decode_image, decode_relative_depth, ImageDecodeError,
     SUPPORTED_DEPTH_ENCODINGS, SUPPORTED_ENCODINGS)
+from depth_node.lidar import LidarError, read_points_xyz
 
 sensor_msgs = pytest.importorskip('sensor_msgs.msg')
 serialization = pytest.importorskip('rclpy.serialization')
@@ -133,3 +138,77 @@ def test_flat_yuv_and_bayer_images_decode_flat(name):
     rgb = decode_image(msg.encoding, H, W, msg.step, False, msg.data)
     grey = 130 if channels == 2 else 0x80
     np.testing.assert_array_equal(rgb, np.full((H, W, 3), grey, dtype=np.uint8))
+
+
+# ------------------------------------------------------------------------------------------
+# PointField datatypes
+
+POINTFIELD_NAMES = ('INT8', 'UINT8', 'INT16', 'UINT16', 'INT32', 'UINT32', 'FLOAT32',
+                    'FLOAT64')
+
+
+def test_pointfield_table_matches_the_message_definition():
+    """Codes from sensor_msgs/PointField's own constants, types from their names."""
+    point_field = sensor_msgs.PointField
+    table = {getattr(point_field, name): np.dtype(name.lower()) for name in POINTFIELD_NAMES}
+    assert POINTFIELD_DATATYPES == table
+    for name in POINTFIELD_NAMES:
+        assert getattr(encodings, f'POINTFIELD_{name}') == getattr(point_field, name)
+
+
+def cloud_message(code: int, big: bool):
+    """A 2 x 3 PointCloud2: x, y, z FLOAT32 then a field ``v`` of datatype ``code`` ending
+    exactly at ``point_step``, written with numpy types spelled from the datatype's name."""
+    name = POINTFIELD_NAMES[code - 1]
+    order = '>' if big else '<'
+    size = np.dtype(name.lower()).itemsize
+    point_step = 12 + size
+    layout = np.dtype({'names': ['x', 'y', 'z', 'v'],
+                       'formats': [order + 'f4'] * 3 + [order + np.dtype(name.lower()).str[1:]],
+                       'offsets': [0, 4, 8, 12], 'itemsize': point_step})
+    points = np.zeros((2, 3), dtype=layout)
+    rng = np.random.default_rng(code)
+    for axis in 'xyz':
+        points[axis] = rng.uniform(-20, 20, (2, 3))
+    points['v'] = rng.integers(0, 100, (2, 3))
+    msg = sensor_msgs.PointCloud2(height=2, width=3, is_bigendian=big, point_step=point_step,
+                                  row_step=3 * point_step, is_dense=True)
+    msg.fields = [sensor_msgs.PointField(name=n, offset=o, datatype=d, count=1) for n, o, d in
+                  (('x', 0, 7), ('y', 4, 7), ('z', 8, 7), ('v', 12, code))]
+    msg.data = points.tobytes()
+    return msg, points
+
+
+@pytest.mark.parametrize('big', [False, True])
+@pytest.mark.parametrize('code', range(1, 9))
+def test_every_pointfield_datatype_round_trips(code, big):
+    msg, points = cloud_message(code, big)
+    msg = serialization.deserialize_message(serialization.serialize_message(msg),
+                                            sensor_msgs.PointCloud2)
+    values = messages.cloud_to_array(msg, ('x', 'y', 'z', 'v'))
+    for i, axis in enumerate('xyzv'):
+        np.testing.assert_array_equal(values[..., i], points[axis].astype(np.float32))
+    fields = messages.cloud_fields(msg)
+    xyz = read_points_xyz(fields, msg.point_step, msg.row_step, msg.width, msg.height, big,
+                          msg.data)  # accepts v: its size fits point_step exactly...
+    np.testing.assert_array_equal(xyz.reshape(2, 3, 3), values[..., :3])
+    with pytest.raises(LidarError, match='does not fit'):  # ...and not one byte more
+        read_points_xyz(fields[:3] + [('v', 13, code, 1)], msg.point_step, msg.row_step,
+                        msg.width, msg.height, big, msg.data)
+
+
+def test_packed_cloud_round_trips_through_the_message():
+    xyz = np.random.default_rng(3).uniform(-5, 5, (4, 5, 3)).astype(np.float32)
+    xyz[1, 2] = np.nan
+    rgb = np.random.default_rng(4).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    msg = messages.cloud_msg(pack_cloud(xyz, rgb), messages.make_header('camera'))
+    msg = serialization.deserialize_message(serialization.serialize_message(msg),
+                                            sensor_msgs.PointCloud2)
+    np.testing.assert_array_equal(messages.cloud_to_array(msg), xyz)
+    packed = messages.cloud_to_array(msg, ('rgb',))[..., 0].view(np.uint32)
+    np.testing.assert_array_equal(packed >> 16 & 255, rgb[..., 0])
+    np.testing.assert_array_equal(packed & 255, rgb[..., 2])
+    finite = read_points_xyz(messages.cloud_fields(msg), msg.point_step, msg.row_step,
+                             msg.width, msg.height, msg.is_bigendian, msg.data)
+    keep = np.isfinite(xyz).all(axis=-1).reshape(-1)
+    np.testing.assert_array_equal(finite, xyz.reshape(-1, 3)[keep])

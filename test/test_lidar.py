@@ -10,8 +10,9 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
+from depth_node.encodings import POINTFIELD_DATATYPES
 from depth_node.lidar import (
-    CameraModel, LidarError, POINTFIELD_DATATYPES, occlusion_mask, prepare_points,
+    CameraModel, LidarError, occlusion_mask, prepare_points,
     project_points, projection_counts, read_points_xyz, transform_points,
 )
 from depth_node.sample_data import frame_folders, load_frame
@@ -171,12 +172,6 @@ def test_read_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(LidarError, match=match):
         read_points_xyz(**args)
-
-
-def test_pointfield_table():
-    assert set(POINTFIELD_DATATYPES) == set(range(1, 9))
-    assert POINTFIELD_DATATYPES[7] == np.float32 and POINTFIELD_DATATYPES[8] == np.float64
-    assert [POINTFIELD_DATATYPES[k].itemsize for k in range(1, 9)] == [1, 1, 2, 2, 4, 4, 4, 8]
 
 
 field_strategy = st.tuples(st.sampled_from(['x', 'y', 'z', 'intensity', 'ring', 't']),
