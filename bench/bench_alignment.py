@@ -55,7 +55,6 @@ from dataclasses import dataclass
 import math
 import os
 from pathlib import Path
-import platform
 import sys
 import time
 from typing import Optional
@@ -63,10 +62,7 @@ import zlib
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
-
+from common import DATA, loadavg, machine_info, REPO  # first: puts the checkout on sys.path
 from depth_node.alignment import (  # noqa: E402
     Aligner, AlignerConfig, disparity_to_depth, sample_prediction)
 from depth_node.evaluate import (  # noqa: E402
@@ -77,8 +73,8 @@ from depth_node.lidar import (  # noqa: E402
     CameraModel, prepare_points, project_points)
 from depth_node.sample_data import frame_folders, load_frame  # noqa: E402
 
-DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data' / 'real'
-DEFAULT_OUT = REPO_ROOT / 'bench' / 'results' / 'alignment.json'
+DEFAULT_DATA = DATA
+DEFAULT_OUT = REPO / 'bench' / 'results' / 'alignment.json'
 
 MIN_DEPTH = 1e-3           # evaluation floor, metres
 WARP_AMPLITUDE = 0.15      # low-frequency multiplicative warp of disparity (scenario 'warp')
@@ -326,7 +322,7 @@ def timing_run(data: Path, seed: int, options: dict) -> dict:
     width, height = TIMING_SIZE
     rng = np.random.default_rng(seed)
     out: dict = {'size': f'{width}x{height}', 'repeats': TIMING_REPEATS,
-                 'cpus': os.cpu_count(), 'load_average_1min': os.getloadavg()[0]}
+                 'cpus': os.cpu_count(), 'load_average_1min': (loadavg() or [math.nan])[0]}
     tum = sorted((data / 'tum_rgbd').glob('*/camera.json'))
     if tum:
         frame = load_frame(tum[0].parent)
@@ -496,8 +492,8 @@ def main(argv=None) -> int:
     print(f'\ntotal {elapsed:.1f} s')
     report = {
         'benchmark': 'alignment accuracy', 'seed': args.seed, 'data': str(args.data),
-        'elapsed_s': elapsed, 'machine': platform.processor() or platform.machine(),
-        'python': platform.python_version(), 'numpy': np.__version__,
+        'elapsed_s': elapsed, 'machine': machine_info(with_torch=False),
+        'numpy': np.__version__,
         'aligner_options': options,
         'error_model': {'warp_amplitude': WARP_AMPLITUDE, 'warp_draws': WARP_DRAWS, 'noise': NOISE,
                         'bleed_sigma_px_per_640': BLEED_SIGMA,

@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from bench_pipeline import (ARCHS, DATA, FRAME_640, REPO, Ros, _fast_precision, _loadavg,
-                            _machine, _median, prepare_run)
+from bench_pipeline import ARCHS, FRAME_640, Ros, _fast_precision
+from common import DATA, loadavg, machine_info, median, prepare_run, REPO
 
 
 def _frames(n: int) -> list[np.ndarray]:
@@ -75,7 +75,7 @@ def measure_estimator(args: argparse.Namespace) -> list[dict[str, Any]]:
             times[n]['batch'].append(time.perf_counter() - t0)
     rows = []
     for n in args.cameras:
-        seq, batch = _median(times[n]['seq']), _median(times[n]['batch'])
+        seq, batch = median(times[n]['seq']), median(times[n]['batch'])
         rows.append({'level': 'estimator', 'cameras': n, 'precision': args.precision,
                      'one_at_a_time_fps': round(n / seq, 2), 'together_fps': round(n / batch, 2),
                      'one_at_a_time_ms': round(seq * 1e3, 1),
@@ -170,7 +170,7 @@ def measure_node(args: argparse.Namespace, ros: Ros, n: int) -> dict[str, Any]:
             ros.node.destroy_publisher(pub)
         ros.executor.remove_node(node)
         node.destroy_node()
-    s, t = _median(seq), _median(together)
+    s, t = median(seq), median(together)
     row = {'level': 'node', 'cameras': n, 'precision': args.precision,
            'one_at_a_time_fps': round(n / s, 2), 'together_fps': round(n / t, 2),
            'one_at_a_time_ms': round(s * 1e3, 1), 'together_ms': round(t * 1e3, 1),
@@ -212,8 +212,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.node_cameras is None:
         args.node_cameras = [min(args.cameras)]
     started = time.perf_counter()
-    result: dict[str, Any] = {'machine': _machine(), 'args': vars(args).copy(),
-                              'load_start': _loadavg()}
+    result: dict[str, Any] = {'machine': machine_info(), 'args': vars(args).copy(),
+                              'load_start': loadavg()}
     print(f"machine: {result['machine']}; load {result['load_start']}", flush=True)
     rows = measure_estimator(args)
     ros = Ros()
@@ -223,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         ros.close()
     result['rows'] = rows
-    result['load_end'] = _loadavg()
+    result['load_end'] = loadavg()
     result['elapsed_s'] = round(time.perf_counter() - started, 1)
     print('\n' + report(rows))
     print(f"\nload {result['load_start']} -> {result['load_end']}, {result['elapsed_s']} s")

@@ -30,7 +30,8 @@ from typing import Any, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import ARCHS, REPO, SIZES, Inputs, _machine, _median  # noqa: E402
+from bench_pipeline import ARCHS, SIZES, Inputs  # noqa: E402
+from common import cpu_line, machine_info, median, REPO  # noqa: E402
 
 
 def _configs(device: str, engines: list[str], precisions: list[str]) -> list[tuple[str, str]]:
@@ -84,12 +85,12 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 net = next(iter(ests.values()))[0].input_size(inputs.height, inputs.width)
                 for (engine, precision), (est, startup) in ests.items():
                     torch_same = times.get(('torch', precision))
-                    forward = _median(times[(engine, precision)])
+                    forward = median(times[(engine, precision)])
                     row = {'arch': arch, 'size': size, 'input': f'{net[1]}x{net[0]}',
                            'input_size': input_size, 'engine': engine,
                            'precision': precision, 'forward_ms': round(forward * 1e3, 1),
                            'min_ms': round(min(times[(engine, precision)]) * 1e3, 1),
-                           'vs_torch_same_precision': (round(_median(torch_same) / forward, 2)
+                           'vs_torch_same_precision': (round(median(torch_same) / forward, 2)
                                                        if torch_same else None),
                            'startup_s': round(startup, 2)}
                     if reference is not None:
@@ -130,8 +131,7 @@ def measure_startup(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def report(machine: dict, rows: list[dict], startup: list[dict]) -> str:
-    lines = [f"CPU: {machine.get('cpu')}; flags {' '.join(machine.get('cpu_flags', []))}; "
-             f"{machine.get('cpus')} cores; torch {machine.get('torch')}"]
+    lines = [f"{cpu_line(machine)}; {machine.get('cpus')} cores; torch {machine.get('torch')}"]
     lines.append('\n| arch | frame | net input | engine | precision | forward ms (median) | '
                  'vs torch same precision | rel. error vs torch fp32 |')
     lines.append('|---|---|---|---|---|---|---|---|')
@@ -175,7 +175,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.precisions = [p for p in args.precisions if p != 'bf16']
     cleanup = not args.cache_dir
     args.cache_dir = args.cache_dir or tempfile.mkdtemp(prefix='depth_node_bench_cache_')
-    machine = _machine()
+    machine = machine_info()
     print(json.dumps(machine), flush=True)
     try:
         rows = measure(args)

@@ -13,7 +13,7 @@ input size (640x480, 1280x720) and precision the device supports:
   to a subscriber in another process);
 - the same work done naively, as many Python depth nodes do it: the transformers image
   processor on a PIL image, fp32 forward, ``post_process_depth_estimation``, the per-pixel
-  Python cloud (:func:`depth_node.cloud.naive_cloud_points`) and ``msg.data = a.tolist()``;
+  Python cloud and ``msg.data = a.tolist()`` (``bench/naive.py``);
   the decode, alignment and publish code is shared, so only the naive stages differ;
 - startup (model build and cast, warm-up), throughput (frames per second of back-to-back
   frames), peak memory (weights, and the extra resident memory one frame needs);
@@ -45,21 +45,20 @@ import json
 import math
 import os
 from pathlib import Path
-import platform
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / 'config' / 'fastdds_shm.xml'
-DATA = Path(os.environ.get('DEPTH_NODE_REAL_DATA', REPO.parent / 'shared' / 'data' / 'real'))
+from common import (DATA, loadavg, machine_info, markdown_table, median, prepare_run, proc_kib,
+                    REPO)
+from naive import naive_cloud_points, naive_fill, naive_processor
+
 FRAME_640 = 'tum_rgbd/1341847980.722988'      # 640x480
 FRAME_720 = 'nuscenes_mini/CAM_FRONT'         # 1600x900, resized to 1280x720
 ARCHS = {'small': 'depth-anything-v2-small', 'base': 'depth-anything-v2-base'}
@@ -78,89 +77,12 @@ TARGET_GPU_LATENCY_MS = 10.0
 # ----------------------------------------------------------------------------------------------
 # environment
 
-def _setup_ros_env(domain: int, profile: bool) -> dict[str, str]:
-    """A private ROS 2 graph for this run; set before rclpy is imported."""
-    tmp = tempfile.mkdtemp(prefix='depth_node_bench_')
-    env = {'ROS_DOMAIN_ID': str(domain), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-           'ROS_LOG_DIR': os.path.join(tmp, 'log'), 'ROS_HOME': os.path.join(tmp, 'home'),
-           'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1'}
-    os.environ.update(env)
-    for key in ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE'):
-        if profile:
-            os.environ[key] = str(PROFILE)
-        else:
-            os.environ.pop(key, None)
-    return env
-
-
-def prepare_run(domain: int, device: str) -> Optional[str]:
-    """A private ROS graph with the Fast DDS profile, the real data checked, ``device``
-    resolved (``'cuda'`` for the first GPU); None, after saying why, when the data is missing."""
-    _setup_ros_env(domain, profile=True)
-    if not DATA.is_dir():
-        print(f'real data not found at {DATA} (set DEPTH_NODE_REAL_DATA)', file=sys.stderr)
-        return None
-    from depth_node.estimator import resolve_device
-
-    resolved = str(resolve_device(device))
-    return 'cuda' if resolved == 'cuda:0' else resolved
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {'platform': platform.platform(), 'python': platform.python_version(),
-                            'torch': torch.__version__, 'cpus': os.cpu_count(),
-                            'torch_threads': torch.get_num_threads(),
-                            'cpu_capability': torch.backends.cpu.get_cpu_capability()}
-    try:
-        import transformers
-        info['transformers'] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        text = Path('/proc/cpuinfo').read_text()
-        model = re.search(r'model name\s*:\s*(.*)', text)
-        flags = re.search(r'flags\s*:\s*(.*)', text)
-        info['cpu'] = model.group(1).strip() if model else platform.processor()
-        flag_set = set(flags.group(1).split()) if flags else set()
-        info['cpu_flags'] = sorted(f for f in flag_set if f.startswith(('avx512', 'amx')))
-        mem = re.search(r'MemTotal:\s*(\d+)', Path('/proc/meminfo').read_text())
-        info['memory_gib'] = round(int(mem.group(1)) / 2**20, 1) if mem else None
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    if torch.cuda.is_available():
-        info['gpu'] = torch.cuda.get_device_name(0)
-    return info
-
-
-def _loadavg() -> Optional[list[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
-
-
-def _proc_kib(field: str, pid: str = 'self') -> Optional[int]:
-    try:
-        for line in Path(f'/proc/{pid}/status').read_text().splitlines():
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _reset_peak_rss() -> bool:
     try:
         Path('/proc/self/clear_refs').write_text('5')
         return True
     except OSError:
         return False
-
-
-def _median(values: list[float]) -> float:
-    return float(np.median(values)) if values else math.nan
 
 
 def _ms(seconds: float) -> float:
@@ -250,11 +172,6 @@ def _header(frame_id: str, sec: int) -> Any:
 # ----------------------------------------------------------------------------------------------
 # the pipeline, as the node runs it, and naively
 
-def _naive_fill(msg: Any, array_: np.ndarray) -> None:
-    """``msg.data = a.tolist()``: one Python int per byte, as many Python nodes fill messages."""
-    msg.data = np.ascontiguousarray(array_).view(np.uint8).ravel().tolist()
-
-
 class Pipeline:
     """One configuration: the node's stages in this process (or their naive versions)."""
 
@@ -298,7 +215,7 @@ class Pipeline:
         self.last_prediction: Optional[np.ndarray] = None
         self.processor = None
         if naive_model is not None:
-            self.processor = _naive_processor()
+            self.processor = naive_processor()
 
     def _sync(self) -> None:
         if self.device.startswith('cuda'):
@@ -417,7 +334,6 @@ class Pipeline:
         per-pixel Python cloud, ``tolist()`` fills); decode and alignment are the package's."""
         from sensor_msgs.msg import Image as ImageMsg, PointCloud2
 
-        from depth_node.cloud import naive_cloud_points
         from depth_node.image_codec import decode_image
         from depth_node.lidar import prepare_points
         from depth_node.messages import camera_info_msg
@@ -438,7 +354,7 @@ class Pipeline:
             t = time.perf_counter()
             out = ImageMsg(header=header, height=array_.shape[0], width=array_.shape[1],
                            encoding='32FC1', step=array_.shape[1] * 4)
-            _naive_fill(out, array_)
+            naive_fill(out, array_)
             stage['fill'] += time.perf_counter() - t
             return out
 
@@ -474,7 +390,7 @@ class Pipeline:
             xyz = np.asarray(points, dtype=np.float32).reshape(-1, 3)
             cloud = PointCloud2(header=header, height=1, width=len(xyz), point_step=12,
                                 row_step=12 * len(xyz), is_dense=True)
-            _naive_fill(cloud, xyz)
+            naive_fill(cloud, xyz)
             stage['fill'] += time.perf_counter() - t
             publish('bench/points', cloud)
         stage['total'] = time.perf_counter() - wall
@@ -483,27 +399,14 @@ class Pipeline:
     def summary(self) -> dict[str, float]:
         keys = ('decode', 'preprocess', 'forward', 'postprocess', 'alignment', 'cloud', 'fill',
                 'publish', 'overhead', 'total')
-        out = {f'{key}_ms': _ms(_median([s[key] for s in self.samples])) for key in keys}
+        out = {f'{key}_ms': _ms(median([s[key] for s in self.samples])) for key in keys}
         out['frames'] = len(self.samples)
         if self.stub_samples:
-            stub = {f'{key}_ms': _ms(_median([s[key] for s in self.stub_samples]))
+            stub = {f'{key}_ms': _ms(median([s[key] for s in self.stub_samples]))
                     for key in keys if key not in ('forward', 'total')}
             stub['frames'] = len(self.stub_samples)
             out['overhead_only'] = stub
         return out
-
-
-def _naive_processor() -> Any:
-    """The transformers image processor of the Depth Anything V2 checkpoints (PIL backend)."""
-    from PIL import Image
-    try:
-        from transformers import DPTImageProcessorPil as Processor
-    except ImportError:  # older transformers: the PIL processor is DPTImageProcessor itself
-        from transformers import DPTImageProcessor as Processor
-    return Processor(do_resize=True, size={'height': 518, 'width': 518}, keep_aspect_ratio=True,
-                     ensure_multiple_of=14, resample=Image.BICUBIC, do_rescale=True,
-                     rescale_factor=1 / 255, do_normalize=True,
-                     image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,7 +583,7 @@ class NodeRun:
                 self._cv.wait(min(left, 0.1))
 
     def peak_rss_mib(self) -> Optional[float]:
-        kib = _proc_kib('VmHWM', str(self.proc.pid))
+        kib = proc_kib('VmHWM', str(self.proc.pid))
         return round(kib / 1024, 1) if kib else None
 
     def startup_log(self) -> dict[str, float]:
@@ -760,10 +663,10 @@ def _frame_memory(run: Callable[[], Any], device: str) -> dict[str, Optional[flo
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
-    rss = _proc_kib('VmRSS')
+    rss = proc_kib('VmRSS')
     reset = _reset_peak_rss()
     run()
-    peak = _proc_kib('VmHWM')
+    peak = proc_kib('VmHWM')
     out['frame_peak_rss_extra_mib'] = round(max(0, peak - rss) / 1024, 1) \
         if reset and peak and rss else None
     out['process_peak_rss_mib'] = round(peak / 1024, 1) if peak else None
@@ -834,7 +737,7 @@ def measure_configs(args: argparse.Namespace, sink: Optional[Sink]) -> list[dict
             loop_time = {p.label: 0.0 for p in pipelines}
             loop_frames = {p.label: 0 for p in pipelines}
             print(f'[{arch} {size}] {iterations} interleaved frames of '
-                  f'{", ".join(p.label for p in pipelines)}; load {_loadavg()}', flush=True)
+                  f'{", ".join(p.label for p in pipelines)}; load {loadavg()}', flush=True)
             for i in range(iterations):
                 for pipe in pipelines:
                     if pipe.label == 'naive' and i % naive_every:
@@ -858,7 +761,7 @@ def measure_configs(args: argparse.Namespace, sink: Optional[Sink]) -> list[dict
                     else 'synthetic (the random network predicts a constant)'
                 rec['throughput_fps'] = round(loop_frames[pipe.label] / loop_time[pipe.label], 2) \
                     if loop_time[pipe.label] > 0 else math.nan
-                rec['load_after'] = _loadavg()
+                rec['load_after'] = loadavg()
                 results.append(rec)
             del pipelines
             if args.device.startswith('cuda'):
@@ -895,12 +798,12 @@ def measure_device_path(args: argparse.Namespace) -> list[dict[str, Any]]:
                 loop = time.perf_counter() - loop
                 rec = {'arch': 'small-metric', 'size': size,
                        'precision': precision + ('+graphs' if graphs else ''),
-                       'latency_ms': _ms(_median(latencies)),
+                       'latency_ms': _ms(median(latencies)),
                        'latency_p90_ms': _ms(float(np.percentile(latencies, 90))),
                        'throughput_fps': round(len(latencies) / loop, 1),
                        'warmup_s': round(warm_s, 3), 'graphs_active': est.cuda_graphs}
                 for key in ('preprocess', 'forward', 'postprocess', 'cloud'):
-                    rec[f'{key}_ms'] = _ms(_median([st[key] for st in stages]))
+                    rec[f'{key}_ms'] = _ms(median([st[key] for st in stages]))
                 print(f'[device path {size} {rec["precision"]}] {rec["latency_ms"]} ms, '
                       f'{rec["throughput_fps"]} frames/s', flush=True)
                 out.append(rec)
@@ -961,7 +864,7 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
                     node_stages.append(stages)
                 rec = _node_record(arch, size, precision, e2e, outputs, forwards, node_stages)
                 rec['engine'] = est.engine.name
-                rec['load_after'] = _loadavg()
+                rec['load_after'] = loadavg()
                 print(f'[node {arch} {size}] e2e {rec["e2e_ms"]} ms, bare forward '
                       f'{rec["bare_forward_ms"]} ms, ratio {rec["e2e_over_forward"]}', flush=True)
                 results.append(rec)
@@ -986,9 +889,9 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
     the bare forward run here between frames is the independent check.
     """
     stage_keys = sorted({k for s in node_stages for k in s})
-    node_ms = {k: round(_median([s[k] for s in node_stages if k in s]), 2) for k in stage_keys}
-    e2e_med = _median(e2e)
-    fwd_med = _median(forwards)
+    node_ms = {k: round(median([s[k] for s in node_stages if k in s]), 2) for k in stage_keys}
+    e2e_med = median(e2e)
+    fwd_med = median(forwards)
     node_fwd = [s.get('forward', math.nan) / 1e3 for s in node_stages]
     pairs = [(a, b) for a, b in zip(e2e, node_fwd) if math.isfinite(b) and b > 0]
     return {
@@ -999,16 +902,16 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
                       'node_total_ms': [s.get('total', math.nan) for s in node_stages]},
         'e2e_ms': _ms(e2e_med),
         'e2e_min_ms': _ms(min(e2e)) if e2e else math.nan,
-        'first_output_ms': _ms(_median([o['depth/relative'] for o in outputs])),
-        'depth_image_ms': _ms(_median([o['depth/image'] for o in outputs])),
+        'first_output_ms': _ms(median([o['depth/relative'] for o in outputs])),
+        'depth_image_ms': _ms(median([o['depth/image'] for o in outputs])),
         'bare_forward_ms': _ms(fwd_med),
         'e2e_over_forward': round(e2e_med / fwd_med, 3) if fwd_med > 0 else math.nan,
-        'e2e_over_node_forward': round(_median([a / b for a, b in pairs]), 3)
+        'e2e_over_node_forward': round(median([a / b for a, b in pairs]), 3)
         if pairs else math.nan,
         'node_stage_ms': node_ms,
-        'e2e_minus_node_forward_ms': _ms(_median([a - b for a, b in pairs]))
+        'e2e_minus_node_forward_ms': _ms(median([a - b for a, b in pairs]))
         if pairs else math.nan,
-        'node_overhead_ms': _ms(_median([(s['total'] - s['forward']) / 1e3 for s in node_stages
+        'node_overhead_ms': _ms(median([(s['total'] - s['forward']) / 1e3 for s in node_stages
                                          if 'total' in s and 'forward' in s])),
         'throughput_fps': round(1.0 / e2e_med, 2) if e2e else math.nan,
     }
@@ -1050,7 +953,7 @@ def measure_fill(args: argparse.Namespace) -> list[dict[str, Any]]:
                 t = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t)
-            row[f'{label}_ms'] = _ms(_median(times))
+            row[f'{label}_ms'] = _ms(median(times))
         row['tolist_over_one_copy'] = round(row['tolist_ms'] / row['set_uint8_data_ms'], 1)
         row['tobytes_over_one_copy'] = round(row['tobytes_ms'] / row['set_uint8_data_ms'], 2)
         out.append(row)
@@ -1059,21 +962,6 @@ def measure_fill(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------------------------
 # report
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return '-'
-        return f'{value:.2f}' if abs(value) < 100 else f'{value:.0f}'
-    return '-' if value is None else str(value)
-
-
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    header = '| ' + ' | '.join(title for _, title in columns) + ' |'
-    rule = '|' + '|'.join('---' for _ in columns) + '|'
-    body = ['| ' + ' | '.join(_fmt(row.get(key)) for key, _ in columns) + ' |' for row in rows]
-    return '\n'.join([header, rule] + body)
-
 
 STAGE_COLUMNS = [('arch', 'arch'), ('size', 'input'), ('precision', 'precision'),
                  ('decode_ms', 'decode'), ('preprocess_ms', 'pre'), ('forward_ms', 'forward'),
@@ -1198,16 +1086,16 @@ def report(result: dict[str, Any]) -> str:
                  f"{result['elapsed_s']:.0f} s")
     if result['configs']:
         lines.append('\nPer-stage medians (ms), in-process, interleaved (RANDOM weights):')
-        lines.append(_table(result['configs'], STAGE_COLUMNS))
+        lines.append(markdown_table(result['configs'], STAGE_COLUMNS))
     stub_rows = [{**{k: r[k] for k in ('arch', 'size', 'precision')}, **r['overhead_only']}
                  for r in result['configs'] if r.get('overhead_only')]
     if stub_rows:
         lines.append('\nOverhead-only frames (network stubbed by its last output; medians, ms):')
-        lines.append(_table(stub_rows, [c for c in STAGE_COLUMNS[:13] if c[0] not in
+        lines.append(markdown_table(stub_rows, [c for c in STAGE_COLUMNS[:13] if c[0] not in
                                         ('forward_ms', 'total_ms')] + [('frames', 'frames')]))
     if result['ratios']:
         lines.append('\nRatios (same run, interleaved frames):')
-        lines.append(_table(result['ratios'], [
+        lines.append(markdown_table(result['ratios'], [
             ('arch', 'arch'), ('size', 'input'), ('precision', 'precision'),
             ('naive_over_total', 'naive / total'),
             ('naive_overhead_over_overhead', 'naive overhead / overhead'),
@@ -1224,7 +1112,7 @@ def report(result: dict[str, Any]) -> str:
             st = n['node_stage_ms']
             rows.append({**n, **{f'node_{k}': v for k, v in st.items()},
                          'startup_s': n.get('startup', {}).get('ready_s')})
-        lines.append(_table(rows, [
+        lines.append(markdown_table(rows, [
             ('arch', 'arch'), ('size', 'input'), ('precision', 'precision'),
             ('frames', 'frames'), ('first_output_ms', 'relative'),
             ('depth_image_ms', 'depth/image'), ('e2e_ms', 'e2e (points)'),
@@ -1244,7 +1132,7 @@ def report(result: dict[str, Any]) -> str:
     if result.get('device_path'):
         lines.append('\nGPU path, predict_points (upload, pre, forward, post, cloud, copies '
                      'back):')
-        lines.append(_table(result['device_path'], [
+        lines.append(markdown_table(result['device_path'], [
             ('arch', 'arch'), ('size', 'input'), ('precision', 'precision'),
             ('preprocess_ms', 'pre'), ('forward_ms', 'forward'), ('postprocess_ms', 'post'),
             ('cloud_ms', 'cloud + copies'), ('latency_ms', 'latency'),
@@ -1252,14 +1140,14 @@ def report(result: dict[str, Any]) -> str:
             ('graphs_active', 'graphs active')]))
     if result['fill']:
         lines.append('\nMessage fill (ms, median):')
-        lines.append(_table(result['fill'], [
+        lines.append(markdown_table(result['fill'], [
             ('message', 'message'), ('mib', 'MiB'), ('set_uint8_data_ms', 'one copy'),
             ('tobytes_ms', 'tobytes'), ('tolist_ms', 'tolist'),
             ('tobytes_over_one_copy', 'tobytes / one copy'),
             ('tolist_over_one_copy', 'tolist / one copy')]))
     if result['targets']:
         lines.append('\nTargets:')
-        lines.append(_table(result['targets'], [('target', 'target'), ('value', 'value'),
+        lines.append(markdown_table(result['targets'], [('target', 'target'), ('value', 'value'),
                                                 ('limit', 'limit'), ('result', 'result'),
                                                 ('note', 'note')]))
     return '\n'.join(lines)
@@ -1334,8 +1222,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.precisions = _precisions(args.device)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    result: dict[str, Any] = {'machine': _machine(), 'args': vars(args).copy(),
-                              'load_start': _loadavg(),
+    result: dict[str, Any] = {'machine': machine_info(), 'args': vars(args).copy(),
+                              'load_start': loadavg(),
                               'command': ' '.join([Path(sys.executable).name] + sys.argv)}
     print(f"machine: {result['machine']}; load {result['load_start']}", flush=True)
     torch.manual_seed(0)
@@ -1356,7 +1244,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     result['ratios'] = ratios(result['configs'], result['node'], args.device)
     result['targets'] = targets(result['configs'], result['node'], args.device,
                                 result['device_path'])
-    result['load_end'] = _loadavg()
+    result['load_end'] = loadavg()
     result['elapsed_s'] = round(time.perf_counter() - started, 1)
     text = report(result)
     print('\n' + text)

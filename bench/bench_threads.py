@@ -33,7 +33,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import ARCHS, REPO, Inputs, _machine, _median, prepare_run  # noqa: E402
+from bench_pipeline import ARCHS, Inputs  # noqa: E402
+from common import cpu_line, machine_info, median, prepare_run, REPO  # noqa: E402
 
 
 class Worker:
@@ -110,12 +111,12 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             finally:
                 spinner.close()
         worker.close()
-        base = _median(times['main'])
+        base = median(times['main'])
         for placement, values in times.items():
             row = {'engine': est.engine.name, 'precision': est.engine.precision,
-                   'placement': placement, 'forward_ms': round(_median(values) * 1e3, 1),
+                   'placement': placement, 'forward_ms': round(median(values) * 1e3, 1),
                    'p90_ms': round(float(np.percentile(values, 90)) * 1e3, 1),
-                   'vs_main': round(_median(values) / base, 3), 'n': len(values)}
+                   'vs_main': round(median(values) / base, 3), 'n': len(values)}
             rows.append(row)
             print(json.dumps(row), flush=True)
         est.close()
@@ -134,10 +135,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     if prepare_run(args.domain, 'cpu') is None:
         return 2
-    machine = _machine()
+    machine = machine_info()
     print(json.dumps(machine), flush=True)
     rows = measure(args)
-    print(f"\nCPU: {machine.get('cpu')}; flags {' '.join(machine.get('cpu_flags', []))}")
+    print(f'\n{cpu_line(machine)}')
     print('| engine | precision | placement | forward ms (median) | p90 ms | vs main |')
     print('|---|---|---|---|---|---|')
     for r in rows:

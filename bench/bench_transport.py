@@ -31,7 +31,6 @@ import json
 import math
 import os
 from pathlib import Path
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,9 +39,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / 'config' / 'fastdds_shm.xml'
-PROFILE_VARS = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+from common import loadavg, machine_info, markdown_table, REPO, subprocess_env
+
 PAYLOADS = {
     'depth_640x480': ('Image', '640x480 32FC1 depth image', 480, 640),
     'cloud_1280x720': ('PointCloud2', '1280x720 organized xyz cloud', 720, 1280),
@@ -156,21 +154,9 @@ def _subscriber(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------
 # orchestration
 
-def _run_env(domain: int, profile: bool, tmp: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({'ROS_DOMAIN_ID': str(domain), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-                'ROS_LOG_DIR': os.path.join(tmp, 'log'), 'ROS_HOME': os.path.join(tmp, 'home')})
-    for key in PROFILE_VARS:
-        if profile:
-            env[key] = str(PROFILE)
-        else:
-            env.pop(key, None)
-    return env
-
-
 def _one_run(args: argparse.Namespace, payload: str, reliability: str, profile: bool,
              domain: int, tmp: str) -> dict[str, Any]:
-    env = _run_env(domain, profile, tmp)
+    env = subprocess_env(domain, profile, tmp)
     tag = f'{payload}_{reliability}_{"profile" if profile else "default"}'
     sub_file = os.path.join(tmp, f'{tag}_sub.json')
     pub_file = os.path.join(tmp, f'{tag}_pub.json')
@@ -194,7 +180,7 @@ def _one_run(args: argparse.Namespace, payload: str, reliability: str, profile: 
                 proc.wait()
     record: dict[str, Any] = {'payload': payload, 'reliability': reliability,
                               'profile': 'fastdds_shm.xml' if profile else 'unset (default)',
-                              'sent': args.count, 'load_after': _loadavg()}
+                              'sent': args.count, 'load_after': loadavg()}
     try:
         latency = {int(k): v for k, v in json.loads(Path(sub_file).read_text())
                    ['latency_ms'].items()}
@@ -225,29 +211,13 @@ def _message_bytes(payload: str) -> int:
     return height * width * (4 if PAYLOADS[payload][0] == 'Image' else 12)
 
 
-def _loadavg() -> Optional[list[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        return None
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return '-' if math.isnan(value) else f'{value:.2f}' if abs(value) < 100 else f'{value:.0f}'
-    return str(value)
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
     cols = [('payload', 'payload'), ('mbytes', 'MB'), ('reliability', 'QoS'),
             ('profile', 'Fast DDS profile'), ('received', 'received'), ('sent', 'sent'),
             ('loss_pct', 'loss %'), ('latency_median_ms', 'latency median ms'),
             ('latency_p90_ms', 'p90 ms'), ('latency_max_ms', 'max ms'),
             ('publish_call_median_ms', 'publish() ms')]
-    lines = ['| ' + ' | '.join(t for _, t in cols) + ' |',
-             '|' + '|'.join('---' for _ in cols) + '|']
-    lines += ['| ' + ' | '.join(_fmt(r.get(k, '-')) for k, _ in cols) + ' |' for r in rows]
-    return '\n'.join(lines)
+    return markdown_table(rows, cols)
 
 
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -283,9 +253,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _subscriber(args)
     tmp = tempfile.mkdtemp(prefix='depth_node_transport_')
     started = time.perf_counter()
-    result: dict[str, Any] = {'machine': {'platform': platform.platform(),
-                                          'cpus': os.cpu_count()},
-                              'load_start': _loadavg(), 'rate_hz': RATE_HZ,
+    result: dict[str, Any] = {'machine': machine_info(with_torch=False),
+                              'load_start': loadavg(), 'rate_hz': RATE_HZ,
                               'count': args.count, 'runs': []}
     domain = args.domain
     for payload in args.payloads:
@@ -298,7 +267,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f'  received {record["received"]}/{record["sent"]}, latency median '
                       f'{record["latency_median_ms"]} ms', flush=True)
                 result['runs'].append(record)
-    result['load_end'] = _loadavg()
+    result['load_end'] = loadavg()
     result['elapsed_s'] = round(time.perf_counter() - started, 1)
     print(f'\nload average at start {result["load_start"]}, at end {result["load_end"]}; '
           f'{result["elapsed_s"]:.0f} s\n')

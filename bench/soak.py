@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-import platform
 import shutil
 import signal
 import subprocess
@@ -55,38 +54,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILE = ROOT / 'config' / 'fastdds_shm.xml'
-DEFAULT_DATA = Path(os.environ.get('DEPTH_NODE_REAL_DATA', ROOT.parent / 'shared' / 'data' /
-                                   'real'))
+from common import DATA, isolate_ros, machine_info, proc_kib, REPO
+
 # Camera optical frame from a LiDAR frame (x forward, y left, z up), 0.3 m above the camera.
 R_CAM_LIDAR = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
 T_CAMERA_LIDAR = np.eye(4)
 T_CAMERA_LIDAR[:3, :3] = R_CAM_LIDAR
 T_CAMERA_LIDAR[:3, 3] = R_CAM_LIDAR @ np.array([-0.1, 0.0, 0.3])
 BAD_KINDS = ('unknown encoding', 'short data', 'zero width', 'step too small')
-
-
-def _isolate_ros(tmp: str) -> None:
-    """A private ROS graph for this run; set before rclpy is imported."""
-    os.environ.setdefault('ROS_DOMAIN_ID', str(150 + os.getpid() % 80))
-    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    os.environ.setdefault('ROS_LOG_DIR', os.path.join(tmp, 'log'))
-    os.environ.setdefault('ROS_HOME', os.path.join(tmp, 'home'))
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
-    os.environ['FASTRTPS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
-    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(PROFILE)
-
-
-def rss_kib(pid: int) -> Optional[int]:
-    """VmRSS of process ``pid`` in KiB, or None once it has gone."""
-    try:
-        for line in Path(f'/proc/{pid}/status').read_text().splitlines():
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def _entry_point() -> list[str]:
@@ -216,7 +191,7 @@ def run_phase(name: str, params: list[str], duration: float, rate: float, frame:
             if now - t0 >= duration:
                 break
             if now >= next_rss:
-                value = rss_kib(proc.pid)
+                value = proc_kib('VmRSS', proc.pid)
                 if value is None:
                     raise RuntimeError(f'{name}: the node exited; see {log_path}')
                 rss.append((now - t0, value))
@@ -377,16 +352,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help='overload: seconds before the memory baseline (about 12 frames)')
     ap.add_argument('--skip-soak', action='store_true')
     ap.add_argument('--skip-overload', action='store_true')
-    ap.add_argument('--data', type=Path, default=DEFAULT_DATA)
-    ap.add_argument('--out', type=Path, default=ROOT / 'bench' / 'results' / 'soak.json')
+    ap.add_argument('--data', type=Path, default=DATA)
+    ap.add_argument('--out', type=Path, default=REPO / 'bench' / 'results' / 'soak.json')
     args = ap.parse_args(argv)
     tum = args.data / 'tum_rgbd'
     if not tum.is_dir():
         print(f'real data not found at {tum} (use --data)', file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix='depth_node_soak_'))
-    _isolate_ros(str(tmp))
-    sys.path.insert(0, str(ROOT / 'test'))
+    # a private ROS graph: ROS_DOMAIN_ID as set, else one from the pid
+    isolate_ros(int(os.environ.get('ROS_DOMAIN_ID', 150 + os.getpid() % 80)), profile=True,
+                tmp=str(tmp))
+    sys.path.insert(0, str(REPO / 'test'))
     from tiny_models import make_tiny_depth_anything
     from depth_node.demo import simulated_lidar
     from depth_node.sample_data import load_frame
@@ -412,11 +389,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  'depth/relative', args.overload_warmup_s, False, None, 2, 0.3,
                                  tmp))
     _print_table(results)
-    import torch
     report = {'benchmark': 'soak and overload', 'elapsed_s': time.perf_counter() - t_all,
-              'machine': platform.machine(), 'cpus': os.cpu_count(),
-              'python': platform.python_version(), 'torch': torch.__version__,
-              'torch_threads': torch.get_num_threads(), 'frame': str(frame.folder)
+              'machine': machine_info(), 'frame': str(frame.folder)
               if hasattr(frame, 'folder') else 'tum_rgbd[0]', 'phases': results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -259,30 +259,6 @@ def strided_rgb(rgb: np.ndarray, stride: int) -> np.ndarray:
     return rgb[::stride, ::stride]
 
 
-def naive_cloud_points(depth: np.ndarray, K: np.ndarray, stride: int = 1) -> list:
-    """Per-pixel Python back-projection: the BASELINE for benchmarks only, do not use.
-
-    This is what many existing Python depth nodes do: loop over pixels, skip invalid depth, and
-    append ``(x, y, z)`` tuples to a list (later fed to ``sensor_msgs_py.point_cloud2``). It is
-    kept so the benchmark can measure the vectorized path against it; it returns the same
-    points as ``depth_to_points(depth, K, stride)`` with the invalid ones dropped, in row-major
-    order.
-    """
-    depth = np.asarray(depth)
-    K = _check_K(K)
-    stride = _check_stride(stride)
-    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-    points = []
-    height, width = depth.shape
-    for v in range(0, height, stride):
-        for u in range(0, width, stride):
-            z = float(depth[v, u])
-            if not math.isfinite(z) or z <= 0.0:
-                continue
-            points.append(((u - cx) * z / fx, (v - cy) * z / fy, z))
-    return points
-
-
 # --------------------------------------------------------------------------------------------
 # Packing
 

@@ -1,4 +1,4 @@
-"""Tests for depth_node.cloud: back-projection, packing, PLY, the naive baseline."""
+"""Tests for depth_node.cloud: back-projection, packing, PLY."""
 
 import math
 import struct
@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from depth_node import cloud
-from depth_node.cloud import (CloudError, depth_to_points, naive_cloud_points, pack_cloud,
-                              strided_rgb, write_ply)
+from depth_node.cloud import CloudError, depth_to_points, pack_cloud, strided_rgb, write_ply
 
 H, W = 48, 64
 FX, FY, CX, CY = 120.0, 110.0, 30.25, 21.75  # principal point deliberately off-centre
@@ -129,19 +128,6 @@ def test_depth_to_points_rejects_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(CloudError, match=match):
         depth_to_points(**args)
-
-
-def test_naive_baseline_equals_vectorized():
-    rng = np.random.default_rng(1)
-    depth = rng.uniform(0.3, 9.0, (9, 11)).astype(np.float32)
-    depth[rng.random(depth.shape) < 0.2] = np.nan
-    depth[0, 0] = 0.0
-    for stride in (1, 2):
-        naive = np.array(naive_cloud_points(depth, K, stride=stride), dtype=np.float64)
-        fast = depth_to_points(depth, K, stride=stride).reshape(-1, 3)
-        fast = fast[np.isfinite(fast[:, 2])]
-        assert naive.shape == fast.shape
-        np.testing.assert_allclose(fast, naive, rtol=1e-6, atol=1e-7)
 
 
 def test_strided_rgb_is_aligned_with_points():
