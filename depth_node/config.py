@@ -1,7 +1,9 @@
 """The node's parameters: one table, used to declare them, to validate them and to test the docs.
 
 ROS-free: the node turns each :class:`ParamSpec` into a ``ParameterDescriptor``; the tests compare
-this table with ``config/depth.yaml`` and ``launch/depth.launch.py``.
+this table with ``config/depth.yaml`` and ``launch/depth.launch.py``. Every check of a value lives
+here, the same for startup (:func:`validate_values`) and for a change at run time
+(:func:`validate_change`, :func:`check_each`); the nodes only wire them to rclpy.
 """
 
 from __future__ import annotations
@@ -45,6 +47,22 @@ class ParamSpec:
         if isinstance(self.default, str):
             return 'string'
         return f'{self.item_type}_array'
+
+    @property
+    def constraints(self) -> str:
+        """What :meth:`check` accepts beyond the type, in words ('' for anything): the
+        parameter descriptor's ``additional_constraints``."""
+        parts = []
+        if self.choices:
+            parts.append('one of: ' + ', '.join(map(str, self.choices)))
+        if self.array_len:
+            parts.append(f'{" or ".join(map(str, self.array_len))} values')
+        if self.min is not None or self.max is not None:
+            each = 'each ' if self.type_name.endswith('_array') else ''
+            low = '' if self.min is None else self.min
+            high = '' if self.max is None else self.max
+            parts.append(f'{each}in range [{low}, {high}]')
+        return '; '.join(parts)
 
     def coerce(self, value: Any) -> Any:
         """``value`` as this parameter takes it: an integer given for a double becomes a float
@@ -270,16 +288,77 @@ class NodeConfig:
         return value[16 * index:16 * index + 16] if len(value) >= 16 else None
 
 
-def validate_values(values: dict[str, Any]) -> NodeConfig:
-    """Check every value against its spec and the cross-parameter rules.
+TF2_NOT_INSTALLED = 'tf2_ros is not importable here (every ROS 2 install has it)'
+"""``no_tf2`` of a node where tf2_ros cannot be imported (the PyPI wheels)."""
+
+TF2_NOT_STARTED = ('the node started with it set, so without a tf2 listener (restart the node '
+                   'with it unset to use tf2)')
+"""``no_tf2`` of a running node that has no tf2 listener although tf2_ros is importable."""
+
+
+def check_each(values: dict[str, Any]) -> list[str]:
+    """Why each value is refused by its own spec (unknown names ignored); the rules that
+    involve several parameters wait for :func:`validate_values`. What the lifecycle node
+    checks of a change while unconfigured."""
+    return _checked(values)[1]
+
+
+def validate_values(values: dict[str, Any], no_tf2: str = '') -> NodeConfig:
+    """Check every value against its spec and the cross-parameter rules (:func:`cross_check`):
+    the checks of startup, and (through :func:`validate_change`) of every change at run time.
+
+    Parameters
+    ----------
+    values : dict
+        Parameter name to value; parameters not given take their defaults.
+    no_tf2 : str
+        Empty when the node can look transforms up in tf2, else why it cannot
+        (:data:`TF2_NOT_INSTALLED`, :data:`TF2_NOT_STARTED`): then LiDAR needs
+        ``lidar.T_camera_lidar``.
 
     Raises
     ------
     ConfigError
         Naming every refused parameter and the reason.
     """
-    errors = []
+    accepted, errors = _checked(values)
     merged = {p.name: p.default for p in PARAMS}
+    merged.update(accepted)
+    errors.extend(cross_check(merged, no_tf2))
+    if errors:
+        raise ConfigError('; '.join(errors))
+    return NodeConfig(merged)
+
+
+def validate_change(config: NodeConfig, changes: dict[str, Any], no_tf2: str = '',
+                    restart: str = 'startup: restart the node') -> NodeConfig:
+    """A change to a running node's parameters (``ros2 param set``), checked as at startup.
+
+    A restart parameter (``read_only`` in :data:`PARAMS`) is refused, saying how it takes
+    effect (``restart``; on ``depth_node`` rclpy refuses them first, as they are declared
+    read-only). Then the values after the change go through exactly the checks of startup,
+    :func:`validate_values`, so a value is refused with the message it gets at startup.
+
+    Returns
+    -------
+    NodeConfig
+        The configuration after the change.
+
+    Raises
+    ------
+    ConfigError
+        Why the change is refused; the node keeps ``config``.
+    """
+    fixed = [name for name in changes if name in PARAMS_BY_NAME and
+             PARAMS_BY_NAME[name].read_only]
+    if fixed:
+        raise ConfigError(f'{", ".join(fixed)} take(s) effect at {restart}')
+    return validate_values({**config.values, **changes}, no_tf2)
+
+
+def _checked(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The values their specs accept (coerced), and why the others are refused."""
+    accepted, errors = {}, []
     for name, value in values.items():
         spec = PARAMS_BY_NAME.get(name)
         if spec is None:
@@ -289,15 +368,12 @@ def validate_values(values: dict[str, Any]) -> NodeConfig:
         if reason:
             errors.append(reason)
         else:
-            merged[name] = value
-    errors.extend(cross_check(merged))
-    if errors:
-        raise ConfigError('; '.join(errors))
-    return NodeConfig(merged)
+            accepted[name] = value
+    return accepted, errors
 
 
-def cross_check(values: dict[str, Any]) -> list[str]:
-    """Rules that involve more than one parameter."""
+def cross_check(values: dict[str, Any], no_tf2: str = '') -> list[str]:
+    """Rules that involve more than one parameter (``no_tf2``: see :func:`validate_values`)."""
     errors = []
     if values['cloud.max_depth'] <= values['cloud.min_depth']:
         errors.append('cloud.max_depth must be greater than cloud.min_depth')
@@ -325,6 +401,10 @@ def cross_check(values: dict[str, Any]) -> list[str]:
         need = '16 values' if n == 1 else f'16 values per camera ({16 * n} for {n} cameras)'
         errors.append(f'lidar.T_camera_lidar must hold {need}, or [0.0] for tf2; '
                       f'got {len(T)} values')
+    elif values['lidar.enabled'] and no_tf2:
+        errors.append(f'lidar.enabled is true but lidar.T_camera_lidar is unset and {no_tf2}: '
+                      'set lidar.T_camera_lidar (16 values per camera, row-major, LiDAR to '
+                      'camera optical frame)')
     if values['input.mode'] == 'image' and not values['model.name'] and \
             not values['model.random_init']:
         errors.append('model.name is empty: set a hub id or a local model directory')

@@ -41,6 +41,8 @@ class DepthLifecycleNode(DepthNodeBase, LifecycleNode):
         Why the last configure failed ('' after a successful one).
     """
 
+    _restart = 'configure: clean the node up (lifecycle cleanup), set it, then configure again'
+
     def __init__(self, serve_on_caller: bool = False, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.serve_on_caller = serve_on_caller
@@ -130,22 +132,9 @@ class DepthLifecycleNode(DepthNodeBase, LifecycleNode):
         """Unconfigured: any value its spec accepts (checked as a whole at configure).
         Configured: restart parameters are refused, the others validated as on depth_node."""
         if self._configured:
-            fixed = [p.name for p in params
-                     if p.name in cfg.PARAMS_BY_NAME and cfg.PARAMS_BY_NAME[p.name].read_only]
-            if fixed:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f'{", ".join(fixed)} take(s) effect at configure: clean the node up '
-                           '(lifecycle cleanup), set it, then configure again')
             return super()._on_set_parameters(params)
-        for p in params:
-            spec = cfg.PARAMS_BY_NAME.get(p.name)
-            if spec is None or p.value is None:
-                continue
-            reason = spec.check(spec.coerce(p.value))
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
+        errors = cfg.check_each({p.name: p.value for p in params if p.value is not None})
+        return SetParametersResult(successful=not errors, reason='; '.join(errors))
 
     def destroy_node(self) -> None:
         """Stop the worker (it finishes or abandons the frame in hand), then the node."""

@@ -30,8 +30,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
-from rcl_interfaces.msg import (
-    FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult)
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -86,23 +85,19 @@ _PARAM_TYPES = {'bool': Parameter.Type.BOOL, 'int': Parameter.Type.INTEGER,
 
 
 def _descriptor(spec: cfg.ParamSpec, read_only: bool = True) -> ParameterDescriptor:
-    """The descriptor of ``spec``; ``read_only=False`` leaves a restart parameter writable."""
+    """The descriptor of ``spec``; ``read_only=False`` leaves a restart parameter writable.
+
+    Ranges and choices are stated in ``additional_constraints`` but not given to rclpy as
+    ranges to enforce: :mod:`depth_node.config` checks every value, at startup and on a change,
+    with one message for both.
+    """
     d = ParameterDescriptor(name=spec.name, type=_PARAM_TYPES[spec.type_name].value,
                             description=spec.description,
-                            read_only=spec.read_only and read_only)
+                            read_only=spec.read_only and read_only,
+                            additional_constraints=spec.constraints)
     if spec.type_name == 'double':
         # '-p cloud.max_depth:=20' arrives as an integer; accept it (validation converts it).
         d.dynamic_typing = True
-    if spec.choices:
-        d.additional_constraints = 'one of: ' + ', '.join(map(str, spec.choices))
-    if spec.type_name == 'int' and (spec.min is not None or spec.max is not None):
-        d.integer_range = [IntegerRange(from_value=int(spec.min if spec.min is not None
-                                                       else -2**63),
-                                        to_value=int(spec.max if spec.max is not None
-                                                     else 2**63 - 1), step=1)]
-    if spec.type_name == 'double' and spec.min is not None and spec.max is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.min),
-                                                     to_value=float(spec.max), step=0.0)]
     return d
 
 
@@ -163,6 +158,9 @@ class DepthNodeBase:
     #: Whether :meth:`serve` is run by the caller (the entry points: on the main thread)
     #: instead of on a worker thread the node starts itself (in-process use, tests).
     serve_on_caller = False
+
+    #: How a restart parameter takes effect: the reason a change of one is refused.
+    _restart = 'startup: restart the node'
 
     def _init_pipeline(self) -> None:
         """State that lives as long as the node (counters survive a lifecycle cleanup)."""
@@ -228,7 +226,8 @@ class DepthNodeBase:
         depth_node.config.ConfigError
             When a value is invalid or the model cannot be loaded; nothing is advertised then.
         """
-        self._cfg = cfg.validate_values(values)
+        self._cfg = cfg.validate_values(values,
+                                        cfg.TF2_NOT_INSTALLED if TfBuffer is None else '')
         self._named = bool(self._cfg['input.cameras'])
         self._scans: deque = deque(maxlen=self._cfg['lidar.scan_buffer'])
         self._consecutive_failures = 0
@@ -248,13 +247,7 @@ class DepthNodeBase:
 
         self._tf_buffer = None
         if self._cfg['lidar.enabled'] and self._cfg.T_camera_lidar is None:
-            if TfBuffer is None:
-                self._release_model()
-                raise cfg.ConfigError(
-                    'lidar.enabled is true but lidar.T_camera_lidar is unset and tf2_ros is not '
-                    'importable: set lidar.T_camera_lidar (16 values, row-major, LiDAR to camera '
-                    'optical frame) or run in a ROS 2 install with tf2_ros')
-            self._tf_buffer = TfBuffer()
+            self._tf_buffer = TfBuffer()  # validate_values made sure tf2_ros is there
             self._tf_listener = TransformListener(self._tf_buffer, self)
         self._create_outputs()
 
@@ -410,25 +403,16 @@ class DepthNodeBase:
             torch.cuda.empty_cache()
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        values = dict(self._cfg.values)
-        for p in params:
-            spec = cfg.PARAMS_BY_NAME.get(p.name)
-            if spec is None:
-                continue
-            value = spec.coerce(p.value)
-            reason = spec.check(value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-            values[p.name] = value
-        errors = cfg.cross_check(values)
-        if values['lidar.enabled'] and self._tf_buffer is None and \
-                list(values['lidar.T_camera_lidar']) == [0.0]:
-            errors.append('lidar.T_camera_lidar cannot be unset at run time: the node started '
-                          'without tf2 (restart it with the parameter unset to use tf2)')
-        if errors:
-            return SetParametersResult(successful=False, reason='; '.join(errors))
+        """A ``ros2 param set``: checked by :func:`depth_node.config.validate_change`."""
+        no_tf2 = '' if self._tf_buffer is not None else (
+            cfg.TF2_NOT_INSTALLED if TfBuffer is None else cfg.TF2_NOT_STARTED)
+        try:
+            config = cfg.validate_change(self._cfg, {p.name: p.value for p in params}, no_tf2,
+                                         self._restart)
+        except cfg.ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
         with self._lock:
-            self._cfg = self._frames.config = cfg.NodeConfig(values)
+            self._cfg = self._frames.config = config
             for cam in self._cameras:
                 if cam.aligner is not None:
                     cam.aligner.config = self._frames.aligner_config()

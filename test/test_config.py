@@ -140,3 +140,45 @@ def test_one_extrinsic_per_camera():
     broken = eye + eye[:12] + [0.0, 0.0, 1.0, 1.0]
     with pytest.raises(cfg.ConfigError, match=r'\(camera rear/left\)'):
         cfg.validate_values({**values, 'lidar.T_camera_lidar': broken})
+
+
+def test_lidar_without_extrinsics_needs_tf2():
+    with pytest.raises(cfg.ConfigError, match=re.escape(
+            'lidar.enabled is true but lidar.T_camera_lidar is unset and '
+            f'{cfg.TF2_NOT_INSTALLED}: set lidar.T_camera_lidar')):
+        cfg.validate_values({'lidar.enabled': True}, cfg.TF2_NOT_INSTALLED)
+    assert cfg.validate_values({'lidar.enabled': True}).T_camera_lidar is None  # tf2 there
+    assert not cfg.validate_values({}, cfg.TF2_NOT_INSTALLED)['lidar.enabled']
+
+
+@pytest.mark.parametrize('change', [
+    {'cloud.stride': 0}, {'cloud.max_depth': 0.05}, {'lidar.smoothing': 1.5},
+    {'lidar.T_camera_lidar': [1.0] * 16}, {'lidar.T_camera_lidar': [1.0, 2.0]},
+    {'lidar.T_camera_lidar': [0.0]},
+], ids=['stride 0', 'max_depth < min_depth', 'smoothing 1.5', 'T not rigid', 'T 2 values',
+        'T unset without tf2'])
+def test_runtime_change_refused_as_at_startup(change):
+    eye = [float(v) for v in np.eye(4).ravel()]
+    startup = {'lidar.enabled': True, 'lidar.T_camera_lidar': eye, 'cloud.max_depth': 10.0}
+    config = cfg.validate_values(startup, cfg.TF2_NOT_INSTALLED)
+    with pytest.raises(cfg.ConfigError) as at_startup:
+        cfg.validate_values({**startup, **change}, cfg.TF2_NOT_INSTALLED)
+    with pytest.raises(cfg.ConfigError) as at_run_time:
+        cfg.validate_change(config, change, cfg.TF2_NOT_INSTALLED)
+    assert str(at_run_time.value) == str(at_startup.value)
+
+
+def test_runtime_change_applies_or_refuses_restart_parameters():
+    config = cfg.validate_values({})
+    changed = cfg.validate_change(config, {'cloud.stride': 4, 'cloud.max_depth': 20})
+    assert changed['cloud.stride'] == 4 and changed['cloud.max_depth'] == 20.0
+    assert config['cloud.stride'] == 2  # the old configuration is untouched
+    with pytest.raises(cfg.ConfigError, match=r'^model\.name, input\.mode take\(s\) effect at '
+                                              r'configure: clean up$'):
+        cfg.validate_change(config, {'model.name': 'x', 'input.mode': 'image',
+                                     'cloud.stride': 3}, restart='configure: clean up')
+
+
+def test_check_each_leaves_cross_rules_to_validate():
+    assert cfg.check_each({'cloud.stride': 0, 'cloud.max_depth': 0.01, 'unknown': 1}) == [
+        'cloud.stride must be >= 1, got 0']

@@ -13,6 +13,7 @@ lists the cases and their results.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import itertools
 import os
@@ -34,7 +35,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 
 from depth_node.camera_info import intrinsics_from_fields, intrinsics_to_fields
-from depth_node.config import ConfigError
+from depth_node.config import ConfigError, TF2_NOT_STARTED
 from depth_node.demo import simulated_lidar
 from depth_node.evaluate import compute_metrics
 from depth_node.messages import (camera_info_msg, image_msg, image_to_array, make_header,
@@ -221,13 +222,16 @@ def compressed_rig(session, model_dir, small):
     return rig
 
 
+LIDAR_PARAMS = {'input.mode': 'relative_depth', 'lidar.enabled': True,
+                'lidar.T_camera_lidar': [float(v) for v in T_CAMERA_LIDAR.ravel()],
+                'lidar.max_fit_age': 1.0, 'lidar.max_time_offset': 0.1, 'lidar.smoothing': 0.7,
+                'cloud.max_depth': 10.0, 'diagnostics.period': 0.2}
+
+
 @pytest.fixture(scope='module')
 def lidar_rig(session, tum):
-    params = {'input.mode': 'relative_depth', 'lidar.enabled': True,
-              'lidar.T_camera_lidar': [float(v) for v in T_CAMERA_LIDAR.ravel()],
-              'lidar.max_fit_age': 1.0, 'lidar.max_time_offset': 0.1, 'lidar.smoothing': 0.7,
-              'cloud.max_depth': 10.0, 'diagnostics.period': 0.2}
-    rig = Rig(session, '/rel_lidar', params, ('relative_depth', 'camera_info', 'lidar/points'))
+    rig = Rig(session, '/rel_lidar', LIDAR_PARAMS,
+              ('relative_depth', 'camera_info', 'lidar/points'))
     gt = tum.depth_gt
     filled = np.where(np.isfinite(gt), gt, np.nanmedian(gt)).astype(np.float32)
     rig.reference['prediction'] = (SCALE / filled + SHIFT).astype(np.float32)
@@ -540,6 +544,29 @@ def test_configuration_error_before_any_topic_is_advertised(session, monkeypatch
                   parameter_overrides=overrides)
     # only what every rclpy node has; none of depth_node's topics
     assert set(created) <= {'/parameter_events', '/rosout'}, created
+
+
+@pytest.mark.parametrize('change', [
+    {'cloud.stride': 0}, {'cloud.max_depth': 0.05}, {'lidar.smoothing': 1.5},
+    {'lidar.T_camera_lidar': [1.0, 2.0]}, {'lidar.T_camera_lidar': [0.0]},
+], ids=['stride 0', 'max_depth < min_depth', 'smoothing 1.5', 'T 2 values', 'T unset'])
+def test_runtime_change_refused_with_the_startup_message(session, lidar_rig, change):
+    """``ros2 param set`` of a bad value on a running node is refused, the node keeps its
+    configuration, and the reason is the message the same value gets at startup."""
+    before = dict(lidar_rig.node._cfg.values)
+    result = lidar_rig.node.set_parameters([Parameter(k, value=v) for k, v in change.items()])
+    assert not result[0].successful
+    assert lidar_rig.node._cfg.values == before
+    if 'lidar.T_camera_lidar' in change and change['lidar.T_camera_lidar'] == [0.0] and \
+            importlib.util.find_spec('tf2_ros') is not None:
+        # with tf2 a node may start without extrinsics; this one started with them
+        assert TF2_NOT_STARTED in result[0].reason
+        return
+    overrides = [Parameter(k, value=v) for k, v in {**LIDAR_PARAMS, **change}.items()]
+    with pytest.raises(ConfigError) as at_startup:
+        DepthNode(context=session.context, namespace='/rel_config_same',
+                  parameter_overrides=overrides)
+    assert result[0].reason == str(at_startup.value)
 
 
 # ------------------------------------------------------------------- LiDAR and CameraInfo
