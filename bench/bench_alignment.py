@@ -69,8 +69,8 @@ from depth_node.evaluate import (  # noqa: E402
     EvaluationError, affine_lstsq, cap_for, compute_metrics, gaussian_window,
     points_to_sparse_gt, separable_filter, write_json)
 from depth_node.demo import simulated_lidar  # noqa: E402
-from depth_node.lidar import (  # noqa: E402
-    CameraModel, prepare_points, project_points)
+from depth_node.camera_info import Intrinsics  # noqa: E402
+from depth_node.lidar import prepare_points, project_points  # noqa: E402
 from depth_node.sample_data import frame_folders, load_frame  # noqa: E402
 
 DEFAULT_DATA = DATA
@@ -200,8 +200,8 @@ def make_prediction(true_depth: np.ndarray, warp: float, rng: np.random.Generato
 
 
 def lidar_case(frame, set_name: str, rng: np.random.Generator) -> Case:
-    camera = CameraModel(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
-                         width=frame.width, height=frame.height)
+    camera = Intrinsics(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
+                        width=frame.width, height=frame.height)
     width, height = frame.width, frame.height
     points = frame.lidar[:, :3]
     t0 = time.perf_counter()
@@ -220,8 +220,8 @@ def lidar_case(frame, set_name: str, rng: np.random.Generator) -> Case:
 def dense_case(frame, set_name: str, rng: np.random.Generator) -> Case:
     depth = frame.depth_gt
     height, width = depth.shape
-    camera = CameraModel(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
-                         width=width, height=height)
+    camera = Intrinsics(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
+                        width=width, height=height)
     scan = simulated_lidar(depth, frame.K)  # camera frame: T_camera_lidar is the identity
     t0 = time.perf_counter()
     uv, z = prepare_points(scan, np.eye(4), camera, width, height)
@@ -349,8 +349,8 @@ def timing_run(data: Path, seed: int, options: dict) -> dict:
     kitti = sorted((data / 'kitti_object').glob('*/camera.json'))
     if kitti:
         frame = load_frame(kitti[0].parent)
-        camera = CameraModel(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
-                             width=frame.width, height=frame.height)
+        camera = Intrinsics(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
+                            width=frame.width, height=frame.height)
         samples = []
         for _ in range(TIMING_REPEATS // 3 + 1):
             t0 = time.perf_counter()

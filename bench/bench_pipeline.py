@@ -180,7 +180,6 @@ class Pipeline:
         from depth_node import config as cfg
         from depth_node.alignment import Aligner, AlignerConfig
         from depth_node.frame_pipeline import FramePipeline
-        from depth_node.lidar import CameraModel
         from depth_node.messages import image_msg
 
         self.label = label
@@ -205,9 +204,7 @@ class Pipeline:
         # the naive baseline's own alignment (the same functions, called directly)
         self.aligner = Aligner(AlignerConfig(smoothing=0.0, min_depth=MIN_DEPTH,
                                              max_depth=MAX_DEPTH))
-        intr = inputs.intr
-        self.camera = CameraModel(K=intr.K, D=intr.D, distortion_model=intr.distortion_model,
-                                  width=inputs.width, height=inputs.height)
+        self.camera = inputs.intr
         self.samples: list[dict[str, float]] = []
         self.stub_samples: list[dict[str, float]] = []
         self.stubbed = False

@@ -18,22 +18,27 @@ carries them with binning 1 and no ROI.
 
 Rescaling convention
 --------------------
-A depth network often runs at another resolution than the camera, and some drivers publish
-CameraInfo for the full sensor while streaming a binned image. :func:`scale_intrinsics` scales
-K and P the way image_proc's ``resize`` node does (``image_proc/src/resize.cpp``): rows 0 and 1
-are multiplied by ``sx = width / intr.width`` and ``sy = height / intr.height``, so
-``fx' = fx * sx`` and ``cx' = cx * sx``. That keeps our ``depth/camera_info`` identical to what
-image_proc publishes for the same resize. Strictly, for a resize that maps pixel centres
-(``cv2.resize``, ``torch`` ``align_corners=False``) the principal point moves to
-``(cx + 0.5) * sx - 0.5``; the two differ by ``0.5 * (sx - 1)`` pixels (0.25 px when halving,
-0.5 px when doubling), which we accept for consistency with the ROS tools.
+:class:`Intrinsics` is the one camera model of the package: the cloud
+(:func:`depth_node.cloud.depth_to_points`), the LiDAR projection (:mod:`depth_node.lidar`) and
+``depth/camera_info`` all use it, so they agree to the last digit. When an image is resized to
+``width`` x ``height`` (:meth:`Intrinsics.scaled`; ``sx = width / intr.width``,
+``sy = height / intr.height``), pixel centres map to pixel centres: ``u' = (u + 0.5) * sx - 0.5``,
+so ``fx' = fx * sx`` and ``cx' = (cx + 0.5) * sx - 0.5`` (K and P alike). That is how the
+package's own resizes move the image content: :func:`depth_node.image_codec.limit_pixels` (the
+box filter of ``input.oversize: downscale``), the estimator's upsampling of the prediction
+(``F.interpolate``, ``align_corners=False``), and ``cv2.resize`` in a driver. image_proc's
+``resize`` node instead multiplies K by the scale (``cx' = cx * sx``), which is
+``0.5 * (sx - 1)`` pixels off for the image it publishes (0.25 px when halving, 0.5 px when
+doubling); our ``depth/camera_info`` differs from image_proc's by that much and matches the
+depth image.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+import functools
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -52,35 +57,72 @@ class CameraInfoError(ValueError):
     """CameraInfo fields that cannot describe a pinhole camera, or do not fit the image."""
 
 
+_MAX_THETA = math.radians(89.5)  # largest field angle searched for the valid distortion range
+_RADIUS_MARGIN = 1.15             # points may lie this far beyond the image's radius (tangential)
+
+
 @dataclass(frozen=True, eq=False)
 class Intrinsics:
-    """Validated pinhole intrinsics of one image size.
+    """The camera model of one image: pinhole intrinsics, lens distortion and size, validated.
+
+    The one camera model of the package (see the module docstring for the rescaling
+    convention). Built from CameraInfo fields by :func:`intrinsics_from_fields`, or directly:
+    ``Intrinsics(K, D, distortion_model, width, height)``.
 
     Attributes
     ----------
+    K : np.ndarray
+        ``(3, 3)`` float64 camera matrix, pixels (``fx, skew, cx; 0, fy, cy; 0, 0, 1``).
+    D : np.ndarray
+        ``(n,)`` float64 distortion coefficients for ``distortion_model``, in ROS / OpenCV order
+        (``plumb_bob`` k1 k2 p1 p2 k3, ``rational_polynomial`` k1 k2 p1 p2 k3 k4 k5 k6,
+        ``equidistant`` k1 k2 k3 k4, OpenCV fisheye); fewer are zero-padded (empty: none), more
+        are accepted when the extra ones are zero. Kept as given (depth/camera_info repeats it).
+    distortion_model : str
+        ``plumb_bob``, ``rational_polynomial``, ``equidistant``, or ``''`` / ``none`` (D zero).
     width, height : int
         Image size in pixels that K and P refer to.
-    K : np.ndarray
-        ``(3, 3)`` float64 camera matrix, pixels.
-    D : np.ndarray
-        ``(n,)`` float64 distortion coefficients for ``distortion_model`` (ROS order).
-    distortion_model : str
-        As received: ``plumb_bob``, ``rational_polynomial``, ``equidistant``, ``''`` or ``none``.
     P : np.ndarray
-        ``(3, 4)`` float64 projection matrix (of the rectified image), pixels.
+        ``(3, 4)`` float64 projection matrix (of the rectified image), pixels; ``[K | 0]`` when
+        not given or all zeros.
     R : np.ndarray
-        ``(3, 3)`` float64 rectification rotation.
+        ``(3, 3)`` float64 rectification rotation; the identity when not given or all zeros.
 
-    The arrays are read-only.
+    The arrays are read-only private copies.
+
+    Raises
+    ------
+    CameraInfoError
+        From the constructor: see :func:`camera_matrix` for K; a size that is not positive; a
+        distortion model it does not know, D that does not fit it, a non-finite D, P or R.
     """
 
-    width: int
-    height: int
     K: np.ndarray
     D: np.ndarray
     distortion_model: str
-    P: np.ndarray
-    R: np.ndarray
+    width: int
+    height: int
+    P: Optional[np.ndarray] = None
+    R: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        w, h = _check_size(self.width, self.height)
+        K = camera_matrix(self.K)
+        D = _as_float_array('d', [] if self.D is None else self.D, None)
+        _check_lens(self.distortion_model, D)
+        P = np.hstack([K, np.zeros((3, 1))]) if self.P is None else \
+            _as_float_array('p', self.P, 12).reshape(3, 4)
+        if not P.any():
+            P = np.hstack([K, np.zeros((3, 1))])
+        elif not (P[0, 0] > 0 and P[1, 1] > 0):
+            raise CameraInfoError(f'camera_info p needs positive fx and fy, got {P[0, 0]}, '
+                                  f'{P[1, 1]}')
+        R = np.eye(3) if self.R is None else _as_float_array('r', self.R, 9).reshape(3, 3)
+        if not R.any():
+            R = np.eye(3)
+        for name, value in (('width', w), ('height', h), ('K', K), ('D', _frozen(D)),
+                            ('P', _frozen(P)), ('R', _frozen(R))):
+            object.__setattr__(self, name, value)
 
     @property
     def fx(self) -> float:
@@ -97,6 +139,135 @@ class Intrinsics:
     @property
     def cy(self) -> float:
         return float(self.K[1, 2])
+
+    def scaled(self, width: int, height: int) -> Intrinsics:
+        """The same camera for the image resized to ``width`` x ``height`` pixels.
+
+        Pixel centres map to pixel centres (the module docstring says why):
+        ``u' = (u + 0.5) * sx - 0.5`` with ``sx = width / self.width`` (and ``v`` with ``sy``),
+        applied to K and P (``fx' = fx * sx``, ``cx' = (cx + 0.5) * sx - 0.5``). D and R do
+        not depend on the resolution. ``self`` when the size is the same.
+        """
+        w, h = _check_size(width, height)
+        if (w, h) == (self.width, self.height):
+            return self
+        sx, sy = w / self.width, h / self.height
+        A = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+        return Intrinsics(A @ self.K, self.D, self.distortion_model, w, h, A @ self.P, self.R)
+
+    # -------------------------------------------------------------- lens distortion
+    @property
+    def distorted(self) -> bool:
+        """True unless projection is plain pinhole (equidistant always is: r_d = atan(r))."""
+        return self.distortion_model == 'equidistant' or bool(np.any(self.D != 0))
+
+    @functools.cached_property
+    def coefficients(self) -> np.ndarray:
+        """D padded (or cut) to the model's number of coefficients: 5, 8, 4, or 0 for none."""
+        n = DISTORTION_COEFFICIENTS.get(self.distortion_model, 0)
+        out = np.zeros(n)
+        m = min(n, self.D.size)
+        out[:m] = self.D[:m]
+        out.flags.writeable = False
+        return out
+
+    def radial_map(self, r: np.ndarray) -> np.ndarray:
+        """Distorted normalised radius of undistorted normalised radius ``r`` (radial terms)."""
+        r = np.asarray(r, dtype=np.float64)
+        D = self.coefficients
+        if self.distortion_model == 'equidistant':
+            theta = np.arctan(r)
+            t2 = theta * theta
+            return theta * (1 + t2 * (D[0] + t2 * (D[1] + t2 * (D[2] + t2 * D[3]))))
+        if D.size == 0:
+            return r
+        r2 = r * r
+        num = 1 + r2 * (D[0] + r2 * (D[1] + r2 * D[4]))
+        if self.distortion_model == 'rational_polynomial':
+            num = num / (1 + r2 * (D[5] + r2 * (D[6] + r2 * D[7])))
+        return r * num
+
+    @functools.cached_property
+    def max_radius(self) -> float:
+        """The largest undistorted normalised radius ``hypot(x/z, y/z)`` a projection trusts.
+
+        The undistorted radius of the farthest image corner times a small margin, capped where
+        the distortion polynomial stops being monotonic, so points far outside the field of
+        view cannot fold back into the image.
+        """
+        corners = np.array([[0, 0], [self.width - 1, 0], [0, self.height - 1],
+                            [self.width - 1, self.height - 1]], dtype=np.float64)
+        fx, s, cx = self.K[0]
+        fy, cy = self.K[1, 1], self.K[1, 2]
+        yn = (corners[:, 1] - cy) / fy
+        xn = (corners[:, 0] - cx - s * yn) / fx
+        rd_image = float(np.max(np.hypot(xn, yn)))
+        if not self.distorted:
+            return rd_image * _RADIUS_MARGIN
+        r = np.tan(np.linspace(0.0, _MAX_THETA, 4001))
+        rd = self.radial_map(r)
+        if self.distortion_model == 'rational_polynomial':
+            D = self.coefficients
+            r2 = r * r
+            denom = 1 + r2 * (D[5] + r2 * (D[6] + r2 * D[7]))
+            rd = np.where(denom > 0, rd, np.nan)
+        bad = ~(np.diff(rd) > 0)  # folds back, or NaN
+        n_valid = int(np.argmax(bad)) + 1 if bad.any() else r.size
+        r_fold = float(r[n_valid - 1])
+        covering = np.nonzero(rd[:n_valid] >= rd_image)[0]
+        if covering.size == 0:  # the image reaches past the model's valid range
+            return r_fold
+        return min(r_fold, float(r[covering[0]]) * _RADIUS_MARGIN)
+
+
+def camera_matrix(K: Sequence[float]) -> np.ndarray:
+    """``K`` checked as a pinhole camera matrix: a read-only ``(3, 3)`` float64 copy.
+
+    The one check of a camera matrix, for :class:`Intrinsics` and for the cloud's ``K``.
+
+    Raises
+    ------
+    CameraInfoError
+        Not 9 numbers (a 3x3 matrix), a non-finite value, fx or fy not positive, or a last row
+        other than ``[0, 0, 1]``.
+    """
+    try:
+        a = np.array(K, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise CameraInfoError(f'K must be a 3x3 camera matrix of numbers: {e}') from e
+    if a.size != 9:
+        raise CameraInfoError(f'K must be a 3x3 camera matrix (9 values), got shape {a.shape}')
+    a = a.reshape(3, 3)
+    if not np.isfinite(a).all():
+        raise CameraInfoError(f'K has non-finite values: {shorten_values(a.ravel().tolist())}')
+    fx, fy = a[0, 0], a[1, 1]
+    if not (fx > 0 and fy > 0):
+        raise CameraInfoError(f'K needs positive fx and fy, got fx={fx}, fy={fy} (an all-zero '
+                              'K means the camera is not calibrated)')
+    if not np.array_equal(a[2], [0.0, 0.0, 1.0]):
+        raise CameraInfoError(f'K must end with the row [0, 0, 1], got {a[2].tolist()}')
+    a.flags.writeable = False
+    return a
+
+
+def _check_lens(distortion_model: str, D: np.ndarray) -> None:
+    """The distortion model is known and D fits it (see :class:`Intrinsics`)."""
+    if not isinstance(distortion_model, str):
+        raise CameraInfoError(
+            f'distortion_model must be a string, got {shorten(distortion_model)}')
+    if distortion_model in NO_DISTORTION_MODELS:
+        if np.any(D != 0):
+            raise CameraInfoError(f'distortion_model {distortion_model!r} needs D all zeros, got '
+                                  f'{shorten_values(D.tolist())}; set the model (plumb_bob, ...)')
+    elif distortion_model not in KNOWN_DISTORTION_MODELS:
+        raise CameraInfoError(f'unknown distortion_model {shorten(distortion_model)}; expected '
+                              f'one of {", ".join(KNOWN_DISTORTION_MODELS)} or an empty string')
+    else:
+        n = DISTORTION_COEFFICIENTS[distortion_model]
+        if np.any(D[n:] != 0):
+            raise CameraInfoError(f'{distortion_model} uses {n} distortion coefficients, got '
+                                  f'{D.size} with non-zero extras '
+                                  f'{shorten_values(D[n:].tolist())}')
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -166,45 +337,16 @@ def intrinsics_from_fields(width: int, height: int, k: Sequence[float], d: Seque
         that leaves no pixel.
     """
     w, h = _check_size(width, height)
-    K = _as_float_array('k', k, 9).reshape(3, 3)
+    K = camera_matrix(_as_float_array('k', k, 9))
     D = _as_float_array('d', d, None)
     P = _as_float_array('p', p, 12).reshape(3, 4)
     R = _as_float_array('r', r, 9).reshape(3, 3)
-
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    if not (fx > 0 and fy > 0):
-        raise CameraInfoError(f'camera_info k needs positive fx and fy, got fx={fx}, fy={fy} '
-                              '(an all-zero K means the camera is not calibrated)')
-    if cx == 0 or cy == 0:
-        raise CameraInfoError(f'camera_info k has a zero principal point (cx={cx}, cy={cy}); '
-                              'calibrate the camera or set cx, cy')
-    if not np.array_equal(K[2], [0.0, 0.0, 1.0]):
-        raise CameraInfoError(
-            f'camera_info k must end with the row [0, 0, 1], got {K[2].tolist()}')
-
-    if not isinstance(distortion_model, str):
-        raise CameraInfoError(
-            f'distortion_model must be a string, got {shorten(distortion_model)}')
-    if distortion_model in NO_DISTORTION_MODELS:
-        if np.any(D != 0):
-            raise CameraInfoError(f'distortion_model {distortion_model!r} needs D all zeros, got '
-                                  f'{shorten_values(D.tolist())}; set the model (plumb_bob, ...)')
-    elif distortion_model not in KNOWN_DISTORTION_MODELS:
-        raise CameraInfoError(f'unknown distortion_model {shorten(distortion_model)}; expected '
-                              f'one of {", ".join(KNOWN_DISTORTION_MODELS)} or an empty string')
-    else:
-        n = DISTORTION_COEFFICIENTS[distortion_model]
-        if np.any(D[n:] != 0):
-            raise CameraInfoError(f'{distortion_model} uses {n} distortion coefficients, got '
-                                  f'{D.size} with non-zero extras '
-                                  f'{shorten_values(D[n:].tolist())}')
-
+    if K[0, 2] == 0 or K[1, 2] == 0:  # a CameraInfo of an uncalibrated camera, in part
+        raise CameraInfoError(f'camera_info k has a zero principal point (cx={K[0, 2]}, '
+                              f'cy={K[1, 2]}); calibrate the camera or set cx, cy')
+    _check_lens(distortion_model, D)
     if not P.any():
         P = np.hstack([K, np.zeros((3, 1))])
-    elif not (P[0, 0] > 0 and P[1, 1] > 0):
-        raise CameraInfoError(f'camera_info p needs positive fx and fy, got {P[0, 0]}, {P[1, 1]}')
-    if not R.any():
-        R = np.eye(3)
 
     bx, by = _binning('binning_x', binning_x), _binning('binning_y', binning_y)
     x0, y0, rw, rh = _roi(roi, w, h)
@@ -219,8 +361,7 @@ def intrinsics_from_fields(width: int, height: int, k: Sequence[float], d: Seque
         if w <= 0 or h <= 0:
             raise CameraInfoError(f'camera_info binning {bx}x{by} of a {rw}x{rh} region leaves '
                                   f'no pixel')
-    return Intrinsics(width=w, height=h, K=_frozen(K), D=_frozen(D),
-                      distortion_model=distortion_model, P=_frozen(P), R=_frozen(R))
+    return Intrinsics(K, D, distortion_model, w, h, P, R)
 
 
 def _binning(name: str, value: int) -> int:
@@ -250,25 +391,12 @@ def _roi(roi: Sequence[int], width: int, height: int) -> tuple[int, int, int, in
     return x0, y0, rw, rh
 
 
-def scale_intrinsics(intr: Intrinsics, width: int, height: int) -> Intrinsics:
-    """Intrinsics of the same camera resized to ``width`` x ``height`` pixels.
-
-    Rows 0 and 1 of K and P are multiplied by ``width / intr.width`` and
-    ``height / intr.height`` (image_proc ``resize`` convention, see the module docstring); D and
-    R do not depend on the resolution.
-    """
-    w, h = _check_size(width, height)
-    if (w, h) == (intr.width, intr.height):
-        return intr
-    S = np.diag([w / intr.width, h / intr.height, 1.0])
-    return replace(intr, width=w, height=h, K=_frozen(S @ intr.K), P=_frozen(S @ intr.P))
-
-
 def fit_to_image(intr: Intrinsics, width: int, height: int, rel_tol: float = 0.01) -> Intrinsics:
     """Intrinsics for an image of ``width`` x ``height``, rescaled when CameraInfo differs.
 
     The image must be a resize of the calibrated one: the aspect ratios must agree within
     ``rel_tol`` (relative), otherwise the image was cropped or padded and K cannot be derived.
+    The result is :meth:`Intrinsics.scaled` (pixel centres to pixel centres).
     """
     w, h = _check_size(width, height)
     if (w, h) == (intr.width, intr.height):
@@ -278,7 +406,7 @@ def fit_to_image(intr: Intrinsics, width: int, height: int, rel_tol: float = 0.0
         raise CameraInfoError(f'camera_info is {intr.width}x{intr.height} but image is {w}x{h} '
                               'with a different aspect ratio; publish a camera_info for the '
                               'image size (cropped or padded images cannot be rescaled)')
-    return scale_intrinsics(intr, w, h)
+    return intr.scaled(w, h)
 
 
 def intrinsics_to_fields(intr: Intrinsics) -> dict:

@@ -9,6 +9,9 @@ Conventions
 - Points are in the camera optical frame (REP 103): x right, y down, z forward, metres.
 - Pixel ``(u, v)`` is the centre of column ``u``, row ``v`` (the OpenCV / CameraInfo convention),
   so ``x = (u - cx) * z / fx`` and ``y = (v - cy) * z / fy`` as in depth_image_proc.
+- ``K`` is the depth image's own camera matrix: that of its
+  :class:`~depth_node.camera_info.Intrinsics` (scaled to the image), checked by
+  :func:`~depth_node.camera_info.camera_matrix`.
 
 Point layout
 ------------
@@ -39,6 +42,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from depth_node.camera_info import camera_matrix, CameraInfoError
 from depth_node.encodings import POINTFIELD_FLOAT32
 
 POINT_STEP_XYZ = 12
@@ -93,14 +97,11 @@ _ray_lock = threading.Lock()
 
 
 def _check_K(K: np.ndarray) -> np.ndarray:
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3):
-        raise CloudError(f'K must be a 3x3 camera matrix, got shape {K.shape}')
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0):
-        raise CloudError(f'K needs finite positive fx, fy and finite cx, cy; got fx={fx}, '
-                         f'fy={fy}, cx={cx}, cy={cy}')
-    return K
+    """:func:`depth_node.camera_info.camera_matrix`, the one check of a camera matrix."""
+    try:
+        return camera_matrix(K)
+    except CameraInfoError as exc:
+        raise CloudError(str(exc)) from None
 
 
 def _check_stride(stride: int) -> int:

@@ -400,13 +400,14 @@ def _frame_ground_truth(folder: Path, height: int, width: int) -> tuple:
         return frame.depth_gt, 'depth_gt.png'
     if frame.lidar is None or frame.T_camera_lidar is None:
         raise EvaluationError(f'{folder}: neither depth_gt.png nor lidar.npy with T_camera_lidar')
-    from depth_node.lidar import CameraModel, LidarError, prepare_points
+    from depth_node.camera_info import CameraInfoError, Intrinsics
+    from depth_node.lidar import LidarError, prepare_points
 
     try:
-        camera = CameraModel(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
-                             width=frame.width, height=frame.height)
+        camera = Intrinsics(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
+                            width=frame.width, height=frame.height)
         uv, z = prepare_points(frame.lidar[:, :3], frame.T_camera_lidar, camera, width, height)
-    except LidarError as exc:
+    except (CameraInfoError, LidarError) as exc:
         raise EvaluationError(f'{folder}: cannot project the scan: {exc}') from exc
     return points_to_sparse_gt(uv, z, height, width), 'lidar.npy projected'
 

@@ -29,14 +29,14 @@ import numpy as np
 
 from depth_node import config as cfg
 from depth_node.alignment import Aligner, AlignerConfig, Alignment
-from depth_node.camera_info import CameraInfoError, Intrinsics, fit_to_image, scale_intrinsics
+from depth_node.camera_info import CameraInfoError, Intrinsics, fit_to_image
 from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
 from depth_node.colormap import colorize
 from depth_node.image_codec import (
     ImageDecodeError, decode_compressed, decode_image, decode_relative_depth, limit_pixels,
     limited_size, plan_compressed)
 from depth_node.input_shape import check_input_shape, model_patch_size
-from depth_node.lidar import CameraModel, LidarError, prepare_points, projection_counts
+from depth_node.lidar import LidarError, prepare_points, projection_counts
 from depth_node.packing import depth_to_uint16_mm
 from depth_node.telemetry import StageTimer
 from depth_node.text import shorten
@@ -360,10 +360,7 @@ class FramePipeline:
         intr = state.intrinsics
         if intr is None:
             return None
-        intr = fit_to_image(intr, src_w, src_h)
-        if (width, height) != (src_w, src_h):
-            intr = scale_intrinsics(intr, width, height)
-        return intr
+        return fit_to_image(intr, src_w, src_h).scaled(width, height)
 
     def _cloud_K(self, frame: Frame, state: CameraState) -> Optional[np.ndarray]:
         """The camera matrix to build the cloud with the forward pass, or None: only a metric
@@ -512,19 +509,14 @@ class FramePipeline:
                 height, width = prediction.shape
                 n_scan = len(scan[2])
                 try:
-                    camera = CameraModel(K=intr.K, D=intr.D,
-                                         distortion_model=intr.distortion_model,
-                                         width=width, height=height)
                     window = c['lidar.occlusion_window']
-                    uv, z = prepare_points(scan[2], T, camera, width, height,
+                    uv, z = prepare_points(scan[2], T, intr, width, height,
                                            occlusion_window=window)
                     if len(z) < c['lidar.min_points']:  # say which step lost them
-                        why = projection_counts(scan[2], T, camera, width, height,
+                        why = projection_counts(scan[2], T, intr, width, height,
                                                 window).explain(c['lidar.min_points'], source)
-                except LidarError as exc:  # e.g. more non-zero D than the model has
-                    emit('problem', Problem('camera_info',
-                                            f'camera_info unusable for LiDAR: {exc}'))
-                    why = f'camera_info unusable for LiDAR: {exc}'
+                except LidarError as exc:  # the scan or transform (camera_info was checked
+                    why = f'LiDAR projection failed: {exc}'  # when it arrived)
         alignment = state.aligner.align(prediction, uv, z, frame.stamp)
         state.last_alignment = alignment
         reason = why or (alignment.fit.reason if alignment.fit is not None else '')

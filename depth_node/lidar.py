@@ -10,18 +10,20 @@ Typical use, per scan::
     xyz = read_points_xyz(fields, msg.point_step, msg.row_step, msg.width, msg.height,
                           msg.is_bigendian, msg.data)
     uv, z = prepare_points(xyz, T_camera_lidar, camera, pred_width, pred_height)
+
+``camera`` is the image's :class:`~depth_node.camera_info.Intrinsics`, the package's one camera
+model (the cloud and ``depth/camera_info`` use the same one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-import math
+from dataclasses import dataclass
 import threading
 from typing import Sequence
 
 import numpy as np
 
-from depth_node.camera_info import DISTORTION_COEFFICIENTS
+from depth_node.camera_info import Intrinsics
 from depth_node.encodings import POINTFIELD_DATATYPES, POINTFIELD_FLOAT32, POINTFIELD_FLOAT64
 from depth_node.text import shorten, shorten_values
 
@@ -151,143 +153,7 @@ def read_points_xyz(fields: Sequence[tuple[str, int, int, int]], point_step: int
     return xyz[np.isfinite(xyz).all(axis=1)]
 
 
-# Distortion models: ROS CameraInfo name -> number of coefficients used (OpenCV order).
-_DISTORTION_SIZES = {'none': 0, **DISTORTION_COEFFICIENTS}
-_MAX_THETA = math.radians(89.5)  # largest field angle searched for the valid distortion range
-_RADIUS_MARGIN = 1.15             # points may lie this far beyond the image's radius (tangential)
 _MIN_DEPTH = 0.1                  # metres; prepare_points drops nearer points
-
-
-@dataclass(frozen=True, eq=False)
-class CameraModel:
-    """A pinhole camera with ROS / OpenCV lens distortion.
-
-    Attributes
-    ----------
-    K : np.ndarray
-        ``(3, 3)`` camera matrix in pixels (``fx, skew, cx; 0, fy, cy; 0, 0, 1``).
-    D : np.ndarray
-        Distortion coefficients in ROS / OpenCV order: ``plumb_bob`` k1 k2 p1 p2 k3,
-        ``rational_polynomial`` k1 k2 p1 p2 k3 k4 k5 k6, ``equidistant`` k1 k2 k3 k4 (OpenCV
-        fisheye). Fewer coefficients are zero-padded (an empty ``D`` means no distortion); more
-        are accepted only when the extra ones are zero.
-    distortion_model : str
-        ``plumb_bob``, ``rational_polynomial``, ``equidistant``, or ``''`` / ``none`` for none.
-        Stored normalised: lower case, ``''`` becomes ``none``.
-    width, height : int
-        Image size in pixels that ``K`` describes.
-
-    The model also holds ``max_radius``: the largest normalised radius ``hypot(x/z, y/z)`` that
-    :func:`project_points` accepts. It is the undistorted radius of the farthest image corner
-    times a small margin, capped where the distortion polynomial stops being monotonic, so points
-    far outside the field of view cannot fold back into the image.
-    """
-
-    K: np.ndarray
-    D: np.ndarray
-    distortion_model: str
-    width: int
-    height: int
-    max_radius: float = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        K = np.array(self.K, dtype=np.float64)
-        if K.size != 9:
-            raise LidarError(f'K must have 9 elements, got shape {K.shape}')
-        K = K.reshape(3, 3)
-        if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise LidarError(f'K must be finite with positive fx, fy, got {K.tolist()}')
-        model = (self.distortion_model or 'none').strip().lower()
-        if model not in _DISTORTION_SIZES:
-            raise LidarError(f'unsupported distortion_model {shorten(self.distortion_model)}; '
-                             'use one of plumb_bob, rational_polynomial, equidistant or none')
-        size = _DISTORTION_SIZES[model]
-        D = np.array(self.D if self.D is not None else [], dtype=np.float64).reshape(-1)
-        if not np.isfinite(D).all():
-            raise LidarError(f'D must be finite, got {shorten_values(D.tolist())}')
-        if D.size > size and np.any(D[size:] != 0):
-            raise LidarError(f'{model} takes {size} distortion coefficients, got {D.size} '
-                             f'with non-zero extras {shorten_values(D[size:].tolist())}')
-        D = np.concatenate([D[:size], np.zeros(max(0, size - D.size))])
-        width, height = int(self.width), int(self.height)
-        if width <= 0 or height <= 0:
-            raise LidarError(f'image size must be positive, got {width} x {height}')
-        K.setflags(write=False)
-        D.setflags(write=False)
-        object.__setattr__(self, 'K', K)
-        object.__setattr__(self, 'D', D)
-        object.__setattr__(self, 'distortion_model', model)
-        object.__setattr__(self, 'width', width)
-        object.__setattr__(self, 'height', height)
-        object.__setattr__(self, 'max_radius', self._valid_radius())
-
-    @property
-    def distorted(self) -> bool:
-        """True unless projection is plain pinhole (equidistant is never: r_d = atan(r) at k=0)."""
-        return self.distortion_model == 'equidistant' or bool(np.any(self.D != 0))
-
-    def scaled(self, width: int, height: int) -> CameraModel:
-        """The same camera for the image resized to ``width`` x ``height`` pixels.
-
-        Uses the pixel-centre convention of area/bilinear resizing (``align_corners=False``):
-        ``u' = (u + 0.5) * width / self.width - 0.5``, so ``fx`` scales and
-        ``cx' = (cx + 0.5) * sx - 0.5``. Distortion coefficients act on normalised coordinates
-        and are unchanged.
-        """
-        width, height = int(width), int(height)
-        if width <= 0 or height <= 0:
-            raise LidarError(f'image size must be positive, got {width} x {height}')
-        if (width, height) == (self.width, self.height):
-            return self
-        sx, sy = width / self.width, height / self.height
-        K = self.K.copy()
-        K[0, :] *= sx
-        K[1, :] *= sy
-        K[0, 2] += 0.5 * sx - 0.5
-        K[1, 2] += 0.5 * sy - 0.5
-        return CameraModel(K, self.D, self.distortion_model, width, height)
-
-    def _radial_map(self, r: np.ndarray) -> np.ndarray:
-        """Distorted normalised radius of undistorted normalised radius ``r`` (radial terms)."""
-        r = np.asarray(r, dtype=np.float64)
-        D = self.D
-        if self.distortion_model == 'equidistant':
-            theta = np.arctan(r)
-            t2 = theta * theta
-            return theta * (1 + t2 * (D[0] + t2 * (D[1] + t2 * (D[2] + t2 * D[3]))))
-        if self.distortion_model == 'none':
-            return r
-        r2 = r * r
-        num = 1 + r2 * (D[0] + r2 * (D[1] + r2 * D[4]))
-        if self.distortion_model == 'rational_polynomial':
-            num = num / (1 + r2 * (D[5] + r2 * (D[6] + r2 * D[7])))
-        return r * num
-
-    def _valid_radius(self) -> float:
-        """Largest undistorted normalised radius whose projection is trusted (see class doc)."""
-        corners = np.array([[0, 0], [self.width - 1, 0], [0, self.height - 1],
-                            [self.width - 1, self.height - 1]], dtype=np.float64)
-        fx, s, cx = self.K[0]
-        fy, cy = self.K[1, 1], self.K[1, 2]
-        yn = (corners[:, 1] - cy) / fy
-        xn = (corners[:, 0] - cx - s * yn) / fx
-        rd_image = float(np.max(np.hypot(xn, yn)))
-        if self.distortion_model == 'none' or not self.distorted:
-            return rd_image * _RADIUS_MARGIN
-        r = np.tan(np.linspace(0.0, _MAX_THETA, 4001))
-        rd = self._radial_map(r)
-        if self.distortion_model == 'rational_polynomial':
-            D = self.D
-            r2 = r * r
-            denom = 1 + r2 * (D[5] + r2 * (D[6] + r2 * D[7]))
-            rd = np.where(denom > 0, rd, np.nan)
-        bad = ~(np.diff(rd) > 0)  # folds back, or NaN
-        n_valid = int(np.argmax(bad)) + 1 if bad.any() else r.size
-        r_fold = float(r[n_valid - 1])
-        covering = np.nonzero(rd[:n_valid] >= rd_image)[0]
-        if covering.size == 0:  # the image reaches past the model's valid range
-            return r_fold
-        return min(r_fold, float(r[covering[0]]) * _RADIUS_MARGIN)
 
 
 def _check_transform(T: np.ndarray) -> np.ndarray:
@@ -326,7 +192,7 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
-def project_points(points_cam: np.ndarray, camera: CameraModel,
+def project_points(points_cam: np.ndarray, camera: Intrinsics,
                    min_depth: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project points in the camera optical frame into the (distorted) image.
 
@@ -334,7 +200,7 @@ def project_points(points_cam: np.ndarray, camera: CameraModel,
     ----------
     points_cam : np.ndarray
         ``(N, 3)`` points in the camera optical frame, metres.
-    camera : CameraModel
+    camera : Intrinsics
         Intrinsics and distortion of the image the pixels refer to.
     min_depth : float
         Points with optical ``z < min_depth`` (behind or too close to the camera) are dropped,
@@ -362,7 +228,7 @@ def project_points(points_cam: np.ndarray, camera: CameraModel,
     return np.stack([u, v], axis=1), z, index
 
 
-def _project(x: np.ndarray, y: np.ndarray, z: np.ndarray, camera: CameraModel,
+def _project(x: np.ndarray, y: np.ndarray, z: np.ndarray, camera: Intrinsics,
              min_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`project_points` on float64 optical-frame columns; returns u, v, z, index."""
     with np.errstate(invalid='ignore'):
@@ -377,7 +243,7 @@ def _project(x: np.ndarray, y: np.ndarray, z: np.ndarray, camera: CameraModel,
         keep = r2 <= camera.max_radius ** 2  # False for NaN
         if not keep.all():
             index, z, x, y, r2 = index[keep], z[keep], x[keep], y[keep], r2[keep]
-        D = camera.D
+        D = camera.coefficients
         if camera.distortion_model == 'equidistant':
             r = np.sqrt(r2)
             theta = np.arctan(r)
@@ -491,9 +357,9 @@ def _occlusion_keep(u: np.ndarray, v: np.ndarray, z: np.ndarray, width: int, hei
     return block_min >= (1.0 - tolerance) * z
 
 
-def _scan_columns(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: 'CameraModel',
+def _scan_columns(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: Intrinsics,
                   out_width: int, out_height: int,
-                  ) -> tuple[np.ndarray, np.ndarray, 'CameraModel']:
+                  ) -> tuple[np.ndarray, np.ndarray, Intrinsics]:
     """Checked inputs of a projection: ``(3, N)`` float64 x, y, z rows (one transposing copy, so
     every later step is a contiguous 1-D pass), the checked 4x4 transform, and the camera
     scaled to the output size.
@@ -511,14 +377,14 @@ def _scan_columns(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: 
     return cols, T, camera.scaled(out_width, out_height)
 
 
-def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: CameraModel,
+def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: Intrinsics,
                    out_width: int, out_height: int,
                    occlusion_window: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """LiDAR scan to sparse depth samples in the prediction's pixel grid.
 
     Transforms the points into the camera optical frame, projects them with the camera's
     distortion, expresses the pixels in an ``out_width`` x ``out_height`` image of the same view
-    (the prediction's size; see :meth:`CameraModel.scaled`), and drops occluded points with
+    (the prediction's size; see :meth:`Intrinsics.scaled`), and drops occluded points with
     :func:`occlusion_mask` (``occlusion_window`` in output pixels).
 
     Parameters
@@ -528,7 +394,7 @@ def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera:
         (intensity, ring) are ignored.
     T_camera_lidar : np.ndarray
         ``(4, 4)`` transform mapping LiDAR-frame points into the camera optical frame.
-    camera : CameraModel
+    camera : Intrinsics
         The camera the image was taken with, at its native size.
 
     Returns
@@ -622,7 +488,7 @@ class ProjectionCounts:
 
 
 def projection_counts(points_lidar: np.ndarray, T_camera_lidar: np.ndarray,
-                      camera: CameraModel, out_width: int, out_height: int,
+                      camera: Intrinsics, out_width: int, out_height: int,
                       occlusion_window: int = 5) -> ProjectionCounts:
     """Count the points each step of :func:`prepare_points` keeps, to say why few are left.
 

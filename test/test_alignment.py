@@ -13,7 +13,8 @@ from depth_node.alignment import (
     Aligner, AlignerConfig, AlignmentError, FitResult, disparity_to_depth, fit_global,
     sample_prediction,
 )
-from depth_node.lidar import CameraModel, prepare_points
+from depth_node.camera_info import Intrinsics
+from depth_node.lidar import prepare_points
 from depth_node.sample_data import frame_folders, load_frame
 
 S_TRUE, T_TRUE = 2.0, -0.01   # 1/z = S_TRUE * d + T_TRUE
@@ -461,7 +462,7 @@ def test_tum_frame_end_to_end(real_data):
     uu, vv, zz = uu[ok], vv[ok], zz[ok].astype(np.float64)
     bad = rng.random(zz.size) < 0.1
     zz[bad] *= rng.uniform(1.3, 3.0, bad.sum())
-    cam = CameraModel(fr.K, fr.D, fr.distortion_model, fr.width, fr.height)
+    cam = Intrinsics(fr.K, fr.D, fr.distortion_model, fr.width, fr.height)
     x = (uu - fr.K[0, 2]) / fr.K[0, 0] * zz
     y = (vv - fr.K[1, 2]) / fr.K[1, 1] * zz
     T = np.eye(4)                       # camera optical <- LiDAR (x fwd, y left, z up)

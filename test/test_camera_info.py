@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from depth_node.camera_info import (CameraInfoError, fit_to_image, intrinsics_from_fields,
-                                    intrinsics_to_fields, scale_intrinsics)
+                                    intrinsics_to_fields)
 
 K9 = [500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0]
 P12 = [505.0, 0.0, 322.0, -25.25, 0.0, 515.0, 238.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -76,11 +76,12 @@ def test_validation_errors(overrides, match):
 
 
 def test_half_resolution_hand_computed():
-    half = scale_intrinsics(make(), 320, 240)
+    """Pixel centres to pixel centres: cx' = (cx + 0.5) * 0.5 - 0.5 (image_proc: cx * 0.5)."""
+    half = make().scaled(320, 240)
     assert (half.width, half.height) == (320, 240)
-    np.testing.assert_allclose(half.K, [[250, 0, 160], [0, 255, 120], [0, 0, 1]])
-    np.testing.assert_allclose(half.P, [[252.5, 0, 161, -12.625],
-                                        [0, 257.5, 119, 0],
+    np.testing.assert_allclose(half.K, [[250, 0, 159.75], [0, 255, 119.75], [0, 0, 1]])
+    np.testing.assert_allclose(half.P, [[252.5, 0, 160.75, -12.625],
+                                        [0, 257.5, 118.75, 0],
                                         [0, 0, 1, 0]])
     np.testing.assert_array_equal(half.D, D5)
     np.testing.assert_array_equal(half.R, np.eye(3))
@@ -89,9 +90,9 @@ def test_half_resolution_hand_computed():
 
 def test_double_resolution_hand_computed():
     double = fit_to_image(make(), 1280, 960)
-    np.testing.assert_allclose(double.K, [[1000, 0, 640], [0, 1020, 480], [0, 0, 1]])
-    np.testing.assert_allclose(double.P, [[1010, 0, 644, -50.5],
-                                          [0, 1030, 476, 0],
+    np.testing.assert_allclose(double.K, [[1000, 0, 640.5], [0, 1020, 480.5], [0, 0, 1]])
+    np.testing.assert_allclose(double.P, [[1010, 0, 644.5, -50.5],
+                                          [0, 1030, 476.5, 0],
                                           [0, 0, 1, 0]])
 
 
@@ -106,7 +107,7 @@ def test_fit_to_image_allows_rounded_sizes():
     fitted = fit_to_image(intr, 620, 188)
     assert fitted.K[0, 0] == pytest.approx(500.0 * 620 / 1241)
     assert fitted.K[1, 1] == pytest.approx(510.0 * 0.5)
-    assert fitted.K[0, 2] == pytest.approx(320.0 * 620 / 1241)
+    assert fitted.K[0, 2] == pytest.approx(320.5 * 620 / 1241 - 0.5)
 
 
 def test_fit_to_image_refuses_aspect_mismatch():
@@ -122,7 +123,7 @@ def test_fit_to_image_refuses_aspect_mismatch():
 
 
 def test_to_fields_round_trip_and_fills_a_camera_info():
-    intr = scale_intrinsics(make(), 320, 240)
+    intr = make().scaled(320, 240)
     fields = intrinsics_to_fields(intr)
     assert set(fields) == {'width', 'height', 'k', 'd', 'p', 'r', 'distortion_model'}
     assert all(type(v) is float for key in 'kdpr' for v in fields[key])
@@ -134,7 +135,7 @@ def test_to_fields_round_trip_and_fills_a_camera_info():
     msg = sensor_msgs.CameraInfo()
     for key, value in fields.items():
         setattr(msg, key, value)
-    assert msg.width == 320 and msg.k[2] == 160.0 and msg.p[3] == -12.625
+    assert msg.width == 320 and msg.k[2] == 159.75 and msg.p[3] == -12.625
 
 
 def test_inputs_are_copied():
@@ -155,7 +156,7 @@ def test_real_calibrations_validate_and_rescale(real_data):
         half = fit_to_image(intr, frame.width // 2, frame.height // 2)
         sx, sy = (frame.width // 2) / frame.width, (frame.height // 2) / frame.height
         np.testing.assert_allclose(half.K[0, 0], frame.K[0, 0] * sx)
-        np.testing.assert_allclose(half.K[1, 2], frame.K[1, 2] * sy)
+        np.testing.assert_allclose(half.K[1, 2], (frame.K[1, 2] + 0.5) * sy - 0.5)
         np.testing.assert_array_equal(half.P[:, :3], half.K)
 
 
@@ -217,7 +218,7 @@ def test_roi_is_not_a_resize_of_the_sensor():
     crop = sensor(roi=(100, 50, 640, 480))
     resized = fit_to_image(sensor(), 640, 480)
     assert crop.fx == 1000.0 and resized.fx == 500.0
-    assert crop.cx == 540.5 and resized.cx == 320.25
+    assert crop.cx == 540.5 and resized.cx == 320.0  # (640.5 + 0.5) / 2 - 0.5
 
 
 @pytest.mark.parametrize('fields, reason', [
@@ -242,3 +243,35 @@ def test_message_strings_and_lists_are_shortened_in_errors():
     with pytest.raises(CameraInfoError) as info:
         make(d=[0.5] * 100_000)
     assert '(99995 values)' in str(info.value) and len(str(info.value)) < 400
+
+
+def test_scaled_follows_how_the_package_resizes_images():
+    """Where a point's image lands after the package's own resizes is where the scaled camera
+    projects it: the box filter of input.oversize (limit_pixels, halving) and the estimator's
+    upsampling of the prediction (F.interpolate, align_corners=False, doubling). image_proc's
+    rule (cx * s) would be 0.25 px off when halving and 0.5 px off when doubling."""
+    torch = pytest.importorskip('torch')
+    from depth_node.image_codec import limit_pixels
+
+    def centroid(image: np.ndarray) -> tuple[float, float]:
+        rows, cols = np.indices(image.shape)
+        return float((cols * image).sum() / image.sum()), float((rows * image).sum() / image.sum())
+
+    intr = make()  # 640 x 480
+    u, v = 100.5, 60.5  # the centre of the 2 x 2 block at columns 100-101, rows 60-61
+    rgb = np.zeros((480, 640, 3), dtype=np.uint8)
+    rgb[60:62, 100:102] = 255
+    half = limit_pixels(rgb, 320 * 240)[..., 0].astype(np.float64)
+    scaled = intr.scaled(320, 240)
+    ray = np.linalg.solve(intr.K, [u, v, 1.0])  # the point the block shows
+    expected = scaled.K @ ray
+    assert centroid(half) == pytest.approx((expected[0], expected[1]), abs=1e-9)
+
+    small = np.zeros((240, 320), dtype=np.float32)
+    small[30, 50] = 1.0  # one pixel of the network's output, upsampled to the image
+    up = torch.nn.functional.interpolate(torch.from_numpy(small)[None, None], size=(480, 640),
+                                         mode='bilinear', align_corners=False)[0, 0].numpy()
+    ray = np.linalg.solve(scaled.K, [50.0, 30.0, 1.0])
+    expected = intr.K @ ray  # scaled.scaled(640, 480) is intr again
+    assert centroid(up.astype(np.float64)) == pytest.approx((expected[0], expected[1]),
+                                                            abs=1e-6)

@@ -380,12 +380,13 @@ def test_cli_frame_with_lidar(real_data, tmp_path):
     the scan rasterised here (nearest point per pixel) times 0.9 scores abs_rel 0.1 and
     delta1 1 on every pixel with ground truth."""
     lidar = pytest.importorskip('depth_node.lidar')
+    from depth_node.camera_info import Intrinsics
     from depth_node.sample_data import load_frame
 
     folder = real_data / 'kitti_object' / '000000'
     frame = load_frame(folder)
-    cam = lidar.CameraModel(frame.K, frame.D, frame.distortion_model, frame.width,
-                            frame.height).scaled(612, 185)
+    cam = Intrinsics(frame.K, frame.D, frame.distortion_model, frame.width,
+                     frame.height).scaled(612, 185)
     uv, z, _ = lidar.project_points(
         lidar.transform_points(frame.T_camera_lidar, frame.lidar[:, :3]), cam)
     raster = np.full(185 * 612, np.inf)

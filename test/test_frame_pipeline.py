@@ -125,3 +125,33 @@ def test_nearest_scan_looks_both_ways():
     assert nearest_scan(scans, 2.6, 0.5)[1] == 'c'  # after the frame
     assert nearest_scan(scans, 5.0, 0.5) is None
     assert nearest_scan([], 1.0, 0.5) is None
+
+
+def test_one_camera_model_for_camera_info_cloud_and_lidar(tum, monkeypatch):
+    """A camera_info for twice the image size: depth/camera_info, the cloud and the LiDAR
+    projection all get the same fitted camera model (pixel centres to pixel centres), which
+    is the image's own calibration again."""
+    from depth_node import frame_pipeline
+    from depth_node.cloud import depth_to_points
+
+    frame_data, prediction, scan = tum
+    pipe = _pipeline(**{'cloud.stride': 1})
+    state = pipe.new_camera()
+    state.intrinsics = frame_data.intrinsics().scaled(1280, 960)
+    used = []
+    original = frame_pipeline.prepare_points
+    monkeypatch.setattr(frame_pipeline, 'prepare_points',
+                        lambda pts, T, camera, *a, **k: used.append(camera) or
+                        original(pts, T, camera, *a, **k))
+    msg = _image(prediction, '32FC1', 8)
+    frame = pipe.decode('relative', msg)
+    out = pipe.finish(frame, state, {'depth', 'info', 'points'}, lambda key, value: None,
+                      scan=(frame.stamp, 'cam', scan))
+    info = out.values['info']
+    assert used == [info]  # the LiDAR projection's camera is depth/camera_info's
+    assert (info.width, info.height) == (640, 480)
+    np.testing.assert_allclose(info.K, frame_data.K, rtol=1e-12)
+    cloud = out.values['points']
+    xyz = np.frombuffer(cloud.data.tobytes(), np.float32).reshape(480, 640, 3)
+    np.testing.assert_array_equal(xyz, depth_to_points(out.values['depth'], info.K,
+                                                       min_depth=0.1, max_depth=10.0))

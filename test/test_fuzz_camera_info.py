@@ -15,9 +15,8 @@ from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
 
 from depth_node.camera_info import (
-    CameraInfoError, fit_to_image, Intrinsics, intrinsics_from_fields, KNOWN_DISTORTION_MODELS,
-    scale_intrinsics)
-from depth_node.lidar import CameraModel, LidarError
+    CameraInfoError, fit_to_image, Intrinsics, intrinsics_from_fields, KNOWN_DISTORTION_MODELS)
+from depth_node.lidar import project_points
 
 ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=64)
 # Magnitudes a calibration can have (pixels, coefficients), plus the special values drivers send.
@@ -145,10 +144,15 @@ def test_fit_to_image_scales_when_aspect_matches_else_refuses(intr, width, heigh
     sx, sy = width / intr.width, height / intr.height
     assert math.isclose(sx, sy, rel_tol=0.01)
     assert (fitted.width, fitted.height) == (width, height)
-    np.testing.assert_allclose(fitted.K[0], intr.K[0] * sx, rtol=1e-12)
-    np.testing.assert_allclose(fitted.K[1], intr.K[1] * sy, rtol=1e-12)
+    # pixel centres map to pixel centres: a ray's pixel u becomes (u + 0.5) * sx - 0.5
+    rays = np.array([[0.0, 0.0, 1.0], [0.3, -0.2, 1.0], [-0.5, 0.4, 1.0]]).T
+    for M, N in ((intr.K, fitted.K), (intr.P[:, :3], fitted.P[:, :3])):
+        u, u2 = M @ rays, N @ rays
+        np.testing.assert_allclose(u2[0], (u[0] + 0.5) * sx - 0.5, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(u2[1], (u[1] + 0.5) * sy - 0.5, rtol=1e-9, atol=1e-9)
+    assert math.isclose(fitted.fx, intr.fx * sx, rel_tol=1e-12)
     np.testing.assert_array_equal(fitted.K[2], [0, 0, 1])
-    np.testing.assert_allclose(fitted.P[:2], intr.P[:2] * [[sx], [sy]], rtol=1e-12)
+    assert math.isclose(fitted.P[0, 3], intr.P[0, 3] * sx, rel_tol=1e-12, abs_tol=1e-12)
     np.testing.assert_array_equal(fitted.D, intr.D)
     assert fitted.distortion_model == intr.distortion_model
     # and back: the same camera again
@@ -172,27 +176,26 @@ def test_integer_binning_always_fits(width, height, factor, data):
 
 @settings(max_examples=200, derandomize=True)
 @given(valid_intrinsics(), st.integers(1, 5000), st.integers(1, 4000))
-def test_scale_intrinsics_round_trip(intr, width, height):
-    scaled = scale_intrinsics(intr, width, height)
+def test_scaled_round_trip(intr, width, height):
+    scaled = intr.scaled(width, height)
     assert (scaled.width, scaled.height) == (width, height)
     assert np.isfinite(scaled.K).all() and scaled.fx > 0 and scaled.fy > 0
-    back = scale_intrinsics(scaled, intr.width, intr.height)
-    np.testing.assert_allclose(back.K, intr.K, rtol=1e-9)
+    back = scaled.scaled(intr.width, intr.height)
+    np.testing.assert_allclose(back.K, intr.K, rtol=1e-9, atol=1e-9)
 
 
 @settings(max_examples=300, derandomize=True, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(camera_info_fields())
-def test_accepted_camera_info_builds_a_lidar_camera_model_or_says_why(fields):
-    """What the node does with accepted intrinsics when LiDAR is on: a CameraModel for the
-    projection. It may refuse (LidarError, which the node counts as bad camera_info) but never
-    fails any other way."""
+def test_accepted_camera_info_projects_a_scan(fields):
+    """What the node does with accepted intrinsics when LiDAR is on: project the scan with them
+    (the same camera model; nothing is refused later that was accepted on arrival)."""
     try:
         intr = intrinsics_from_fields(**fields)
     except CameraInfoError:
         return
-    try:
-        CameraModel(K=intr.K, D=intr.D, distortion_model=intr.distortion_model,
-                    width=intr.width, height=intr.height)
-    except LidarError as exc:
-        assert str(exc)
+    assert intr.max_radius > 0
+    points = np.array([[0.0, 0.0, 5.0], [1.0, -0.5, 3.0], [-2.0, 1.0, 10.0], [50.0, 0.0, 1.0]])
+    uv, z, index = project_points(points, intr)
+    assert np.isfinite(uv).all() and (uv[:, 0] <= intr.width - 1).all()
+    assert (uv[:, 1] <= intr.height - 1).all() and (uv >= 0).all()

@@ -10,9 +10,10 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
+from depth_node.camera_info import CameraInfoError, Intrinsics
 from depth_node.encodings import POINTFIELD_DATATYPES
 from depth_node.lidar import (
-    CameraModel, LidarError, occlusion_mask, prepare_points,
+    LidarError, occlusion_mask, prepare_points,
     project_points, projection_counts, read_points_xyz, transform_points,
 )
 from depth_node.sample_data import frame_folders, load_frame
@@ -209,37 +210,40 @@ def test_random_valid_layouts_round_trip(pad, row_pad, width, height, f64, big, 
     np.testing.assert_array_equal(out, pts)
 
 
-# ---------------------------------------------------------------- CameraModel
+# ---------------------------------------------------------------- camera model
 
 K = np.array([[500.0, 0.0, 320.0], [0.0, 480.0, 240.0], [0.0, 0.0, 1.0]])
 
 
-def test_camera_model_normalises_and_validates():
-    cam = CameraModel(K, [], '', 640, 480)
-    assert cam.distortion_model == 'none' and cam.D.shape == (0,) and not cam.distorted
-    cam = CameraModel(K, [0.1, 0.01, 0, 0], 'Plumb_Bob', 640, 480)
-    assert cam.distortion_model == 'plumb_bob'
-    np.testing.assert_array_equal(cam.D, [0.1, 0.01, 0, 0, 0])   # zero-padded to 5
-    CameraModel(K, [0.1, 0, 0, 0, 0, 0, 0, 0], 'plumb_bob', 640, 480)   # zero extras accepted
-    with pytest.raises(LidarError, match='non-zero extras'):
-        CameraModel(K, [0.1, 0, 0, 0, 0, 0.2], 'plumb_bob', 640, 480)
-    with pytest.raises(LidarError, match='unsupported distortion_model'):
-        CameraModel(K, [], 'kannala', 640, 480)
-    with pytest.raises(LidarError, match='positive fx'):
-        CameraModel(np.diag([0.0, 1.0, 1.0]), [], 'none', 640, 480)
-    with pytest.raises(LidarError, match='image size'):
-        CameraModel(K, [], 'none', 0, 480)
-    with pytest.raises(LidarError, match='9 elements'):
-        CameraModel(np.eye(2), [], 'none', 640, 480)
+def test_camera_model_pads_and_validates():
+    cam = Intrinsics(K, [], '', 640, 480)
+    assert cam.coefficients.shape == (0,) and not cam.distorted
+    cam = Intrinsics(K, [0.1, 0.01, 0, 0], 'plumb_bob', 640, 480)
+    np.testing.assert_array_equal(cam.D, [0.1, 0.01, 0, 0])  # kept as given (camera_info)
+    np.testing.assert_array_equal(cam.coefficients, [0.1, 0.01, 0, 0, 0])  # zero-padded to 5
+    Intrinsics(K, [0.1, 0, 0, 0, 0, 0, 0, 0], 'plumb_bob', 640, 480)   # zero extras accepted
+    with pytest.raises(CameraInfoError, match='non-zero extras'):
+        Intrinsics(K, [0.1, 0, 0, 0, 0, 0.2], 'plumb_bob', 640, 480)
+    with pytest.raises(CameraInfoError, match='unknown distortion_model'):
+        Intrinsics(K, [], 'kannala', 640, 480)
+    with pytest.raises(CameraInfoError, match='unknown distortion_model'):
+        Intrinsics(K, [], 'Plumb_Bob', 640, 480)  # the ROS names, exactly
+    with pytest.raises(CameraInfoError, match='positive fx'):
+        Intrinsics(np.diag([0.0, 1.0, 1.0]), [], 'none', 640, 480)
+    with pytest.raises(CameraInfoError, match='positive'):
+        Intrinsics(K, [], 'none', 0, 480)
+    with pytest.raises(CameraInfoError, match='3x3'):
+        Intrinsics(np.eye(2), [], 'none', 640, 480)
 
 
 def test_camera_scaled():
-    cam = CameraModel(K, [0.1, 0.01, 0.001, 0.002, 0.0], 'plumb_bob', 640, 480)
+    cam = Intrinsics(K, [0.1, 0.01, 0.001, 0.002, 0.0], 'plumb_bob', 640, 480)
     half = cam.scaled(320, 240)
     assert (half.width, half.height) == (320, 240)
     # Pixel-centre convention: u' = (u + 0.5) * s - 0.5.
     np.testing.assert_allclose(half.K, [[250, 0, 159.75], [0, 240, 119.75], [0, 0, 1]])
     np.testing.assert_array_equal(half.D, cam.D)
+    np.testing.assert_allclose(half.P[:, :3], half.K)
     assert cam.scaled(640, 480) is cam
     # Projecting into the scaled camera equals projecting then mapping the pixels.
     pts = np.array([[0.3, -0.2, 2.0], [-1.0, 0.5, 4.0], [0.1, 0.1, 1.0]])
@@ -283,14 +287,14 @@ POINTS = np.array([[0.4, -0.3, 2.0], [-1.2, 0.8, 5.0], [0.05, 0.02, 1.0]])
 def test_distortion_models_match_hand_formula(model, D):
     Ks = K.copy()
     Ks[0, 1] = 0.7  # a little skew too
-    cam = CameraModel(Ks, D, model, 640, 480)
+    cam = Intrinsics(Ks, D, model, 640, 480)
     uv, z, index = project_points(POINTS, cam)
     assert index.tolist() == [0, 1, 2]
     np.testing.assert_allclose(z, POINTS[:, 2])
     for i, p in enumerate(POINTS):
         np.testing.assert_allclose(uv[i], expected_pixels(p, Ks, D, model), atol=1e-9)
     # And the distortion matters: pixels differ from the pinhole projection.
-    pin, _, _ = project_points(POINTS, CameraModel(Ks, [], 'none', 640, 480))
+    pin, _, _ = project_points(POINTS, Intrinsics(Ks, [], 'none', 640, 480))
     assert np.abs(uv - pin).max() > 1.0
 
 
@@ -300,7 +304,7 @@ def test_plumb_bob_hand_computed_numbers():
     #       = 0.1975 - 0.0006 + 0.00285 = 0.19975
     # yd = -0.148125 + 0.01*(0.0625 + 0.045) + 2*0.02*0.2*-0.15 = -0.148125 + 0.001075 - 0.0012
     #    = -0.14825
-    cam = CameraModel(K, [-0.2, 0.0, 0.01, 0.02, 0.0], 'plumb_bob', 640, 480)
+    cam = Intrinsics(K, [-0.2, 0.0, 0.01, 0.02, 0.0], 'plumb_bob', 640, 480)
     uv, _, _ = project_points(np.array([[0.4, -0.3, 2.0]]), cam)
     np.testing.assert_allclose(uv[0], [500 * 0.19975 + 320, 480 * -0.14825 + 240], atol=1e-9)
 
@@ -309,7 +313,7 @@ def test_plumb_bob_hand_computed_numbers():
                                       ('rational_polynomial', [0] * 8),
                                       ('equidistant', [])])
 def test_zero_distortion_is_pinhole(model, D):
-    cam = CameraModel(K, D, model, 640, 480)
+    cam = Intrinsics(K, D, model, 640, 480)
     uv, _, _ = project_points(POINTS, cam)
     pin = POINTS[:, :2] / POINTS[:, 2:] * [500, 480] + [320, 240]
     if model == 'equidistant':   # equidistant with k = 0 is the fisheye model, not pinhole
@@ -320,7 +324,7 @@ def test_zero_distortion_is_pinhole(model, D):
 
 
 def test_behind_and_outside_dropped():
-    cam = CameraModel(K, [], 'none', 640, 480)
+    cam = Intrinsics(K, [], 'none', 640, 480)
     pts = np.array([[0, 0, 5.0],        # centre: kept
                     [0, 0, -5.0],       # behind
                     [0, 0, 0.05],       # nearer than min_depth
@@ -342,7 +346,7 @@ def test_behind_and_outside_dropped():
 def test_far_field_points_do_not_fold_into_image():
     # Strong barrel distortion: r_d = r (1 - 0.35 r^2) peaks at r = 0.98 and then falls, so a
     # point far outside the field of view would fold back into the image without the guard.
-    cam = CameraModel(K, [-0.35, 0.0, 0.0, 0.0, 0.0], 'plumb_bob', 640, 480)
+    cam = Intrinsics(K, [-0.35, 0.0, 0.0, 0.0, 0.0], 'plumb_bob', 640, 480)
     assert cam.max_radius <= 1 / math.sqrt(3 * 0.35) + 1e-3
     far = np.array([[1.6, 0.0, 1.0]])    # r = 1.6: r_d = 0.166 -> u = 403, inside the image
     folded = 500 * 1.6 * (1 - 0.35 * 1.6 ** 2) + 320
@@ -442,7 +446,7 @@ def test_occlusion_matches_point_by_point_rule(n):
 # ---------------------------------------------------------------- prepare_points
 
 def test_prepare_points_synthetic():
-    cam = CameraModel(K, [-0.1, 0.02, 0.0, 0.0, 0.0], 'plumb_bob', 640, 480)
+    cam = Intrinsics(K, [-0.1, 0.02, 0.0, 0.0, 0.0], 'plumb_bob', 640, 480)
     T = np.eye(4)
     T[:3, :3] = [[0, -1, 0], [0, 0, -1], [1, 0, 0]]
     rng = np.random.default_rng(0)
@@ -480,7 +484,7 @@ def test_prepare_points_removes_wall_returns_hidden_behind_a_plate():
     n_hidden = int(scene.hidden.sum())
     n_in_view = int(scene.in_view.sum())
     assert n_hidden > 2000 and scene.in_view[scene.hidden].all()   # the scene shows the effect
-    cam = CameraModel(SCENE_K, [], 'none', SCENE_W, SCENE_H)
+    cam = Intrinsics(SCENE_K, [], 'none', SCENE_W, SCENE_H)
 
     def split(uv, z):
         wall = z > 0.5 * (PLATE_Z + WALL_Z)
@@ -518,7 +522,7 @@ def scan_ahead(n: int = 1000, seed: int = 0) -> np.ndarray:
 
 
 def explain(points: np.ndarray, T: np.ndarray = T_LIDAR, needed: int = 50) -> str:
-    cam = CameraModel(K, [], 'none', 640, 480)
+    cam = Intrinsics(K, [], 'none', 640, 480)
     counts = projection_counts(points, T, cam, 640, 480, occlusion_window=1)
     uv, z = prepare_points(points, T, cam, 640, 480, occlusion_window=1)
     assert counts.visible == len(z)  # the same steps as prepare_points
@@ -526,7 +530,7 @@ def explain(points: np.ndarray, T: np.ndarray = T_LIDAR, needed: int = 50) -> st
 
 
 def test_counts_agree_with_prepare_points_on_a_good_scan():
-    cam = CameraModel(K, [-0.1, 0.02, 0.0, 0.0, 0.0], 'plumb_bob', 640, 480)
+    cam = Intrinsics(K, [-0.1, 0.02, 0.0, 0.0, 0.0], 'plumb_bob', 640, 480)
     pts = np.concatenate([scan_ahead(), -scan_ahead(200, 1)])  # and 200 behind
     counts = projection_counts(pts, T_LIDAR, cam, 320, 240)
     assert (counts.in_scan, counts.behind, counts.in_front) == (1200, 200, 1000)
@@ -555,7 +559,7 @@ def test_coordinates_near_the_float32_limit_are_named_as_too_far():
     pts = scan_ahead() * 2e37
     assert np.isfinite(pts.astype(np.float32)).all()
     assert explain(pts) == ''
-    uv, z = prepare_points(pts, T_LIDAR, CameraModel(K, [], 'none', 640, 480), 640, 480)
+    uv, z = prepare_points(pts, T_LIDAR, Intrinsics(K, [], 'none', 640, 480), 640, 480)
     fit = fit_global(np.ones(len(z)), z, AlignerConfig(min_points=50))
     assert not fit.ok
     assert fit.reason.startswith(f'too few valid points: 0 of {len(z)} < min_points 50 '
@@ -579,7 +583,7 @@ def test_a_transform_overflowing_the_float_range():
 def test_all_outside_the_image_and_transform_name():
     pts = scan_ahead()
     pts[:, 1] += 100.0  # far to the left
-    cam = CameraModel(K, [], 'none', 640, 480)
+    cam = Intrinsics(K, [], 'none', 640, 480)
     counts = projection_counts(pts, T_LIDAR, cam, 640, 480)
     assert counts.explain(50, 'the tf from lidar to cam') == (
         '0 of 1000 points in front of the camera fall inside the image (1000 in the scan): '
@@ -617,7 +621,7 @@ def lidar_frames(real_data, sets):
                                                   ('pjlab_distorted', 8000)])
 def test_real_frames_project_into_image(real_data, set_name, min_points):
     for frame in lidar_frames(real_data, {set_name}):
-        cam = CameraModel(frame.K, frame.D, frame.distortion_model, frame.width, frame.height)
+        cam = Intrinsics(frame.K, frame.D, frame.distortion_model, frame.width, frame.height)
         uv, z, index = project_points(transform_points(frame.T_camera_lidar,
                                                        frame.lidar[:, :3]), cam)
         # The data README: 3-20k points per image, depths 2.6-129 m, medians 8-23 m.
@@ -640,8 +644,8 @@ def test_real_distorted_frames_need_distortion(real_data):
     # pjlab images are raw: projecting without D moves points by pixels near the edges.
     for frame in lidar_frames(real_data, {'pjlab_distorted'}):
         assert not frame.rectified
-        cam = CameraModel(frame.K, frame.D, frame.distortion_model, frame.width, frame.height)
-        pin = CameraModel(frame.K, [], 'none', frame.width, frame.height)
+        cam = Intrinsics(frame.K, frame.D, frame.distortion_model, frame.width, frame.height)
+        pin = Intrinsics(frame.K, [], 'none', frame.width, frame.height)
         pts = transform_points(frame.T_camera_lidar, frame.lidar[:, :3])
         uv, _, index = project_points(pts, cam)
         uv_pin, _, index_pin = project_points(pts, pin)

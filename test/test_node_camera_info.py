@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 
-from depth_node.camera_info import scale_intrinsics
 from depth_node.messages import camera_info_msg, image_msg, make_header
 from depth_node.sample_data import load_frame
 
@@ -44,7 +43,7 @@ def _send(probe, frame, info, sec):
 def test_relative_depth_has_its_camera_info(session, models, tum):
     probe = _start(session, models['relative'], '/rel_info')
     # a camera_info at twice the image size: the published one is rescaled to the depth image
-    big = scale_intrinsics(tum.intrinsics(), 1280, 960)
+    big = tum.intrinsics().scaled(1280, 960)
     stamp = _send(probe, tum, big, 21)
     rel = probe.wait_stamp('depth/relative', stamp)
     info = probe.wait_stamp('depth/camera_info', stamp)

@@ -673,8 +673,7 @@ def test_bad_camera_info_refused_and_the_last_good_one_kept(lidar, case):
 
 def test_camera_info_of_another_size_same_aspect_is_scaled(lidar):
     stamp = next_stamp()
-    K2 = lidar.intr.K.copy()
-    K2[:2] *= 2
+    K2 = lidar.intr.scaled(1280, 960).K  # the same camera at twice the size
     info = _camera_info(lidar, stamp, width=1280, height=960, k=[float(v) for v in K2.ravel()],
                         p=[0.0] * 12)
     before = lidar.count('bad_camera_info')
