@@ -16,7 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = yaml.safe_load((ROOT / 'test' / 'data' / 'rosdep_keys.yaml').read_text())
-LOCAL = {'depth_node', 'conftest'} | {p.stem for p in (ROOT / 'test').glob('*.py')}
+LOCAL = {'depth_node', 'conftest'} | {p.stem for folder in ('test', 'bench')
+                                      for p in (ROOT / folder).glob('*.py')}
 
 
 def _depends() -> dict[str, set[str]]:
