@@ -170,10 +170,14 @@ class LoadedModel:
     timings: dict[str, float]
 
 
-def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,)) -> LoadedModel:
+def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
+                   on_note: Optional[Callable[[str, str], None]] = None) -> LoadedModel:
     """Load and warm up the model the ``model.*`` parameters name.
 
     ``batches``: batch sizes to warm up (the node: 1 and its number of cameras).
+    ``on_note(level, text)`` receives each log line as it arises (level ``'info'`` or
+    ``'warning'``), so that a note made before a failure (the hub cannot be reached) is logged
+    before the error; the lines are also returned in :attr:`LoadedModel.notes`.
 
     Raises
     ------
@@ -187,10 +191,16 @@ def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,)) -> Loa
     name = c['model.name']
     random_init = c['model.random_init'] or None
     notes: list[tuple[str, str]] = []
+
+    def note_(level: str, text: str) -> None:
+        notes.append((level, text))
+        if on_note is not None:
+            on_note(level, text)
+
     if not random_init:
         note = prepare_hub_access(name, is_local=is_local_model(name))
         if note:
-            notes.append(('warning', note))
+            note_('warning', note)
     try:
         t0 = time.perf_counter()
         est = DepthEstimator(name, device=c['model.device'], precision=c['model.precision'],
@@ -206,18 +216,18 @@ def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,)) -> Loa
     except EstimatorError as exc:
         raise cfg.ConfigError(str(exc)) from exc
     if random_init:
-        notes.append(('warning', f'model.random_init={random_init}: RANDOM WEIGHTS, the output '
-                                 'is meaningless. Use this for pipeline smoke tests and timing '
-                                 'only.'))
+        note_('warning', f'model.random_init={random_init}: RANDOM WEIGHTS, the output is '
+                         'meaningless. Use this for pipeline smoke tests and timing only.')
     warm_s = 0.0
     if c['model.warmup']:
         width, height = c['model.warmup_size']
         # smaller batches are padded to one of the warmed sizes
         warm_s = est.warmup(height, width, batches=tuple(sorted(set(batches))))
-    notes += [('info', note) for note in est.startup_notes]  # engine; export / cache times
-    notes.append(('info', f'model {random_init or name} on {est.device} ({est.dtype}), engine '
-                          f'{est.engine.name}, {est.output_kind.replace("_", " ")}; load '
-                          f'{load_s:.2f} s, warm-up {warm_s:.2f} s'))
+    for note in est.startup_notes:  # engine; export / cache times
+        note_('info', note)
+    note_('info', f'model {random_init or name} on {est.device} ({est.dtype}), engine '
+                  f'{est.engine.name}, {est.output_kind.replace("_", " ")}; load '
+                  f'{load_s:.2f} s, warm-up {warm_s:.2f} s')
     return LoadedModel(est, notes, {'model_load': load_s, 'warmup': warm_s})
 
 

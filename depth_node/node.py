@@ -234,12 +234,8 @@ class DepthNodeBase:
 
         self._estimator = None
         if self._cfg['input.mode'] == 'image':
-            loaded = load_estimator(self._cfg, batches=(1, len(self._cfg.cameras)))
-            for level, note in loaded.notes:  # one call site per severity (rclpy's rule)
-                if level == 'warning':
-                    self.get_logger().warning(note)
-                else:
-                    self.get_logger().info(note)
+            loaded = load_estimator(self._cfg, batches=(1, len(self._cfg.cameras)),
+                                    on_note=self._log_note)
             self._estimator, self.startup_timings = loaded.estimator, loaded.timings
         self._frames = FramePipeline(self._cfg, self._estimator)
         self._cameras = [_Camera(name, i, self._frames.new_camera(i).aligner)
@@ -250,6 +246,13 @@ class DepthNodeBase:
             self._tf_buffer = TfBuffer()  # validate_values made sure tf2_ros is there
             self._tf_listener = TransformListener(self._tf_buffer, self)
         self._create_outputs()
+
+    def _log_note(self, level: str, text: str) -> None:
+        """A startup line: one call site per severity (rclpy refuses two from one line)."""
+        if level == 'warning':
+            self.get_logger().warning(text)
+        else:
+            self.get_logger().info(text)
 
     def _log_ready(self, what: str = 'ready') -> None:
         output = self._frames.output_kind
