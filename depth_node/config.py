@@ -255,6 +255,26 @@ PARAMS: tuple[ParamSpec, ...] = (
               '0 disables it.', read_only=False, min=0, max=31),
     ParamSpec('lidar.scan_buffer', 10, 'How many recent scans are kept for pairing by stamp.',
               min=1, max=100),
+    # depth prompt (Prompt Depth Anything)
+    ParamSpec('prompt.source', '', "Where a Prompt Depth Anything model's metric depth prompt "
+              "comes from: 'depth_image' (an RGB-D camera's depth registered to the colour "
+              "image on 'prompt_depth', 16UC1 millimetres or 32FC1 metres), 'lidar' (the "
+              "scans on 'lidar/points' projected into the image; needs lidar.enabled), or '' "
+              '(off; required for other models, refused for a prompt model).',
+              choices=('', 'depth_image', 'lidar')),
+    ParamSpec('prompt.max_time_offset', 0.1, 'Largest |image stamp - prompt stamp| (s) for a '
+              'pair; a frame without a prompt that close has no metric output (counted).',
+              read_only=False, min=0.0),
+    ParamSpec('prompt.min_coverage', 0.05, 'Smallest fraction of valid cells of the prompt '
+              'grid; a frame whose prompt covers less has no metric output (counted). Holes '
+              'are filled before the network.', read_only=False, min=0.0, max=1.0),
+    ParamSpec('prompt.max_side', 256, 'Long side of the prompt grid in pixels (its aspect is '
+              "the image's; never more than the source's): an RGB-D depth image is averaged "
+              'down to it, LiDAR points keep the nearest per cell. 256 = the 256x192 iPhone '
+              'LiDAR depth the published models were trained with; smaller densifies a sparse '
+              'LiDAR.', read_only=False, min=4, max=4096),
+    ParamSpec('prompt.buffer', 5, 'How many recent prompt_depth images are kept for pairing by '
+              'stamp.', min=1, max=100),
     # diagnostics
     ParamSpec('diagnostics.period', 1.0, 'Seconds between /diagnostics messages.', min=0.1),
 )
@@ -405,6 +425,13 @@ def cross_check(values: dict[str, Any], no_tf2: str = '') -> list[str]:
         errors.append(f'lidar.enabled is true but lidar.T_camera_lidar is unset and {no_tf2}: '
                       'set lidar.T_camera_lidar (16 values per camera, row-major, LiDAR to '
                       'camera optical frame)')
+    source = values['prompt.source']
+    if source == 'lidar' and not values['lidar.enabled']:
+        errors.append("prompt.source 'lidar' needs lidar.enabled true (the node subscribes "
+                      'lidar/points and projects the scans with lidar.T_camera_lidar or tf2)')
+    if source and values['input.mode'] != 'image':
+        errors.append(f"prompt.source '{source}' needs input.mode 'image': a depth prompt "
+                      'goes into the network with the image')
     if values['input.mode'] == 'image' and not values['model.name'] and \
             not values['model.random_init']:
         errors.append('model.name is empty: set a hub id or a local model directory')

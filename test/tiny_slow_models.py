@@ -7,6 +7,8 @@ Like :mod:`tiny_models`: each builder saves into a fresh folder under ``tmp_dir`
   have (its wheels pull another torch), so the folders carry a PIL ``DPTImageProcessorPil``
   (``image_processor_type`` in ``preprocessor_config.json``): the slow path reads whatever the
   folder says through ``AutoImageProcessor``, as it would a torchvision processor.
+- :func:`make_tiny_prompt_depth_anything`: Prompt Depth Anything (takes a metric depth prompt)
+  with its own PIL image processor (no torchvision needed).
 - :func:`make_tiny_marigold`: a diffusers ``MarigoldDepthPipeline`` (tiny UNet, VAE, CLIP text
   encoder and a 4-token CLIP tokenizer written here, LCM scheduler, 2 steps, 64 px).
 """
@@ -63,6 +65,27 @@ def make_tiny_chmv2(tmp_dir: Path | str, seed: int = 6) -> Path:
         number_output_channels=16)
     model = AutoModelForDepthEstimation.from_config(config)
     return _save(model, _pil_dpt_processor(64, 16), tmp_dir, 'tiny_chmv2_', seed)
+
+
+def make_tiny_prompt_depth_anything(tmp_dir: Path | str, seed: int = 8,
+                                    depth_estimation_type: str = 'metric') -> Path:
+    """Prompt Depth Anything (Depth Anything V2 layout, patch 14) with its own processor at
+    56 px, multiple of 14, keep aspect; the prompt fusion layers are random like the rest."""
+    from transformers import PromptDepthAnythingConfig, PromptDepthAnythingForDepthEstimation
+    from transformers.models.prompt_depth_anything.image_processing_pil_prompt_depth_anything \
+        import PromptDepthAnythingImageProcessorPil
+
+    from tiny_models import IMAGENET_MEAN, IMAGENET_STD, tiny_dinov2_config
+
+    config = PromptDepthAnythingConfig(
+        backbone_config=tiny_dinov2_config(), reassemble_hidden_size=32, patch_size=14,
+        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
+        depth_estimation_type=depth_estimation_type, max_depth=1)
+    processor = PromptDepthAnythingImageProcessorPil(
+        size={'height': 56, 'width': 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+        resample=3, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    return _save(PromptDepthAnythingForDepthEstimation(config), processor, tmp_dir,
+                 'tiny_pda_', seed)
 
 
 def make_tiny_marigold(tmp_dir: Path | str, seed: int = 7, steps: int = 2,

@@ -31,7 +31,9 @@ Supported transformers model types (checked against transformers 5.23): ``depth_
 (relative disparity), ``glpn``, ``zoedepth`` and ``depth_pro`` (metres). Plain ONNX models say
 what they output in their card (``relative_disparity``, ``relative_depth`` or ``metric_depth``).
 Any other transformers depth model type, and Marigold (diffusers), take the slow path of
-:mod:`depth_node.estimator.generic`: their own processor or pipeline, torch only.
+:mod:`depth_node.estimator.generic`: their own processor or pipeline, torch only. Prompt Depth
+Anything (:mod:`depth_node.estimator.prompted`) takes a metric depth prompt with each frame
+(``prompt=`` of :meth:`DepthEstimator.predict`) and outputs metres.
 """
 
 from __future__ import annotations
@@ -84,12 +86,16 @@ class Prediction:
     non_finite : int
         How many of the frames had NaN or infinity in the network's raw output (fp16 overflow);
         those values are NaN in ``depth``.
+    no_prompt : int
+        A model that takes a depth prompt (:attr:`DepthEstimator.takes_prompt`): how many of
+        the frames had none; their ``depth`` is all NaN (no forward pass for them).
     """
 
     depth: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     points: Union[np.ndarray, list, None] = None
     non_finite: int = 0
+    no_prompt: int = 0
 
 
 class HostStageClock:
@@ -225,6 +231,9 @@ class DepthEstimator:
     batch_independent : bool
         Whether a frame's prediction is the same alone and in a batch (False for ZoeDepth with
         several bin sets, which :meth:`predict_batch` then runs frame by frame).
+    takes_prompt : bool
+        Whether the model takes a metric depth prompt with each frame (Prompt Depth Anything,
+        :mod:`depth_node.estimator.prompted`); without one a frame gets no output.
     startup_notes : list of str
         Lines for the startup log: engine choice and, per warmed-up shape, export / compile
         time on a cache miss or load time on a hit.
@@ -244,6 +253,7 @@ class DepthEstimator:
         self._lock = threading.RLock()  # one forward at a time (see _run)
         self._warm_batches: set[int] = set()
         self.batch_independent = True
+        self.takes_prompt = False
         # --- slow path (depth_node.estimator.generic): a model type without a fast path or a
         # Marigold checkpoint runs through its own processor / pipeline; _run hands it frames.
         self._slow = open_slow_path(name, random_init, engine, self.device, precision, kind,
@@ -319,6 +329,7 @@ class DepthEstimator:
         """Take the slow path's model, kind and precision; it is engine and preprocessor."""
         slow = self._slow
         self.engine = self.preprocessor = slow
+        self.takes_prompt = slow.takes_prompt
         self.postprocessor = self._checkpoint = self._recipe = None
         self.dtype, self.config = slow.input_dtype, slow.config
         self.model_name, self.model_type = slow.model_name, slow.model_type
@@ -330,6 +341,10 @@ class DepthEstimator:
         why = 'model.engine auto' if auto else 'set by model.engine'
         self.startup_notes = [f'engine {slow.describe()} ({why}; no fast path for '
                               f'{self.model_type}: slower)']
+        if self.takes_prompt:
+            self.startup_notes.append(
+                f'{self.model_type} takes a metric depth prompt with each frame (prompt.source) '
+                'and runs in torch only; a frame without a usable prompt has no metric output')
         logger.info('depth model %s (%s, %s) on %s, engine %s', self.model_name,
                     self.model_type, self.output_kind, self.device, slow.describe())
 
@@ -408,17 +423,27 @@ class DepthEstimator:
 
     def _run(self, images: Sequence[np.ndarray], fx: Any,
              clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
-             pad: bool = True) -> Prediction:
+             pad: bool = True,
+             prompts: Optional[Sequence[Optional[np.ndarray]]] = None) -> Prediction:
         """:meth:`_run_locked`, one call at a time: an OpenVINO infer request, the CUDA staging
         buffer and captured CUDA graphs are not shared between threads, so calls from several
         threads (the node's worker and a tool or test) take turns."""
+        if prompts is not None:
+            prompts = list(prompts)
+            if len(prompts) != len(images):
+                raise EstimatorError(f'prompts must have one entry per image ({len(images)}), '
+                                     f'got {len(prompts)}')
+            if not self.takes_prompt and any(p is not None for p in prompts):
+                raise EstimatorError(f'{self.model_name} ({self.model_type}) takes no depth '
+                                     'prompt; a prompt needs a Prompt Depth Anything model')
         with self._lock:
-            return self._run_locked(images, fx, clouds, pad)
+            return self._run_locked(images, fx, clouds, pad, prompts)
 
     @torch.inference_mode()
     def _run_locked(self, images: Sequence[np.ndarray], fx: Any,
                     clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
-                    pad: bool = True) -> Prediction:
+                    pad: bool = True,
+                    prompts: Optional[Sequence[Optional[np.ndarray]]] = None) -> Prediction:
         """Predict; with ``clouds`` (one dict of keyword arguments of
         :func:`depth_node.cloud.depth_to_points_tensor`, or None, per image) also back-project
         on the device. One copy back per output and one synchronisation per call.
@@ -427,7 +452,7 @@ class DepthEstimator:
         the padded outputs are dropped before postprocessing.
         """
         if self._slow is not None:  # slow path: the model's own processor / pipeline
-            result = self._slow.predict(images, fx)
+            result = self._slow.predict(images, fx, prompts=prompts)
             if clouds is not None:
                 from depth_node.cloud import depth_to_points
                 result.points = [None if c is None else depth_to_points(result.depth[i], **c)
@@ -502,7 +527,17 @@ class DepthEstimator:
         self.preprocessor.check_images(images)
         return self.preprocessor.run(images)
 
-    def predict(self, rgb: np.ndarray, fx: Optional[float] = None) -> Prediction:
+    @torch.inference_mode()
+    def preprocess_prompt(self, prompts: Sequence[np.ndarray]) -> torch.Tensor:
+        """The network's ``prompt_depth`` for same-size depth prompts (models that
+        :attr:`takes_prompt`): holes filled, ``(B, 1, h, w)`` float32 metres on
+        :attr:`device`, what the model's image processor makes of the filled prompts."""
+        if not self.takes_prompt:
+            raise EstimatorError(f'{self.model_name} ({self.model_type}) takes no depth prompt')
+        return self._slow.prompt_tensor(list(prompts))
+
+    def predict(self, rgb: np.ndarray, fx: Optional[float] = None,
+                prompt: Optional[np.ndarray] = None) -> Prediction:
         """Predict one frame.
 
         Parameters
@@ -513,20 +548,31 @@ class DepthEstimator:
             Horizontal focal length in pixels of this image. Used only by models whose metric
             scale depends on it (DepthPro, which otherwise uses its own FoV estimate); ignored
             by the others.
+        prompt : np.ndarray, optional
+            Models that :attr:`takes_prompt` only: ``(h, w)`` float32 metric depth of the same
+            view, metres along the optical axis, any resolution (NaN or <= 0: no measurement;
+            holes are filled before the network, :func:`depth_node.prompt.fill_holes`).
+            Without it such a model gives an all-NaN ``depth`` (``no_prompt`` 1).
 
         Returns
         -------
         Prediction
             ``depth`` ``(H, W)`` float32: metres along the optical axis when :attr:`is_metric`,
             else the relative output (``output_kind``); ``timings`` of the stages.
+
+        Raises
+        ------
+        EstimatorError
+            A prompt for a model that takes none, or a prompt with no valid value.
         """
-        prediction = self._run([rgb], fx)
+        prediction = self._run([rgb], fx, prompts=None if prompt is None else [prompt])
         prediction.depth = prediction.depth[0]
         return prediction
 
     def predict_points(self, rgb: np.ndarray, K: np.ndarray, stride: int = 1,
                        min_depth: float = 0.0, max_depth: float = float('inf'),
-                       fx: Optional[float] = None) -> Prediction:
+                       fx: Optional[float] = None,
+                       prompt: Optional[np.ndarray] = None) -> Prediction:
         """Predict metric depth and back-project it on the device (the GPU path of a cloud).
 
         Parameters
@@ -537,7 +583,7 @@ class DepthEstimator:
             ``(3, 3)`` camera matrix of this image, pixels.
         stride, min_depth, max_depth
             As for :func:`depth_node.cloud.depth_to_points` (metres).
-        fx : float, optional
+        fx, prompt : optional
             As for :meth:`predict`.
 
         Returns
@@ -558,7 +604,8 @@ class DepthEstimator:
             raise EstimatorError(f'{self.model_name} predicts relative disparity, not metres; '
                                  'a cloud needs metric depth (align it first)')
         cloud = {'K': K, 'stride': stride, 'min_depth': min_depth, 'max_depth': max_depth}
-        prediction = self._run([rgb], fx, clouds=[cloud])
+        prediction = self._run([rgb], fx, clouds=[cloud],
+                               prompts=None if prompt is None else [prompt])
         prediction.depth = prediction.depth[0]
         prediction.points = prediction.points[0]
         return prediction
@@ -566,6 +613,7 @@ class DepthEstimator:
     def predict_batch(self, images: list[np.ndarray],
                       fx: Optional[float | Sequence[float]] = None,
                       clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
+                      prompts: Optional[Sequence[Optional[np.ndarray]]] = None,
                       ) -> Prediction:
         """Predict several same-size frames in one forward pass.
 
@@ -582,6 +630,8 @@ class DepthEstimator:
             Per image, None or the keyword arguments ``K``, ``stride``, ``min_depth``,
             ``max_depth`` of :meth:`predict_points`: that image's cloud is back-projected on the
             device and copied back with the depth (metric models only).
+        prompts : sequence of np.ndarray or None, optional
+            Per image, its depth prompt or None, as ``prompt`` of :meth:`predict`.
 
         Returns
         -------
@@ -606,7 +656,7 @@ class DepthEstimator:
                 raise EstimatorError(f'{self.model_name} predicts relative disparity, not '
                                      'metres; a cloud needs metric depth (align it first)')
         if self.batch_independent or len(images) <= 1:
-            return self._run(images, fx, clouds)
+            return self._run(images, fx, clouds, prompts=prompts)
         if fx is None or np.ndim(fx) == 0:
             focals = [fx] * len(images)
         else:
@@ -614,7 +664,8 @@ class DepthEstimator:
             if len(focals) != len(images):
                 raise EstimatorError(f'fx must be one positive focal length (pixels) per image, '
                                      f'got {fx}')
-        parts = [self._run([image], focal, None if clouds is None else [clouds[i]])
+        parts = [self._run([image], focal, None if clouds is None else [clouds[i]],
+                           prompts=None if prompts is None else [prompts[i]])
                  for i, (image, focal) in enumerate(zip(images, focals))]
         timings: dict[str, float] = {}
         for part in parts:
@@ -622,7 +673,8 @@ class DepthEstimator:
                 timings[stage] = timings.get(stage, 0.0) + seconds
         points = None if clouds is None else [part.points[0] for part in parts]
         return Prediction(depth=np.concatenate([part.depth for part in parts]), timings=timings,
-                          points=points, non_finite=sum(part.non_finite for part in parts))
+                          points=points, non_finite=sum(part.non_finite for part in parts),
+                          no_prompt=sum(part.no_prompt for part in parts))
 
     def warmup(self, height: int, width: int, iterations: int = 2,
                batches: Sequence[int] = (1,)) -> float:
@@ -639,6 +691,12 @@ class DepthEstimator:
         ramp = np.linspace(0, 255, num=int(width), dtype=np.float32)
         frame = np.broadcast_to(ramp[None, :, None], (int(height), int(width), 3))
         frame = np.ascontiguousarray(frame.astype(np.uint8))
+        prompt = None
+        if self.takes_prompt:  # a ramp from 1 to 5 m at the default prompt grid
+            from depth_node.prompt import prompt_grid
+            rows, cols = prompt_grid(int(height), int(width), 256)
+            prompt = np.broadcast_to(np.linspace(1.0, 5.0, cols, dtype=np.float32)[None],
+                                     (rows, cols))
         sizes = sorted({max(1, int(b)) for b in batches} | {1})
         if not self.batch_independent:
             sizes = [1]
@@ -646,7 +704,8 @@ class DepthEstimator:
         for batch in sizes:
             self.prepare(int(height), int(width), batch=batch)
             for _ in range(max(1, int(iterations))):
-                self._run([frame] * batch, None, pad=False)
+                self._run([frame] * batch, None, pad=False,
+                          prompts=None if prompt is None else [prompt] * batch)
             self._warm_batches.add(batch)
         return time.perf_counter() - start
 

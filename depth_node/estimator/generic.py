@@ -95,6 +95,7 @@ class SlowPath:
 
     name = 'torch'
     channels_last = False
+    takes_prompt = False  # Prompt Depth Anything (:mod:`.prompted`) takes a depth prompt
     backend = 'model processor'
     what = ''
 
@@ -130,7 +131,8 @@ class SlowPath:
         raise NotImplementedError
 
     def forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, dict[str, float]]:
-        """``(B, H, W)`` float32 predictions at the images' size and the seconds per stage."""
+        """``(B, H, W)`` float32 predictions at the images' size and the seconds per stage
+        (a model that :attr:`takes_prompt` also takes ``prompts``, one per image or None)."""
         raise NotImplementedError
 
     def run(self, images: Sequence[np.ndarray], compute: bool = False) -> torch.Tensor:
@@ -139,21 +141,33 @@ class SlowPath:
                              '(it is preprocessed inside its pipeline)')
 
     def predict(self, images: Sequence[np.ndarray], fx: Any,
-                cloud: Optional[dict[str, Any]] = None):
-        """What ``DepthEstimator._run`` returns, for this model (``fx`` is not used)."""
+                cloud: Optional[dict[str, Any]] = None,
+                prompts: Optional[Sequence[Optional[np.ndarray]]] = None):
+        """What ``DepthEstimator._run`` returns, for this model (``fx`` is not used).
+
+        ``prompts``: one ``(h, w)`` metric depth prompt (or None) per image, for a model that
+        :attr:`takes_prompt`; a frame without one gets an all-NaN depth, counted in
+        ``Prediction.no_prompt``.
+        """
         from depth_node.estimator.facade import Prediction
 
         images = list(images)
         self.check_images(images)
+        no_prompt = 0
         with torch.inference_mode():
-            depth, timings = self.forward(images)
+            if self.takes_prompt:
+                prompts = list(prompts) if prompts is not None else [None] * len(images)
+                no_prompt = sum(p is None for p in prompts)
+                depth, timings = self.forward(images, prompts)
+            else:
+                depth, timings = self.forward(images)
         points = None
         if cloud is not None:
             from depth_node.cloud import depth_to_points
             start = time.perf_counter()
             points = depth_to_points(depth[0], **cloud)
             timings['cloud'] = time.perf_counter() - start
-        return Prediction(depth=depth, timings=timings, points=points)
+        return Prediction(depth=depth, timings=timings, points=points, no_prompt=no_prompt)
 
     def _sync(self) -> None:
         if self.device.type == 'cuda':
@@ -291,14 +305,16 @@ def open_slow_path(name: str, random_init: Optional[str], engine: str, device: t
         return None
     _torch_only(engine, name, f"a '{model_type}' model (no fast path: it runs through its "
                 'own image processor)')
+    from depth_node.estimator.prompted import MODEL_TYPE as PROMPT_TYPE, PromptDepthPath
     from transformers import AutoConfig
     source = str(path) if local else name
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=offline)
     except (OSError, ValueError) as exc:
         raise EstimatorError(f"could not read the config of '{name}': {exc}") from exc
-    slow = GenericTransformersPath(name, source, offline, config, device,
-                                   resolve_dtype(precision, device), kind)
+    path_class = PromptDepthPath if model_type == PROMPT_TYPE else GenericTransformersPath
+    slow = path_class(name, source, offline, config, device, resolve_dtype(precision, device),
+                      kind)
     logger.warning("'%s' is a '%s' model, which has no fast path here: it runs through its own "
                    'image processor and post_process_depth_estimation in torch (slower, correct)',
                    name, model_type)

@@ -1,0 +1,352 @@
+"""Depth prompts for Prompt Depth Anything: a coarse metric depth map from an RGB-D camera or
+a LiDAR scan, made ready for the network (ROS-free).
+
+Prompt Depth Anything (``PromptDepthAnythingForDepthEstimation``) takes the colour image and a
+low-resolution metric depth map of the same view, the *prompt*, and returns metric depth at the
+image's resolution. The network normalises the prompt by its own minimum and maximum and maps
+its output back with them: one zero or NaN in the prompt ruins the scale of the whole frame.
+This module makes the prompt:
+
+1. **a grid** (:func:`prompt_grid`): the prompt keeps the image's aspect ratio with its long
+   side at most ``prompt.max_side`` pixels (256: the 256 x 192 iPhone LiDAR depth the published
+   models were trained with). The network resamples the prompt to each of its decoder's scales,
+   so the grid's size is a matter of how much the sensor has to say, not a network constraint;
+2. **from a sensor**, invalid cells NaN: :func:`from_depth_image` (an RGB-D camera's depth
+   registered to the colour camera, ``16UC1`` millimetres or ``32FC1`` metres, 0 / NaN / <= 0
+   invalid: each cell the mean of its valid pixels) or :func:`from_lidar` (the projected,
+   occlusion-filtered points of :func:`depth_node.lidar.prepare_points`: each cell the nearest
+   point in it);
+3. **checked** (:func:`check_prompt`): the fraction of valid cells (:func:`coverage`) must
+   reach ``prompt.min_coverage``; otherwise the frame has no metric output (counted);
+4. **filled** (:func:`fill_holes`, done by the estimator before the forward pass): every
+   invalid cell gets a value from its valid neighbourhood (push-pull: averages over coarser
+   and coarser grids), valid cells keep theirs exactly;
+5. **compared** (:func:`agreement`) with the network's output: the median absolute relative
+   error of the output against the valid prompt cells, on ``depth/alignment``.
+
+Units: metres along the camera's optical axis; arrays are ``(rows, columns)`` float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from typing import Optional
+
+import numpy as np
+
+from depth_node.image_codec import ImageDecodeError, decode_relative_depth
+
+#: ``prompt.source``: '' (no prompt), an RGB-D camera's depth image, or the LiDAR scan.
+PROMPT_SOURCES = ('', 'depth_image', 'lidar')
+
+#: Encodings of a depth prompt image and the factor to metres of their values.
+PROMPT_ENCODINGS = {'16UC1': 0.001, '32FC1': 1.0}
+
+#: States of a frame's prompt (:class:`PromptCheck`).
+PROMPT_STATES = ('ok', 'missing', 'stale', 'low_coverage')
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be used (no valid value, wrong shape); the message says why."""
+
+
+def prompt_grid(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """``(rows, columns)`` of the prompt for a ``height`` x ``width`` source: the same aspect
+    ratio, the long side ``min(max_side, long side)``, at least 1 x 1 (never larger than the
+    source: a prompt is not upsampled)."""
+    height, width, max_side = int(height), int(width), int(max_side)
+    if height < 1 or width < 1 or max_side < 1:
+        raise PromptError(f'prompt grid needs positive sizes, got {width}x{height}, max side '
+                          f'{max_side}')
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _edges(size: int, cells: int) -> np.ndarray:
+    """First source index of each of ``cells`` equal blocks of ``size`` (``size >= cells``)."""
+    return (np.arange(cells, dtype=np.int64) * size) // cells
+
+
+def block_mean(depth: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The mean of the valid (finite, > 0) pixels of each block of ``depth``.
+
+    Parameters
+    ----------
+    depth : np.ndarray
+        ``(H, W)`` depth in metres; NaN, infinities and values <= 0 are invalid.
+    grid : tuple of int
+        ``(rows, columns)``, at most ``(H, W)``: the blocks are the rows ``[i H / rows,
+        (i + 1) H / rows)`` by the matching columns.
+
+    Returns
+    -------
+    np.ndarray
+        ``(rows, columns)`` float32, NaN where a block has no valid pixel.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise PromptError(f'depth must be (H, W), got shape {depth.shape}')
+    rows, cols = int(grid[0]), int(grid[1])
+    height, width = depth.shape
+    if not (1 <= rows <= height and 1 <= cols <= width):
+        raise PromptError(f'grid {cols}x{rows} must be between 1x1 and the depth size '
+                          f'{width}x{height}')
+    with np.errstate(invalid='ignore'):
+        valid = np.isfinite(depth) & (depth > 0)
+    values = np.where(valid, depth, 0.0).astype(np.float64)
+    r, c = _edges(height, rows), _edges(width, cols)
+    sums = np.add.reduceat(np.add.reduceat(values, r, axis=0), c, axis=1)
+    counts = np.add.reduceat(np.add.reduceat(valid.astype(np.int64), r, axis=0), c, axis=1)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        return np.where(counts > 0, sums / counts, np.nan).astype(np.float32)
+
+
+def decode_prompt_image(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+                        data) -> np.ndarray:
+    """A depth prompt image (``sensor_msgs/Image`` fields) as metres.
+
+    ``16UC1`` is millimetres with 0 = no measurement (REP 117); ``32FC1`` is metres with NaN
+    (or any value <= 0, or infinity) = no measurement.
+
+    Returns
+    -------
+    np.ndarray
+        ``(height, width)`` float32 metres, NaN where there is no measurement.
+
+    Raises
+    ------
+    ImageDecodeError
+        Another encoding, or fields that do not describe the data.
+    """
+    if encoding not in PROMPT_ENCODINGS:
+        raise ImageDecodeError(f'depth prompt encoding {str(encoding)[:64]!r} is not supported; '
+                               'use 16UC1 (millimetres) or 32FC1 (metres)')
+    depth = decode_relative_depth(encoding, height, width, step, is_bigendian, data)
+    scale = PROMPT_ENCODINGS[encoding]
+    if scale != 1.0:
+        depth *= np.float32(scale)
+    with np.errstate(invalid='ignore'):
+        depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
+    return depth
+
+
+def from_depth_image(depth: np.ndarray, image_size: tuple[int, int], max_side: int,
+                     max_aspect_error: float = 0.01) -> np.ndarray:
+    """The prompt from an RGB-D camera's depth image registered to the colour image.
+
+    Parameters
+    ----------
+    depth : np.ndarray
+        ``(H, W)`` float32 metres, NaN invalid (:func:`decode_prompt_image`): the view of the
+        colour image (``depth_registered``), any resolution of the same aspect ratio.
+    image_size : tuple of int
+        ``(height, width)`` of the colour image.
+    max_side : int
+        ``prompt.max_side``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(rows, columns)`` float32 metres (:func:`prompt_grid` of the depth image's size;
+        each cell the mean of its valid pixels), NaN where a cell has none.
+
+    Raises
+    ------
+    PromptError
+        The depth image's aspect ratio differs from the colour image's by more than
+        ``max_aspect_error`` (relative): it is not registered to this camera.
+    """
+    height, width = np.shape(depth)[:2]
+    img_h, img_w = int(image_size[0]), int(image_size[1])
+    ratio = (width / height) / (img_w / img_h)
+    if abs(ratio - 1.0) > max_aspect_error:
+        raise PromptError(f'the depth prompt is {width}x{height}, the colour image {img_w}x'
+                          f'{img_h}: a different aspect ratio, so not the same view; publish '
+                          "the depth registered to the colour camera (e.g. a driver's "
+                          'depth_registered or aligned_depth_to_color topic)')
+    return block_mean(depth, prompt_grid(height, width, max_side))
+
+
+def from_lidar(uv: np.ndarray, z: np.ndarray, image_size: tuple[int, int],
+               max_side: int) -> np.ndarray:
+    """The prompt from projected LiDAR points: each cell the nearest point falling in it.
+
+    Parameters
+    ----------
+    uv : np.ndarray
+        ``(M, 2)`` pixel coordinates in the ``image_size`` image (pixel centres at integers),
+        from :func:`depth_node.lidar.prepare_points` (occlusion-filtered).
+    z : np.ndarray
+        ``(M,)`` depth along the optical axis, metres.
+    image_size : tuple of int
+        ``(height, width)`` of the image the points were projected into.
+    max_side : int
+        ``prompt.max_side``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(rows, columns)`` float32 metres (:func:`prompt_grid` of ``image_size``), NaN where
+        no point falls.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    rows, cols = prompt_grid(height, width, max_side)
+    uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
+    z = np.asarray(z, dtype=np.float64).reshape(-1)
+    if uv.shape[0] != z.shape[0]:
+        raise PromptError(f'uv has {uv.shape[0]} points, z {z.shape[0]}')
+    with np.errstate(invalid='ignore'):
+        good = np.isfinite(z) & (z > 0) & np.isfinite(uv).all(axis=1)
+    uv, z = uv[good], z[good]
+    col = np.clip(((uv[:, 0] + 0.5) * cols / width).astype(np.int64), 0, cols - 1)
+    row = np.clip(((uv[:, 1] + 0.5) * rows / height).astype(np.int64), 0, rows - 1)
+    cells = np.full(rows * cols, np.inf)
+    np.minimum.at(cells, row * cols + col, z)
+    cells[np.isinf(cells)] = np.nan
+    return cells.reshape(rows, cols).astype(np.float32)
+
+
+def valid_mask(prompt: np.ndarray) -> np.ndarray:
+    """Where ``prompt`` holds a measurement: finite and > 0."""
+    prompt = np.asarray(prompt)
+    with np.errstate(invalid='ignore'):
+        return np.isfinite(prompt) & (prompt > 0)
+
+
+def coverage(prompt: np.ndarray) -> float:
+    """The fraction (0 to 1) of the prompt's cells that hold a measurement."""
+    prompt = np.asarray(prompt)
+    return float(valid_mask(prompt).mean()) if prompt.size else 0.0
+
+
+def fill_holes(prompt: np.ndarray) -> np.ndarray:
+    """Every invalid cell of ``prompt`` filled from its valid neighbourhood (push-pull).
+
+    The valid cells are averaged into a pyramid of grids each half the size of the one before
+    (a cell of a coarser grid: the mean of the valid cells under it) until a grid has no hole
+    or one cell is left; then, from the coarsest grid down, each hole takes the value of the
+    coarser cell above it. Valid cells keep their values exactly; a hole gets the mean of the
+    nearest valid cells at the scale of the hole. The result has no NaN, zero or negative value
+    (the network normalises the prompt by its minimum and maximum).
+
+    Parameters
+    ----------
+    prompt : np.ndarray
+        ``(h, w)`` metres; NaN, infinities and values <= 0 are holes.
+
+    Returns
+    -------
+    np.ndarray
+        ``(h, w)`` float32, every value finite and > 0.
+
+    Raises
+    ------
+    PromptError
+        ``prompt`` is not 2-D or has no valid cell.
+    """
+    prompt = np.asarray(prompt)
+    if prompt.ndim != 2 or prompt.size == 0:
+        raise PromptError(f'a prompt must be a non-empty (h, w) array, got shape {prompt.shape}')
+    valid = valid_mask(prompt)
+    if not valid.any():
+        raise PromptError('the prompt has no valid value (all NaN, zero or negative)')
+    values = np.where(valid, prompt, 0.0).astype(np.float64)
+    weights = valid.astype(np.float64)
+    levels = [(values, weights)]
+    while not (weights > 0).all() and max(values.shape) > 1:
+        h, w = values.shape
+        ph, pw = h + h % 2, w + w % 2  # pad to even with empty cells
+        vs = np.zeros((ph, pw))
+        ws = np.zeros((ph, pw))
+        vs[:h, :w] = values * weights
+        ws[:h, :w] = weights
+        sums = vs.reshape(ph // 2, 2, pw // 2, 2).sum(axis=(1, 3))
+        weights = ws.reshape(ph // 2, 2, pw // 2, 2).sum(axis=(1, 3))
+        with np.errstate(invalid='ignore', divide='ignore'):
+            values = np.where(weights > 0, sums / weights, 0.0)
+        weights = (weights > 0).astype(np.float64)  # a mean of valid cells is one valid cell
+        levels.append((values, weights))
+    filled = levels[-1][0]
+    for values, weights in reversed(levels[:-1]):
+        h, w = values.shape
+        coarse = np.repeat(np.repeat(filled, 2, axis=0), 2, axis=1)[:h, :w]
+        filled = np.where(weights > 0, values, coarse)
+    out = filled.astype(np.float32)
+    out[valid] = prompt[valid]  # exactly, whatever the dtype went through
+    return out
+
+
+def agreement(depth: np.ndarray, prompt: np.ndarray) -> float:
+    """How well the network's metric output agrees with the prompt's measurements.
+
+    Parameters
+    ----------
+    depth : np.ndarray
+        ``(H, W)`` metres (the output; NaN invalid), at least the prompt's size.
+    prompt : np.ndarray
+        ``(h, w)`` metres as measured (before :func:`fill_holes`), NaN invalid.
+
+    Returns
+    -------
+    float
+        The median over the prompt's valid cells of ``|d - p| / p``, where ``d`` is the mean
+        of the output over the cell's block (:func:`block_mean`); NaN when no cell has both.
+    """
+    prompt = np.asarray(prompt)
+    out = block_mean(depth, prompt.shape)
+    both = valid_mask(prompt) & valid_mask(out)
+    if not both.any():
+        return math.nan
+    p = prompt[both].astype(np.float64)
+    return float(np.median(np.abs(out[both] - p) / p))
+
+
+@dataclass(frozen=True)
+class PromptCheck:
+    """What became of a frame's prompt.
+
+    Attributes
+    ----------
+    state : str
+        One of :data:`PROMPT_STATES`: ``'ok'`` (use ``prompt``), ``'missing'`` (none
+        received), ``'stale'`` (the nearest is further than ``prompt.max_time_offset`` from
+        the frame), ``'low_coverage'`` (fewer valid cells than ``prompt.min_coverage``).
+    prompt : np.ndarray or None
+        ``(h, w)`` metres, NaN invalid (not yet filled) when ``state`` is ``'ok'``.
+    coverage : float
+        Fraction of valid cells (NaN without a prompt).
+    time_offset : float
+        ``|frame stamp - prompt stamp|`` in seconds (NaN without a prompt).
+    reason : str
+        Why there is no usable prompt (empty when ``'ok'``).
+    """
+
+    state: str
+    prompt: Optional[np.ndarray] = None
+    coverage: float = math.nan
+    time_offset: float = math.nan
+    reason: str = ''
+
+
+def check_prompt(prompt: Optional[np.ndarray], stamp: float, prompt_stamp: float,
+                 max_time_offset: float, min_coverage: float, what: str = 'prompt') -> PromptCheck:
+    """Whether ``prompt`` (taken at ``prompt_stamp``, seconds) serves a frame taken at
+    ``stamp``: close enough in time and covered enough.
+
+    ``prompt`` None means none was received (``'missing'``). ``what`` names the source in the
+    reason (e.g. ``'prompt_depth'``).
+    """
+    if prompt is None:
+        return PromptCheck('missing', reason=f'no {what} received')
+    offset = abs(float(stamp) - float(prompt_stamp))
+    share = coverage(prompt)
+    if offset > max_time_offset:
+        return PromptCheck('stale', coverage=share, time_offset=offset,
+                           reason=f'the nearest {what} is {offset:.3f} s from the image, over '
+                                  f'prompt.max_time_offset {max_time_offset:g} s')
+    if share < min_coverage or share == 0.0:
+        return PromptCheck('low_coverage', coverage=share, time_offset=offset,
+                           reason=f'{what} covers {100 * share:.1f} % of the prompt grid, under '
+                                  f'prompt.min_coverage {100 * min_coverage:g} %')
+    return PromptCheck('ok', prompt=prompt, coverage=share, time_offset=offset)
