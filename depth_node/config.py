@@ -260,7 +260,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               "comes from: 'depth_image' (an RGB-D camera's depth registered to the colour "
               "image on 'prompt_depth', 16UC1 millimetres or 32FC1 metres), 'lidar' (the "
               "scans on 'lidar/points' projected into the image; needs lidar.enabled), or '' "
-              '(off; required for other models, refused for a prompt model).',
+              '(off: models that take no prompt). A frame without a usable prompt has no '
+              'metric output.',
               choices=('', 'depth_image', 'lidar')),
     ParamSpec('prompt.max_time_offset', 0.1, 'Largest |image stamp - prompt stamp| (s) for a '
               'pair; a frame without a prompt that close has no metric output (counted).',

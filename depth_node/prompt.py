@@ -44,7 +44,7 @@ PROMPT_SOURCES = ('', 'depth_image', 'lidar')
 PROMPT_ENCODINGS = {'16UC1': 0.001, '32FC1': 1.0}
 
 #: States of a frame's prompt (:class:`PromptCheck`).
-PROMPT_STATES = ('ok', 'missing', 'stale', 'low_coverage')
+PROMPT_STATES = ('ok', 'missing', 'stale', 'low_coverage', 'bad')
 
 
 class PromptError(ValueError):
@@ -158,13 +158,9 @@ def from_depth_image(depth: np.ndarray, image_size: tuple[int, int], max_side: i
         ``max_aspect_error`` (relative): it is not registered to this camera.
     """
     height, width = np.shape(depth)[:2]
-    img_h, img_w = int(image_size[0]), int(image_size[1])
-    ratio = (width / height) / (img_w / img_h)
-    if abs(ratio - 1.0) > max_aspect_error:
-        raise PromptError(f'the depth prompt is {width}x{height}, the colour image {img_w}x'
-                          f'{img_h}: a different aspect ratio, so not the same view; publish '
-                          "the depth registered to the colour camera (e.g. a driver's "
-                          'depth_registered or aligned_depth_to_color topic)')
+    why = same_view((height, width), image_size, max_aspect_error)
+    if why:
+        raise PromptError(why)
     return block_mean(depth, prompt_grid(height, width, max_side))
 
 
@@ -311,7 +307,9 @@ class PromptCheck:
     state : str
         One of :data:`PROMPT_STATES`: ``'ok'`` (use ``prompt``), ``'missing'`` (none
         received), ``'stale'`` (the nearest is further than ``prompt.max_time_offset`` from
-        the frame), ``'low_coverage'`` (fewer valid cells than ``prompt.min_coverage``).
+        the frame), ``'low_coverage'`` (fewer valid cells than ``prompt.min_coverage``),
+        ``'bad'`` (a prompt that cannot serve this frame: another view, a camera_info the
+        LiDAR projection cannot use, no transform).
     prompt : np.ndarray or None
         ``(h, w)`` metres, NaN invalid (not yet filled) when ``state`` is ``'ok'``.
     coverage : float
@@ -350,3 +348,140 @@ def check_prompt(prompt: Optional[np.ndarray], stamp: float, prompt_stamp: float
                            reason=f'{what} covers {100 * share:.1f} % of the prompt grid, under '
                                   f'prompt.min_coverage {100 * min_coverage:g} %')
     return PromptCheck('ok', prompt=prompt, coverage=share, time_offset=offset)
+
+
+@dataclass(frozen=True)
+class PromptImage:
+    """A received ``prompt_depth`` image, reduced to its prompt grid on arrival.
+
+    Attributes
+    ----------
+    stamp : float
+        Header stamp, seconds.
+    frame_id : str
+    grid : np.ndarray
+        ``(rows, columns)`` float32 metres, NaN where no measurement (:func:`block_mean` of the
+        image over :func:`prompt_grid` of its own size).
+    size : tuple of int
+        ``(height, width)`` of the image as received (its view is checked against the colour
+        image's with :func:`same_view`).
+    """
+
+    stamp: float
+    frame_id: str
+    grid: np.ndarray
+    size: tuple[int, int]
+
+
+def prompt_from_message(msg, max_side: int) -> PromptImage:
+    """A ``sensor_msgs/Image`` on ``prompt_depth`` (any object with its fields: rclpy or rosbags
+    messages) as a :class:`PromptImage`.
+
+    Raises
+    ------
+    ImageDecodeError
+        Not 16UC1 / 32FC1, or fields that do not describe the data.
+    """
+    depth = decode_prompt_image(msg.encoding, msg.height, msg.width, msg.step,
+                                bool(msg.is_bigendian), msg.data)
+    height, width = depth.shape
+    if height == 0 or width == 0:
+        raise ImageDecodeError(f'empty depth prompt {width}x{height}')
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    return PromptImage(stamp, str(msg.header.frame_id),
+                       block_mean(depth, prompt_grid(height, width, max_side)), (height, width))
+
+
+def same_view(depth_size: tuple[int, int], image_size: tuple[int, int],
+              max_aspect_error: float = 0.01) -> Optional[str]:
+    """Why a depth image of ``depth_size`` ``(height, width)`` cannot be the registered view of
+    a colour image of ``image_size``, or None when its aspect ratio agrees."""
+    (dh, dw), (ih, iw) = depth_size, image_size
+    if abs((dw / dh) / (iw / ih) - 1.0) <= max_aspect_error:
+        return None
+    return (f'the depth prompt is {dw}x{dh}, the colour image {iw}x{ih}: a different aspect '
+            "ratio, so not the same view; publish the depth registered to the colour camera "
+            "(e.g. a driver's depth_registered or aligned_depth_to_color topic)")
+
+
+def lidar_prompt(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, intrinsics,
+                 image_size: tuple[int, int], max_side: int,
+                 occlusion_window: int = 5) -> tuple[np.ndarray, int]:
+    """The prompt from a LiDAR scan: projected into the image with the camera's distortion,
+    occlusion-filtered (:func:`depth_node.lidar.prepare_points`), then :func:`from_lidar`.
+
+    Parameters
+    ----------
+    points_lidar : np.ndarray
+        ``(N, 3)`` points in the LiDAR frame, metres.
+    T_camera_lidar : np.ndarray
+        ``(4, 4)`` LiDAR frame to camera optical frame.
+    intrinsics : depth_node.camera_info.Intrinsics
+        The camera_info fitted to the image of ``image_size``.
+    image_size : tuple of int
+        ``(height, width)`` of the image the network gets.
+
+    Returns
+    -------
+    grid : np.ndarray
+        ``(rows, columns)`` float32 metres, NaN where no point falls.
+    projected : int
+        How many points survived projection and the occlusion test.
+
+    Raises
+    ------
+    depth_node.lidar.LidarError
+        Distortion the LiDAR camera model cannot take, or a bad transform.
+    """
+    from depth_node.lidar import CameraModel, prepare_points
+
+    height, width = int(image_size[0]), int(image_size[1])
+    camera = CameraModel(K=intrinsics.K, D=intrinsics.D,
+                         distortion_model=intrinsics.distortion_model, width=width, height=height)
+    uv, z = prepare_points(points_lidar, T_camera_lidar, camera, width, height,
+                           occlusion_window=occlusion_window)
+    return from_lidar(uv, z, (height, width), max_side), int(len(z))
+
+
+def setup_error(takes_prompt: bool, source: str, model_name: str) -> Optional[str]:
+    """Why ``prompt.source`` does not suit the model (None when it does)."""
+    if takes_prompt and not source:
+        return (f"'{model_name}' is a Prompt Depth Anything model: it needs a metric depth "
+                "prompt; set prompt.source to 'depth_image' (an RGB-D camera's depth on "
+                "prompt_depth) or 'lidar' (the scans on lidar/points)")
+    if source and not takes_prompt:
+        return (f"prompt.source '{source}' is set but '{model_name}' takes no depth prompt; "
+                "use a Prompt Depth Anything model or set prompt.source ''")
+    return None
+
+
+@dataclass
+class PromptReport:
+    """What ``depth/alignment`` says about one frame's depth prompt.
+
+    ``check`` is the frame's :class:`PromptCheck`; ``agreement`` the median absolute relative
+    error of the output against the valid prompt cells (:func:`agreement`; NaN without output);
+    ``points`` the LiDAR points projected for it (0 for a depth image); ``source`` the
+    ``prompt.source``.
+    """
+
+    check: PromptCheck
+    agreement: float
+    points: int
+    source: str
+    frame_id: str
+    stamp: tuple[int, int]
+
+    @property
+    def level(self) -> int:
+        """diagnostic_msgs/DiagnosticStatus level: 0 OK, 2 ERROR (no metric output)."""
+        return 0 if self.check.state == 'ok' else 2
+
+    def values(self) -> dict[str, str]:
+        """The status's key/value pairs (``reason`` as given: the caller bounds its length)."""
+        c = self.check
+        return {k: str(v) for k, v in {
+            'state': c.state, 'prompt_source': self.source, 'prompt_coverage': c.coverage,
+            'prompt_agreement': self.agreement, 'prompt_time_offset': c.time_offset,
+            'points_projected': self.points, 'reason': c.reason,
+            'stamp': f'{self.stamp[0]}.{self.stamp[1]:09d}'}.items()}
