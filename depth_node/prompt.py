@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -485,3 +485,89 @@ class PromptReport:
             'prompt_agreement': self.agreement, 'prompt_time_offset': c.time_offset,
             'points_projected': self.points, 'reason': c.reason,
             'stamp': f'{self.stamp[0]}.{self.stamp[1]:09d}'}.items()}
+
+
+def _nearest(items: Sequence, stamp: float, stamp_of: Callable[[Any], float]) -> Optional[Any]:
+    return min(items, key=lambda item: abs(stamp_of(item) - stamp)) if items else None
+
+
+def prompt_for_frame(source: str, stamp: float, image_size: tuple[int, int], *,
+                     max_time_offset: float, min_coverage: float, max_side: int,
+                     images: Sequence[PromptImage] = (), scans: Sequence[tuple] = (),
+                     intrinsics: Any = None,
+                     transform: Optional[Callable[[str], Optional[np.ndarray]]] = None,
+                     occlusion_window: int = 5) -> tuple[PromptCheck, int]:
+    """The prompt of one frame, from the buffered inputs nearest its stamp (the node and any
+    other caller share this; nothing here logs or counts).
+
+    Parameters
+    ----------
+    source : str
+        ``prompt.source``: ``'depth_image'`` or ``'lidar'``.
+    stamp : float
+        The frame's header stamp, seconds.
+    image_size : tuple of int
+        ``(height, width)`` of the image the network gets.
+    max_time_offset, min_coverage, max_side
+        ``prompt.max_time_offset`` (s), ``prompt.min_coverage``, ``prompt.max_side``.
+    images : sequence of PromptImage
+        ``depth_image``: the buffered ``prompt_depth`` images.
+    scans : sequence of (stamp_s, frame_id, (N, 3) xyz)
+        ``lidar``: the buffered LiDAR scans (LiDAR frame, metres).
+    intrinsics : depth_node.camera_info.Intrinsics or None
+        ``lidar``: the camera_info fitted to ``image_size`` (None: none that fits).
+    transform : callable
+        ``lidar``: ``transform(lidar_frame_id)`` -> ``(4, 4)`` LiDAR-to-camera transform, or
+        None when there is none.
+    occlusion_window : int
+        ``lidar.occlusion_window``.
+
+    Returns
+    -------
+    check : PromptCheck
+        ``'ok'`` with the prompt (``(rows, columns)`` metres, NaN holes), or why not.
+    projected : int
+        LiDAR points projected into the image (0 for a depth image).
+    """
+    if source == 'depth_image':
+        nearest = _nearest(images, stamp, lambda p: p.stamp)
+        if nearest is None:
+            return check_prompt(None, stamp, math.nan, max_time_offset, min_coverage,
+                                'prompt_depth'), 0
+        check = check_prompt(nearest.grid, stamp, nearest.stamp, max_time_offset, min_coverage,
+                             'prompt_depth')
+        why = same_view(nearest.size, image_size) if check.state == 'ok' else None
+        if why:
+            return PromptCheck('bad', coverage=check.coverage, time_offset=check.time_offset,
+                               reason=why), 0
+        return check, 0
+    if source != 'lidar':
+        raise PromptError(f"prompt.source {source!r} is not 'depth_image' or 'lidar'")
+    from depth_node.lidar import LidarError
+
+    scan = _nearest(scans, stamp, lambda s: s[0])
+    if scan is None:
+        return PromptCheck('missing', reason='no LiDAR scan received'), 0
+    offset = abs(stamp - scan[0])
+    if offset > max_time_offset:
+        return PromptCheck('stale', time_offset=offset,
+                           reason=f'the nearest LiDAR scan is {offset:.3f} s from the image, '
+                                  f'over prompt.max_time_offset {max_time_offset:g} s'), 0
+    bad = None
+    T = None
+    if intrinsics is None:
+        bad = 'no camera_info that fits the image: the LiDAR scan cannot be projected'
+    else:
+        T = transform(scan[1]) if transform is not None else None
+        if T is None:
+            bad = f'no transform from the LiDAR frame {str(scan[1])[:64]!r} to the camera'
+    if bad is None:
+        try:
+            grid, projected = lidar_prompt(scan[2], T, intrinsics, image_size, max_side,
+                                           occlusion_window)
+        except LidarError as exc:
+            bad = f'the LiDAR scan cannot be projected: {exc}'
+    if bad is not None:
+        return PromptCheck('bad', time_offset=offset, reason=bad), 0
+    return check_prompt(grid, stamp, scan[0], max_time_offset, min_coverage,
+                        'LiDAR scan'), projected

@@ -62,6 +62,14 @@ def holds_scan(node: Any, msg: PointCloud2) -> bool:
         return any(scan[0] == stamp for scan in node._scans)
 
 
+def holds_prompt(node: Any, msg: Image, camera: int = 0) -> bool:
+    """Whether ``node`` has stored a ``prompt_depth`` image with the stamp of ``msg`` for its
+    ``camera``-th camera (private state, as :func:`holds_camera_info`)."""
+    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+    with node._lock:
+        return any(p.stamp == stamp for p in node._cameras[camera].prompts)
+
+
 class Probe:
     """Publishes inputs and records every output message, keyed by topic."""
 
@@ -78,6 +86,7 @@ class Probe:
             'camera_info': self.node.create_publisher(CameraInfo, 'camera_info', reliable),
             'lidar/points': self.node.create_publisher(PointCloud2, 'lidar/points', reliable),
             'relative_depth': self.node.create_publisher(Image, 'relative_depth', reliable),
+            'prompt_depth': self.node.create_publisher(Image, 'prompt_depth', reliable),
         }
         self.subs = [self.node.create_subscription(OUTPUTS[t], t, self._callback(t), reliable)
                      for t in outputs]
