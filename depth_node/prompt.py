@@ -400,7 +400,7 @@ def same_view(depth_size: tuple[int, int], image_size: tuple[int, int],
     if abs((dw / dh) / (iw / ih) - 1.0) <= max_aspect_error:
         return None
     return (f'the depth prompt is {dw}x{dh}, the colour image {iw}x{ih}: a different aspect '
-            "ratio, so not the same view; publish the depth registered to the colour camera "
+            'ratio, so not the same view; publish the depth registered to the colour camera '
             "(e.g. a driver's depth_registered or aligned_depth_to_color topic)")
 
 

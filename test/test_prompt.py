@@ -241,3 +241,34 @@ def test_agreement_is_the_median_relative_error():
     assert pr.agreement(depth, prompt) == pytest.approx(0.0, abs=1e-6)
     assert pr.agreement(depth * 1.1, prompt) == pytest.approx(0.1, rel=1e-5)
     assert math.isnan(pr.agreement(depth, np.full((12, 16), np.nan, np.float32)))
+
+
+def test_prompt_for_frame_lidar_states():
+    """The LiDAR source's per-frame states without ROS: missing, stale, no camera_info, no
+    transform, then ok with the scan's points gridded."""
+    from depth_node.camera_info import intrinsics_from_fields
+    from synthetic_scene import HEIGHT, K, T_CAMERA_LIDAR, WIDTH, plate_and_wall
+
+    scene = plate_and_wall(step=0.01)
+    intr = intrinsics_from_fields(WIDTH, HEIGHT, K.ravel(), [0.0] * 5, 'plumb_bob', [0.0] * 12,
+                                  [0.0] * 9)
+    common = dict(max_time_offset=0.1, min_coverage=0.05, max_side=32)
+    scans = [(5.0, 'lidar', scene.points_lidar)]
+
+    def run(stamp, **kwargs):
+        args = dict(common, scans=scans, intrinsics=intr, transform=lambda _: T_CAMERA_LIDAR)
+        args.update(kwargs)
+        return pr.prompt_for_frame('lidar', stamp, (HEIGHT, WIDTH), **args)
+
+    assert run(5.0, scans=())[0].state == 'missing'
+    assert run(5.5)[0].state == 'stale'
+    check, _ = run(5.0, intrinsics=None)
+    assert check.state == 'bad' and 'camera_info' in check.reason
+    check, _ = run(5.0, transform=lambda _: None)
+    assert check.state == 'bad' and "'lidar'" in check.reason
+    check, projected = run(5.05)
+    assert check.state == 'ok' and projected > 0 and check.prompt.shape == (24, 32)
+    assert np.nanmin(check.prompt) == pytest.approx(2.0, abs=1e-3)  # the plate
+    assert np.nanmax(check.prompt) == pytest.approx(6.0, abs=1e-3)  # the wall
+    with pytest.raises(pr.PromptError, match='not .depth_image. or .lidar.'):
+        pr.prompt_for_frame('stereo', 5.0, (HEIGHT, WIDTH), **common)
