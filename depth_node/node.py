@@ -263,7 +263,8 @@ class DepthNodeBase:
                    if self._named else '')
         self.get_logger().info(
             f'{what}: input {self._cfg["input.mode"]}{cameras}, model output {kind}, LiDAR '
-            f'{"on" if self._cfg["lidar.enabled"] else "off"}')
+            f'{"on" if self._cfg["lidar.enabled"] else "off"}'
+            + (f', depth prompt from {self._prompt_source}' if self._prompt_source else ''))
 
     @property
     def _is_metric(self) -> bool:
