@@ -15,7 +15,12 @@ Output keys (:data:`OUTPUT_TOPICS`): ``relative`` ((H, W) float32, no unit, neve
 ``depth`` ((H, W) float32 metres with NaN invalid, or uint16 millimetres with 0 invalid, as
 ``output.encoding`` says), ``info`` (:class:`~depth_node.camera_info.Intrinsics` of the depth
 image), ``points`` (:class:`~depth_node.cloud.PackedCloud` in the camera's optical frame),
-``colored`` ((H, W, 3) uint8) and ``alignment`` (:class:`AlignmentReport`).
+``colored`` ((H, W, 3) uint8) and ``alignment`` (:class:`AlignmentReport`, or with a depth
+prompt :class:`depth_node.prompt.PromptReport`).
+
+A Prompt Depth Anything model (``prompt.source``) takes a metric depth prompt with each frame:
+:meth:`FramePipeline.pair_prompt` finds it before :meth:`FramePipeline.forward`; a frame without
+a usable one gets no metric output (:meth:`FramePipeline.finish` reports why).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from depth_node import config as cfg
+from depth_node import prompt as pr
 from depth_node.alignment import Aligner, AlignerConfig, Alignment
 from depth_node.camera_info import CameraInfoError, Intrinsics, fit_to_image
 from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
@@ -79,6 +85,8 @@ class Frame:
     src_h: int = 0
     prediction: Optional[np.ndarray] = None
     points: Optional[np.ndarray] = None
+    prompt: Optional[pr.PromptCheck] = None  # with prompt.source: its depth prompt
+    prompt_points: int = 0  # LiDAR points projected for the prompt
 
     @property
     def stamp(self) -> float:
@@ -105,7 +113,9 @@ class Problem:
     """Something the caller should log and count.
 
     ``key``: ``'camera_info'`` (a camera_info that does not fit or is unusable: a bad input),
-    ``'no_camera_info'`` (none received yet), ``'no_fit'`` (no metric depth for this frame).
+    ``'no_camera_info'`` (none received yet), ``'no_fit'`` (no metric depth for this frame),
+    ``'prompt_missing'``, ``'prompt_stale'``, ``'prompt_low_coverage'``, ``'prompt_bad'`` (no
+    usable depth prompt: no metric depth for this frame).
     """
 
     key: str
@@ -257,6 +267,13 @@ class FramePipeline:
             else 'relative_disparity')
         self._patch_size = model_patch_size(estimator.config) if estimator is not None else 1
         self._shape_ok: Optional[tuple] = None  # the last shape check_input_shape passed
+        self.prompt_source = config['prompt.source']
+        if estimator is not None:
+            why = pr.setup_error(bool(getattr(estimator, 'takes_prompt', False)),
+                                 self.prompt_source, config['model.name'] or
+                                 config['model.random_init'])
+            if why:
+                raise cfg.ConfigError(why)
 
     # ----------------------------------------------------------------- inputs
     def aligner_config(self) -> AlignerConfig:
@@ -271,8 +288,10 @@ class FramePipeline:
                              smoothing=c['lidar.smoothing'], max_fit_age=c['lidar.max_fit_age'])
 
     def new_camera(self, index: int = 0) -> CameraState:
-        """A camera's state, with an aligner when ``lidar.enabled``."""
-        aligner = Aligner(self.aligner_config()) if self.config['lidar.enabled'] else None
+        """A camera's state, with an aligner when ``lidar.enabled`` (not with a depth prompt:
+        the prompt makes the output metric, no LiDAR fit goes on top)."""
+        aligner = Aligner(self.aligner_config()) if (
+            self.config['lidar.enabled'] and not self.prompt_source) else None
         return CameraState(index=index, aligner=aligner)
 
     def check(self, kind: str, msg: Any) -> None:
@@ -384,6 +403,35 @@ class FramePipeline:
             return None
         return None if intr is None else intr.K
 
+    def pair_prompt(self, frame: Frame, state: CameraState,
+                    images: Sequence[pr.PromptImage] = (), scans: Sequence[Scan] = (),
+                    lookup_tf: Optional[Callable[[str, Any], Optional[np.ndarray]]] = None,
+                    ) -> None:
+        """Set ``frame.prompt`` (and ``frame.prompt_points``) from the ``prompt_depth`` images
+        (``images``) or the LiDAR scans (``scans``) the caller keeps, the one nearest the
+        frame's stamp (:func:`depth_node.prompt.prompt_for_frame`). The LiDAR extrinsics come
+        from ``lidar.T_camera_lidar``, else ``lookup_tf(lidar_frame, header)``."""
+        c = self.config
+        height, width = frame.rgb.shape[:2]
+        intr = None
+        if self.prompt_source == 'lidar':
+            try:
+                intr = self.intrinsics(state, frame.src_w, frame.src_h, width, height)
+            except CameraInfoError:
+                intr = None  # finish() reports the camera_info problem
+
+        def transform(lidar_frame: str) -> Optional[np.ndarray]:
+            T = c.T_camera_lidar_for(state.index)
+            if T is not None:
+                return np.asarray(T, dtype=np.float64).reshape(4, 4)
+            return lookup_tf(lidar_frame, frame.header) if lookup_tf is not None else None
+
+        frame.prompt, frame.prompt_points = pr.prompt_for_frame(
+            self.prompt_source, frame.stamp, (height, width),
+            max_time_offset=c['prompt.max_time_offset'], min_coverage=c['prompt.min_coverage'],
+            max_side=c['prompt.max_side'], images=images, scans=scans, intrinsics=intr,
+            transform=transform, occlusion_window=c['lidar.occlusion_window'])
+
     def forward(self, frames: Sequence[Frame], states: Sequence[CameraState],
                 want_points: Sequence[bool]) -> ForwardResult:
         """One forward pass over same-size frames (``states[i]`` is ``frames[i]``'s camera).
@@ -399,15 +447,19 @@ class FramePipeline:
             clouds = [None if K is None else {
                 'K': K, 'stride': c['cloud.stride'], 'min_depth': c['cloud.min_depth'],
                 'max_depth': c['cloud.max_depth']} for K in Ks]
+            # a prompt model's frame without a usable prompt gets no forward (NaN, no output)
+            prompts = [f.prompt.prompt if f.prompt is not None else None for f in frames]
+            one = {'prompt': prompts[0]} if self.prompt_source else {}
             if len(frames) == 1 and clouds[0] is not None:
-                result = self.estimator.predict_points(frames[0].rgb, **clouds[0])
+                result = self.estimator.predict_points(frames[0].rgb, **clouds[0], **one)
                 predictions, points = [result.depth], [result.points]
             elif len(frames) == 1:
-                result = self.estimator.predict(frames[0].rgb)
+                result = self.estimator.predict(frames[0].rgb, **one)
                 predictions, points = [result.depth], [None]
             else:
                 result = self.estimator.predict_batch(
-                    [f.rgb for f in frames], clouds=clouds if any(clouds) else None)
+                    [f.rgb for f in frames], clouds=clouds if any(clouds) else None,
+                    **({'prompts': prompts} if self.prompt_source else {}))
                 predictions, points = list(result.depth), result.points or [None] * len(frames)
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
             return ForwardResult(error=exc)
@@ -425,7 +477,9 @@ class FramePipeline:
         colour image, each handed to ``sink`` as soon as it is ready.
 
         ``wanted``: the output keys to build (the node: those with subscribers;
-        ``alignment`` is always sent when LiDAR is on). ``scan``: the LiDAR scan paired with the
+        ``alignment`` is always sent when LiDAR or a depth prompt is on; a frame without a usable
+        prompt gets nothing else, and a ``prompt_*`` problem). ``scan``: the LiDAR scan paired
+        with the
         frame (None: none within ``lidar.max_time_offset``). ``lookup_tf(lidar_frame, header)``
         gives the LiDAR-to-camera transform (4x4) when ``lidar.T_camera_lidar`` is unset, or
         None when there is none (the caller reports why). ``timer`` records the stages.
@@ -443,6 +497,8 @@ class FramePipeline:
 
         prediction = frame.prediction
         height, width = prediction.shape
+        if frame.prompt is not None and not self._report_prompt(frame, emit):
+            return out  # no usable depth prompt: no metric output (said in alignment)
         if not self.is_metric and c['output.relative'] and 'relative' in wanted:
             # first: whatever happens to the metric path, the prediction itself is served
             emit('relative', prediction)
@@ -480,6 +536,20 @@ class FramePipeline:
             emit('colored', colorize(shown, invert=metric is None))
             timer.mark('colored')
         return out
+
+    def _report_prompt(self, frame: Frame, emit: Sink) -> bool:
+        """Emit ``alignment`` (a :class:`depth_node.prompt.PromptReport`) for the frame's
+        prompt, and a ``prompt_<state>`` problem when it has none usable; whether it has."""
+        check, header = frame.prompt, frame.header
+        ok = check.state == 'ok'
+        emit('alignment', pr.PromptReport(
+            check, pr.agreement(frame.prediction, check.prompt) if ok else math.nan,
+            frame.prompt_points, self.prompt_source, str(header.frame_id),
+            (int(header.stamp.sec), int(header.stamp.nanosec))))
+        if not ok:
+            emit('problem', Problem(f'prompt_{check.state}',
+                                    f'no metric depth for this frame: {check.reason}'))
+        return ok
 
     def _cloud(self, depth: np.ndarray, intr: Intrinsics, frame: Frame) -> Any:
         """The packed cloud of ``depth`` (the points built with the forward when they fit)."""

@@ -35,6 +35,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from depth_node import config as cfg
+from depth_node import prompt as pr
 from depth_node.alignment import Aligner
 from depth_node.camera_info import CameraInfoError, intrinsics_from_fields
 from depth_node.frame_pipeline import (
@@ -135,6 +136,7 @@ class _Camera(CameraState):
         self.displaced: Optional[_Job] = None  # what pending replaced
         self.last_sequence: Optional[int] = None  # publisher's sequence number of the last frame
         self.pubs: dict[str, Any] = {}
+        self.prompts: deque = deque()  # recent prompt_depth images (pr.PromptImage)
 
     def topic(self, name: str) -> str:
         return self.prefix + name
@@ -237,9 +239,17 @@ class DepthNodeBase:
             loaded = load_estimator(self._cfg, batches=(1, len(self._cfg.cameras)),
                                     on_note=self._log_note)
             self._estimator, self.startup_timings = loaded.estimator, loaded.timings
-        self._frames = FramePipeline(self._cfg, self._estimator)
+        try:
+            frames = FramePipeline(self._cfg, self._estimator)
+        except cfg.ConfigError:  # prompt.source does not suit the model
+            self._estimator.close()
+            self._estimator = None
+            raise
+        self._frames = frames
         self._cameras = [_Camera(name, i, self._frames.new_camera(i).aligner)
                          for i, name in enumerate(self._cfg.cameras)]
+        for cam in self._cameras:
+            cam.prompts = deque(maxlen=self._cfg['prompt.buffer'])
 
         self._tf_buffer = None
         if self._cfg['lidar.enabled'] and self._cfg.T_camera_lidar is None:
@@ -264,7 +274,8 @@ class DepthNodeBase:
         self.get_logger().info(
             f'{what}: input {self._cfg["input.mode"]}{cameras}, model output {kind}, LiDAR '
             f'{"on" if self._cfg["lidar.enabled"] else "off"}'
-            + (f', depth prompt from {self._prompt_source}' if self._prompt_source else ''))
+            + (f', depth prompt from {self._cfg["prompt.source"]}'
+               if self._cfg['prompt.source'] else ''))
 
     @property
     def _is_metric(self) -> bool:
@@ -282,7 +293,7 @@ class DepthNodeBase:
         """Every camera's publishers, ``/diagnostics`` and its timer."""
         qos_opts = QoSOverridingOptions.with_default_policies
         for cam in self._cameras:
-            if self._cfg['lidar.enabled']:
+            if self._cfg['lidar.enabled'] or self._cfg['prompt.source']:
                 cam.pubs['alignment'] = self._make_publisher(
                     DiagnosticStatus, cam.topic('depth/alignment'), OUTPUT_QOS)
             for key, msg_type, topic in (('depth', Image, 'depth/image'),
@@ -319,6 +330,11 @@ class DepthNodeBase:
                 CameraInfo, cam.topic('camera_info'),
                 lambda msg, cam=cam: self._on_camera_info(cam, msg), SENSOR_QOS,
                 qos_overriding_options=qos_opts()))
+            if self._cfg['prompt.source'] == 'depth_image':  # kept for pairing, as scans
+                self._inputs.append(self.create_subscription(
+                    Image, cam.topic('prompt_depth'),
+                    lambda msg, cam=cam: self._on_prompt_depth(cam, msg), LIDAR_QOS,
+                    qos_overriding_options=qos_opts()))
         if self._cfg['lidar.enabled']:
             self._inputs.append(self.create_subscription(
                 PointCloud2, 'lidar/points', self._on_lidar, LIDAR_QOS,
@@ -501,6 +517,16 @@ class DepthNodeBase:
         with self._lock:
             self._scans.append((stamp_to_sec(msg.header.stamp), msg.header.frame_id, xyz))
 
+    def _on_prompt_depth(self, cam: _Camera, msg: Image) -> None:
+        """Reduce a ``prompt_depth`` image to its prompt grid and keep it for pairing."""
+        try:
+            prompt = pr.prompt_from_message(msg, self._cfg['prompt.max_side'])
+        except (ImageDecodeError, pr.PromptError) as exc:
+            self._bad_input('prompt_depth', f'{cam.topic("prompt_depth")} refused: {exc}')
+            return
+        with self._lock:
+            cam.prompts.append(prompt)
+
     def _bad_input(self, key: str, text: str) -> None:
         self._counters.add(f'bad_{key}')
         if self._throttle.ready(key):
@@ -550,6 +576,11 @@ class DepthNodeBase:
                 frame = self._decode_or_skip(cam, displaced)
             if frame is not None:
                 frames.append((cam, frame))
+        if self._frames.prompt_source:  # the prompt goes into the network with the image
+            for cam, frame in frames:
+                with self._lock:
+                    images, scans = list(cam.prompts), list(self._scans)
+                self._frames.pair_prompt(frame, cam, images, scans, self._lookup_tf)
         timer.mark('decode')
         if self._estimator is not None:
             by_size: dict[tuple[int, int], list[tuple[_Camera, Frame]]] = {}
@@ -690,6 +721,12 @@ class DepthNodeBase:
                 'no depth/points, depth/camera_info or LiDAR projection until it arrives')
         elif problem.key == 'no_fit' and self._throttle.ready('no_fit'):
             self.get_logger().warning(_bounded(problem.text))
+        elif problem.key.startswith('prompt_'):  # no usable depth prompt (prompt.PROMPT_STATES)
+            self._count(problem.key, cam)
+            if self._throttle.ready('prompt'):
+                self.get_logger().warning(
+                    f'{_bounded(problem.text)} ({problem.key} so far: '
+                    f'{self._counters.get(problem.key)})')
 
     def _lookup_tf(self, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
         """The LiDAR-to-camera transform from tf2 at the frame's stamp; None (counted, logged)
@@ -705,14 +742,16 @@ class DepthNodeBase:
         return _transform_to_matrix(tf.transform)
 
     # --------------------------------------------------------------- publishing
-    def _alignment_msg(self, cam: _Camera, report: AlignmentReport) -> DiagnosticStatus:
-        """``depth/alignment``: one frame's LiDAR fit."""
+    def _alignment_msg(self, cam: _Camera,
+                       report: AlignmentReport | pr.PromptReport) -> DiagnosticStatus:
+        """``depth/alignment``: one frame's LiDAR fit, or its depth prompt."""
         values = report.values()
         values['reason'] = _bounded(values['reason'])
         which = f' ({cam.name})' if cam.name else ''
+        what = 'depth prompt' if isinstance(report, pr.PromptReport) else 'lidar alignment'
         return DiagnosticStatus(
-            level=bytes([report.level]), name=f'{self.get_name()}: lidar alignment{which}',
-            message=report.alignment.state, hardware_id=_bounded(report.frame_id, 64),
+            level=bytes([report.level]), name=f'{self.get_name()}: {what}{which}',
+            message=values['state'], hardware_id=_bounded(report.frame_id, 64),
             values=[KeyValue(key=k, value=v) for k, v in values.items()])
 
     def _publish_diagnostics(self) -> None:

@@ -272,3 +272,49 @@ def test_prompt_for_frame_lidar_states():
     assert np.nanmax(check.prompt) == pytest.approx(6.0, abs=1e-3)  # the wall
     with pytest.raises(pr.PromptError, match='not .depth_image. or .lidar.'):
         pr.prompt_for_frame('stereo', 5.0, (HEIGHT, WIDTH), **common)
+
+
+def test_frame_pipeline_with_a_depth_prompt_without_ros(pda, pda_folder, frame, tmp_path):
+    """FramePipeline (as the bag tool would run it, on message-like objects): a paired prompt
+    gives metric depth and a prompt report; no prompt gives a prompt_missing problem and no
+    depth; a prompt.source that does not suit the model is refused."""
+    from types import SimpleNamespace
+
+    from depth_node import config as cfg
+    from depth_node.frame_pipeline import FramePipeline
+
+    def msg(array, encoding, sec):
+        a = np.ascontiguousarray(array)
+        header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=0), frame_id='cam')
+        return SimpleNamespace(header=header, height=a.shape[0], width=a.shape[1],
+                               encoding=encoding, is_bigendian=0, step=a.strides[0],
+                               data=a.view(np.uint8).reshape(-1))
+
+    config = cfg.validate_values({'model.name': pda_folder, 'prompt.source': 'depth_image',
+                                  'prompt.max_side': 16})
+    pipe = FramePipeline(config, pda)
+    state = pipe.new_camera()
+    assert state.aligner is None
+    mm = np.tile(np.linspace(1500, 2500, 40, dtype=np.float32), (24, 1)).astype(np.uint16)
+    images = [pr.prompt_from_message(msg(mm, '16UC1', 3), 16)]
+    results = {}
+    for sec in (3, 9):  # paired; then 6 s from the prompt: stale
+        seen = []
+        f = pipe.decode('image', msg(frame, 'rgb8', sec))
+        pipe.pair_prompt(f, state, images)
+        assert pipe.forward([f], [state], [False]).error is None
+        out = pipe.finish(f, state, {'depth'}, lambda key, value: seen.append(key))
+        results[sec] = (f, out, seen)
+    f, out, seen = results[3]  # (no camera_info here: depth images only)
+    assert seen == ['alignment', 'problem', 'depth'], seen
+    assert out.values['alignment'].check.state == 'ok'
+    assert [p.key for p in out.problems] == ['no_camera_info']
+    np.testing.assert_allclose(out.values['depth'],
+                               pda.predict(frame, prompt=images[0].grid).depth, rtol=1e-5,
+                               atol=1e-5)
+    f, out, seen = results[9]
+    assert seen == ['alignment', 'problem'] and 'depth' not in out.values  # nothing else
+    assert [p.key for p in out.problems] == ['prompt_stale']
+    with pytest.raises(cfg.ConfigError, match='takes no depth prompt'):
+        FramePipeline(config, DepthEstimator(str(make_tiny_depth_anything(tmp_path)),
+                                             device='cpu'))
