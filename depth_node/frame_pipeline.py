@@ -497,7 +497,7 @@ class FramePipeline:
 
         prediction = frame.prediction
         height, width = prediction.shape
-        if frame.prompt is not None and not self._report_prompt(frame, emit):
+        if self.prompt_source and not self._report_prompt(frame, emit):
             return out  # no usable depth prompt: no metric output (said in alignment)
         if not self.is_metric and c['output.relative'] and 'relative' in wanted:
             # first: whatever happens to the metric path, the prediction itself is served
@@ -540,7 +540,9 @@ class FramePipeline:
     def _report_prompt(self, frame: Frame, emit: Sink) -> bool:
         """Emit ``alignment`` (a :class:`depth_node.prompt.PromptReport`) for the frame's
         prompt, and a ``prompt_<state>`` problem when it has none usable; whether it has."""
-        check, header = frame.prompt, frame.header
+        header = frame.header
+        check = frame.prompt or pr.PromptCheck(
+            'missing', reason='no prompt was paired with the frame (FramePipeline.pair_prompt)')
         ok = check.state == 'ok'
         emit('alignment', pr.PromptReport(
             check, pr.agreement(frame.prediction, check.prompt) if ok else math.nan,
