@@ -433,12 +433,10 @@ def lidar_prompt(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, intrinsic
     depth_node.lidar.LidarError
         Distortion the LiDAR camera model cannot take, or a bad transform.
     """
-    from depth_node.lidar import CameraModel, prepare_points
+    from depth_node.lidar import prepare_points
 
     height, width = int(image_size[0]), int(image_size[1])
-    camera = CameraModel(K=intrinsics.K, D=intrinsics.D,
-                         distortion_model=intrinsics.distortion_model, width=width, height=height)
-    uv, z = prepare_points(points_lidar, T_camera_lidar, camera, width, height,
+    uv, z = prepare_points(points_lidar, T_camera_lidar, intrinsics, width, height,
                            occlusion_window=occlusion_window)
     return from_lidar(uv, z, (height, width), max_side), int(len(z))
 
