@@ -54,10 +54,12 @@ def test_every_tiny_model_runs_on_every_cpu_engine(kind, engine, tiny_dir, frame
     assert rel_error(got, ref) < 1e-4
 
 
-@pytest.mark.parametrize('engine', CPU_ENGINES)
-@pytest.mark.parametrize('frame', sorted(FRAMES))
+@pytest.mark.parametrize('engine, frame', [('openvino', 'kitti'), ('onnxruntime', 'nuscenes'),
+                                           ('onnxruntime', 'tum'), ('openvino', 'tum')])
 def test_fp32_parity_on_real_frames(engine, frame, tiny_dir, frames, cache):
-    """Relative and metric Depth Anything on 640x480, 1224x370 and 1600x900 real frames."""
+    """Relative and metric Depth Anything on 640x480, 1224x370 and 1600x900 real frames: each
+    engine on the 640x480 frame and on one of the others (every frame shape is exported once;
+    CI time)."""
     for kind in ('depth_anything', 'depth_anything_metric'):
         ref = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32')
         est = DepthEstimator(str(tiny_dir(kind)), device='cpu', precision='fp32', engine=engine,
