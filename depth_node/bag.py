@@ -460,11 +460,18 @@ class BagReader(threading.Thread):
 
     def run(self) -> None:
         try:
-            for conn, bag_time, raw in self.reader.messages(self.connections, *self.window):
+            self._before_start()
+            start, stop = self.window
+            lookahead = int((self.max_offset + LOOKAHEAD_S) * 1e9)
+            read_stop = None if stop is None else stop + lookahead
+            for conn, bag_time, raw in self.reader.messages(self.connections, start,
+                                                            read_stop):
                 if self.halt.is_set():
                     return
-                self.stats.last_bag_time = bag_time
-                self._read(conn, bag_time, raw)
+                inside = stop is None or bag_time < stop
+                if inside:
+                    self.stats.last_bag_time = bag_time
+                self._read(conn, bag_time, raw, inside)
                 self._release(bag_time)
         except Exception as exc:  # noqa: BLE001 - a truncated or corrupt bag: stop reading
             self._release(None)
@@ -473,6 +480,22 @@ class BagReader(threading.Thread):
             self._release(None)
         finally:
             self._put(None)
+
+    def _before_start(self) -> None:
+        """With ``--start``: the latest camera_info before the window (a camera may send it
+        once), and the scans just before it (the first frames may pair with them)."""
+        start = self.window[0]
+        if start is None:
+            return
+        infos = [c for c in self.connections if c.topic == self.topics.camera_info]
+        for conn, bag_time, raw in self.reader.messages(infos, None, start) if infos else ():
+            self._read(conn, bag_time, raw, inside=False)
+        self.infos = self.infos[-1:]
+        scans = [c for c in self.connections if c.topic == self.topics.lidar]
+        lookahead = int((self.max_offset + LOOKAHEAD_S) * 1e9)
+        for conn, bag_time, raw in (self.reader.messages(scans, start - lookahead, start)
+                                    if scans else ()):
+            self._read(conn, bag_time, raw, inside=False)
 
     def _put(self, event: Any) -> None:
         while not self.halt.is_set():
@@ -495,9 +518,10 @@ class BagReader(threading.Thread):
     t0 = 0
     """The bag's start time (ns), for log lines."""
 
-    def _read(self, conn: Any, bag_time: int, raw: bytes) -> None:
+    def _read(self, conn: Any, bag_time: int, raw: bytes, inside: bool = True) -> None:
+        """Take one message; outside the window only camera_info and scans (for pairing)."""
         topic = conn.topic
-        if topic in self.copy:
+        if inside and topic in self.copy:
             self.pending.append(('copy', conn, bag_time, raw))
         if topic == self.topics.camera_info:
             msg = self._deserialize(conn, raw, 'bad_camera_info')
@@ -524,7 +548,7 @@ class BagReader(threading.Thread):
                 return
             self.scans.append(scan)
             self.latest_scan_stamp = max(self.latest_scan_stamp, scan[0])
-        elif topic == self.topics.image:
+        elif topic == self.topics.image and inside:
             self.stats.count('frames_read')
             self.images += 1
             if (self.images - 1) % self.every:
@@ -779,8 +803,12 @@ def _copy_connections(writer: Any, reader_conns: list, typestore: Any, log: _Log
     return copied
 
 
-def run(options: Options) -> int:
+def run(options: Options, result: Optional[dict] = None) -> int:
     """Process ``options.input`` into ``options.output``; print the summary; the exit code.
+
+    ``result``, when given, receives the figures of the summary: ``frames_processed``,
+    ``frames_metric``, ``wall_s`` (from the first frame read to the output closed, without the
+    model load), ``frames_per_s``, ``model_s`` (median model time per frame, or None).
 
     Raises
     ------
@@ -804,13 +832,14 @@ def run(options: Options) -> int:
         types = {c.topic: c.msgtype for c in reader.connections}
         topics = select_topics(types, config, options.image_topic,
                                options.camera_info_topic, options.lidar_topic)
-        return _process(options, config, topics, reader, typestore, log)
+        return _process(options, config, topics, reader, typestore, log,
+                        {} if result is None else result)
     finally:
         reader.close()
 
 
 def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: Any,
-             typestore: Any, log: _Log) -> int:
+             typestore: Any, log: _Log, result: dict) -> int:
     t_start = time.monotonic()
     estimator = None
     if config['input.mode'] == 'image':
@@ -892,6 +921,10 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
         if bag_reader is not None:
             bag_reader.join(timeout=5.0)
     wall = time.monotonic() - t_loop
+    processed = stats.get('frames_processed')
+    result.update(frames_processed=processed, frames_metric=stats.get('frames_metric'),
+                  wall_s=wall, frames_per_s=processed / wall if wall > 0 else 0.0,
+                  model_s=statistics.median(stats.model_s) if stats.model_s else None)
     write_error = bag_writer.error
     print(_summary(options, topics, stats, bag_writer.counts, wall, time.monotonic() - t_start,
                    total, interrupt.signal, input_error, write_error, reader))
@@ -1030,7 +1063,7 @@ def _summary(options: Options, topics: Topics, stats: _Stats, written: Counter, 
     g = stats.get
     processed = g('frames_processed')
     skipped = {'bad image': g('bad_image'), 'forward failed': g('forward_failures'),
-               'frame error': g('frame_errors'), f'--every {options.every}':
+               'frame error': g('frame_errors'), f'left out by --every {options.every}':
                g('skipped_every')}
     lines = [f'[{PROG}] summary',
              f'  input: {options.input} ({topics.kind} frames on {topics.image}, camera_info '
@@ -1042,16 +1075,17 @@ def _summary(options: Options, topics: Topics, stats: _Stats, written: Counter, 
     lines.append(f'  frames read: {g("frames_read")}, processed: {processed}, with metric '
                  f'depth: {g("frames_metric")}')
     lines.append(f'  frames skipped: {sum(skipped.values())}' + (
-        ' (' + ', '.join(f'{k} {v}' for k, v in skipped.items() if v) + ')'
+        ' (' + ', '.join(f'{k}: {v}' for k, v in skipped.items() if v) + ')'
         if any(skipped.values()) else ''))
     bad = {k: g(f'bad_{k}') for k in ('image', 'camera_info', 'lidar')}
     lines.append(f'  bad messages: {sum(bad.values())}' + (
-        ' (' + ', '.join(f'{k} {v}' for k, v in bad.items() if v) + ')'
+        ' (' + ', '.join(f'{k}: {v}' for k, v in bad.items() if v) + ')'
         if any(bad.values()) else ''))
     if g('frames_without_camera_info'):
         lines.append(f'  frames without camera_info: {g("frames_without_camera_info")}')
     if topics.lidar is not None:
-        states = ', '.join(f'{k} {v}' for k, v in sorted(stats.fit_states.items())) or 'none'
+        states = ', '.join(f'{k}: {v}' for k, v in sorted(stats.fit_states.items())) or \
+            'none'
         lines.append(f'  LiDAR fit: {states}; frames without a scan within '
                      f'lidar.max_time_offset: {g("lidar_unpaired")}')
         lines.append(f'    scale: {_median(stats.scales)}; residual: '

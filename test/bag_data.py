@@ -108,9 +108,11 @@ class Messages:
 
 def write_bag(path: Path | str, frames: Sequence[BagFrame], storage: str = 'mcap',
               compressed: bool = False, relative: bool = False,
-              extra: Sequence[tuple[str, str, int, bytes]] = ()) -> Path:
+              extra: Sequence[tuple[str, str, int, bytes]] = (),
+              info_once: bool = False) -> Path:
     """Record ``frames`` into a new bag at ``path``; ``extra`` messages (topic, type, bag time
-    ns, raw CDR bytes: e.g. corrupt ones) are written at their times. Returns ``path``."""
+    ns, raw CDR bytes: e.g. corrupt ones) are written at their times; ``info_once``: only the
+    first frame's camera_info (a camera that sends it once). Returns ``path``."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     store = typestore()
@@ -131,8 +133,9 @@ def write_bag(path: Path | str, frames: Sequence[BagFrame], storage: str = 'mcap
             msg = m.image(f.image, 'rgb8', header)
         records.append((t, image_topic, image_type, store.serialize_cdr(msg, image_type)))
         info = m.camera_info(f.intrinsics, header)
-        records.append((t + 1_000_000, INFO_TOPIC, 'sensor_msgs/msg/CameraInfo',
-                        store.serialize_cdr(info, 'sensor_msgs/msg/CameraInfo')))
+        if not info_once or i == 0:
+            records.append((t + 1_000_000, INFO_TOPIC, 'sensor_msgs/msg/CameraInfo',
+                            store.serialize_cdr(info, 'sensor_msgs/msg/CameraInfo')))
         if f.scan is not None:
             ns = sec * 1_000_000_000 + nanosec + int(round(f.scan_offset * 1e9))
             cloud = m.cloud(f.scan, m.header(ns // 1_000_000_000, ns % 1_000_000_000,

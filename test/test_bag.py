@@ -187,6 +187,34 @@ def test_camera_images_topic_by_topic(tmp_path, capsys, real_data, models, stora
     assert [t for t, _ in out[image_topic]] == [bag_time_of(i) for i in range(n)]
 
 
+def test_time_window_and_every_nth_frame(tmp_path, capsys, lidar_frames):
+    T0, data = lidar_frames
+    frames = [BagFrame(rel, f.intrinsics(), scan) for f, rel, scan, _ in data]
+    # the camera sends its camera_info once, with the first frame
+    src = write_bag(tmp_path / 'in', frames, relative=True, info_once=True)
+    args = ['-p', 'input.mode:=relative_depth', '-p', 'lidar.enabled:=true', '-p', _T_param(T0),
+            '-p', 'lidar.smoothing:=0.0']
+    # frames are 100 ms apart from the bag's start; each scan is recorded 30 ms after its frame
+    code, summary, err = _run(capsys, src, tmp_path / 'w', '--start', 0.15, '--duration', 0.17,
+                              *args)
+    assert code == 0, err
+    # frames 2 and 3: the camera_info from before the window, frame 3's scan after its end
+    assert _frames_line(summary) == {'frames read': 2, 'processed': 2,
+                                     'with metric depth': 2}, summary
+    out = read_bag(tmp_path / 'w')
+    assert [t for t, _ in out['/depth/image']] == [bag_time_of(2), bag_time_of(3)]
+    assert [t for t, _ in out[LIDAR_TOPIC]] == [bag_time_of(2) + 30_000_000]  # copy: inside
+    assert INFO_TOPIC not in out
+    # every 2nd frame: 0 and 2 (a camera_info with frame 0 only serves both)
+    code, summary, err = _run(capsys, src, tmp_path / 'e', '--every', 2, *args)
+    assert code == 0, err
+    assert _frames_line(summary) == {'frames read': 4, 'processed': 2,
+                                     'with metric depth': 2}, summary
+    assert _summary_value(summary, 'frames skipped') == '2 (left out by --every 2: 2)'
+    assert [t for t, _ in read_bag(tmp_path / 'e')['/depth/image']] == [bag_time_of(0),
+                                                                       bag_time_of(2)]
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_bad_messages_are_counted_skipped_and_summarised(tmp_path, capsys, lidar_frames):
     T0, data = lidar_frames
@@ -216,8 +244,8 @@ def test_bad_messages_are_counted_skipped_and_summarised(tmp_path, capsys, lidar
     assert code == 0, err
     assert _frames_line(summary) == {'frames read': 5, 'processed': 3,
                                      'with metric depth': 3}, summary
-    assert _summary_value(summary, 'frames skipped') == '2 (bad image 2)'
-    assert _summary_value(summary, 'bad messages') == '4 (image 2, camera_info 1, lidar 1)'
+    assert _summary_value(summary, 'frames skipped') == '2 (bad image: 2)'
+    assert _summary_value(summary, 'bad messages') == '4 (image: 2, camera_info: 1, lidar: 1)'
     assert 'data is' in err and 'refused' in err  # the log says why (bounded, throttled)
     out = read_bag(tmp_path / 'out')
     assert len(out['/depth/image']) == 3
