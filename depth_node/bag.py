@@ -86,8 +86,9 @@ PROGRESS_PERIOD_S = 10.0
 QUEUE_SIZE = 16
 """Messages waiting between two threads, at most (back-pressure on the reader)."""
 
-_IGNORED_PARAMS = ('use_sim_time', 'qos_overrides.')
-"""Parameters a node's file may set that mean nothing offline (ignored, not refused)."""
+def _ignored(name: str) -> bool:
+    """A parameter a node's file may set that means nothing offline (ignored, not refused)."""
+    return name == 'use_sim_time' or name.startswith('qos_overrides.')
 
 
 class BagError(Exception):
@@ -187,8 +188,7 @@ def node_config(params_file: Optional[str], overrides: Sequence[str]) -> cfg.Nod
     """
     values = read_params_file(params_file) if params_file else {}
     values.update(parse_overrides(overrides))
-    unknown = [n for n in values if n not in cfg.PARAMS_BY_NAME and
-               not n.startswith(_IGNORED_PARAMS[1]) and n != _IGNORED_PARAMS[0]]
+    unknown = [n for n in values if n not in cfg.PARAMS_BY_NAME and not _ignored(n)]
     if unknown:
         hints = []
         for name in unknown:
@@ -713,12 +713,14 @@ class Options:
 
 
 class _Interrupt:
-    """SIGINT / SIGTERM: the first asks to stop after the current frame, a second stops now
-    (the output is still closed as a valid bag)."""
+    """SIGINT / SIGTERM: the first asks to stop after the current frame, a second stops now;
+    once the output is being closed (:attr:`closing`) they are only acknowledged, so that it is
+    always closed as a valid bag."""
 
     def __init__(self, log: _Log) -> None:
         self.log = log
         self.signal: Optional[str] = None
+        self.closing = False
         self._saved: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -733,6 +735,9 @@ class _Interrupt:
         self._saved.clear()
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if self.closing:
+            self.log('closing the output bag; it stays valid, please wait')
+            return
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
@@ -913,6 +918,7 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
     except KeyboardInterrupt:
         interrupt.signal = interrupt.signal or 'SIGINT'
     finally:
+        interrupt.closing = True
         halt.set()
         progress.close()
         _put_last(items, bag_writer)

@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from depth_node.camera_info import Intrinsics, intrinsics_to_fields
+from depth_node.camera_info import Intrinsics
 
 IMAGE_TOPIC = '/camera/image_raw'
 INFO_TOPIC = '/camera/camera_info'
@@ -57,10 +57,14 @@ def bag_time_of(i: int) -> int:
 
 
 class Messages:
-    """rosbags message objects from numpy arrays."""
+    """rosbags input messages from numpy arrays (Image, CameraInfo and PointCloud2 through the
+    tool's own :class:`depth_node.bag.MessageBuilder`; the tests check what it fills)."""
 
     def __init__(self, store: Any) -> None:
+        from depth_node.bag import MessageBuilder
+
         self.store = store
+        self.build = MessageBuilder(store)
         self.t = {n.rsplit('/', 1)[1]: c for n, c in store.types.items()
                   if n.startswith(('sensor_msgs/msg/', 'std_msgs/msg/',
                                    'builtin_interfaces/msg/'))}
@@ -70,10 +74,7 @@ class Messages:
                                 frame_id=frame_id)
 
     def image(self, array: np.ndarray, encoding: str, header: Any) -> Any:
-        a = np.ascontiguousarray(array)
-        return self.t['Image'](header=header, height=a.shape[0], width=a.shape[1],
-                               encoding=encoding, is_bigendian=0, step=a.strides[0],
-                               data=a.view(np.uint8).reshape(-1))
+        return self.build.image(array, encoding, header)
 
     def jpeg(self, rgb: np.ndarray, header: Any, quality: int = 90) -> Any:
         from PIL import Image
@@ -84,26 +85,14 @@ class Messages:
                                          data=np.frombuffer(buf.getvalue(), np.uint8))
 
     def camera_info(self, intr: Intrinsics, header: Any) -> Any:
-        f = intrinsics_to_fields(intr)
-        roi = self.t['RegionOfInterest'](x_offset=0, y_offset=0, height=0, width=0,
-                                         do_rectify=False)
-        return self.t['CameraInfo'](header=header, height=f['height'], width=f['width'],
-                                    distortion_model=f['distortion_model'],
-                                    d=np.asarray(f['d'], np.float64),
-                                    k=np.asarray(f['k'], np.float64),
-                                    r=np.asarray(f['r'], np.float64),
-                                    p=np.asarray(f['p'], np.float64),
-                                    binning_x=0, binning_y=0, roi=roi)
+        return self.build.camera_info(intr, header)
 
     def cloud(self, xyz: np.ndarray, header: Any) -> Any:
-        pts = np.ascontiguousarray(xyz[:, :3], dtype='<f4')
-        field = self.t['PointField']
-        fields = [field(name=n, offset=4 * i, datatype=7, count=1)
-                  for i, n in enumerate('xyz')]
-        return self.t['PointCloud2'](header=header, height=1, width=len(pts), fields=fields,
-                                     is_bigendian=False, point_step=12,
-                                     row_step=12 * len(pts),
-                                     data=pts.view(np.uint8).reshape(-1), is_dense=True)
+        """An unorganized x, y, z float32 cloud of ``xyz`` (N, 3), metres."""
+        from depth_node.cloud import pack_cloud
+
+        pts = np.ascontiguousarray(xyz[:, :3], dtype=np.float32).reshape(1, -1, 3)
+        return self.build.build('points', pack_cloud(pts, None, organized=False), header)
 
 
 def write_bag(path: Path | str, frames: Sequence[BagFrame], storage: str = 'mcap',
