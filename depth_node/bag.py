@@ -439,12 +439,13 @@ class BagReader(threading.Thread):
     """
 
     def __init__(self, reader: Any, connections: list, topics: Topics,
-                 pipeline: FramePipeline, builder: MessageBuilder, start: Optional[int],
+                 pipeline: FramePipeline, typestore: Any, start: Optional[int],
                  stop: Optional[int], every: int, copy: set, out: queue.Queue,
                  stats: _Stats, log: _Log, halt: threading.Event) -> None:
         super().__init__(name='depth_node_bag_reader', daemon=True)
         self.reader, self.connections, self.topics = reader, connections, topics
-        self.pipeline, self.typestore = pipeline, builder.typestore
+        self.pipeline, self.typestore = pipeline, typestore
+        self.t0 = reader.start_time  # the bag's start (ns), for log lines
         self.window = (start, stop)
         self.every, self.copy, self.out = every, copy, out
         self.stats, self.log, self.halt = stats, log, halt
@@ -514,9 +515,6 @@ class BagReader(threading.Thread):
                      f'{_ns_to_s(self.t0, self.stats.last_bag_time)} cannot be deserialized: '
                      f'{type(exc).__name__}: {exc}', counter)
             return None
-
-    t0 = 0
-    """The bag's start time (ns), for log lines."""
 
     def _read(self, conn: Any, bag_time: int, raw: bytes, inside: bool = True) -> None:
         """Take one message; outside the window only camera_info and scans (for pairing)."""
@@ -892,9 +890,8 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
     t_loop = time.monotonic()
     try:
         if bag_writer.error is None:
-            bag_reader = BagReader(reader, read_conns, topics, pipeline, builder, start, stop,
-                                   options.every, copy, events, stats, log, halt)
-            bag_reader.t0 = bag_start
+            bag_reader = BagReader(reader, read_conns, topics, pipeline, typestore, start,
+                                   stop, options.every, copy, events, stats, log, halt)
             bag_reader.start()
         interrupt.install()
         t_loop = time.monotonic()
@@ -1127,11 +1124,13 @@ def _summary(options: Options, topics: Topics, stats: _Stats, written: Counter, 
 def build_parser() -> argparse.ArgumentParser:
     from depth_node.cli import parameter_summary
 
+    import textwrap
+
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Depth over a recorded ROS 2 bag, offline: every frame of INPUT through '
-                    "the node's pipeline, written to the new bag OUTPUT with a copy of the "
-                    'input topics.',
+        description=textwrap.fill(
+            "Depth over a recorded ROS 2 bag, offline: every frame of INPUT through the node's "
+            'pipeline, written to the new bag OUTPUT with a copy of the input topics.', 99),
         epilog='Parameters are the node\'s (name, type, restart/runtime, default):\n'
                f'{parameter_summary()}\n\nExit codes: 0 done, 1 the input could not be read '
                'to its end (OUTPUT holds what was processed), 2 usage or configuration error, '

@@ -494,3 +494,14 @@ def test_live_node_and_bag_tool_give_the_same_bytes(tmp_path, capsys, session, m
             got['depth/alignment'])
         assert status.name == got['depth/alignment'].name
     assert _frames_line(summary)['processed'] == 3
+
+
+def test_help_lists_the_parameters_without_loading_the_model():
+    code = subprocess.run(
+        [sys.executable, '-c', 'import sys; from depth_node import bag; code = bag.main(sys.argv'
+         '[1:]); print(sorted(m for m in ("torch", "rosbags", "rclpy") if m in sys.modules)); '
+         'sys.exit(code)', '--help'], cwd=REPO, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert code.returncode == 0, code.stderr
+    assert 'INPUT OUTPUT' in code.stdout and 'lidar.max_time_offset' in code.stdout
+    assert code.stdout.rstrip().endswith('[]'), code.stdout[-200:]  # nothing heavy imported
