@@ -20,38 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
-import platform
-import re
-import statistics
 import sys
 import tempfile
 import time
 from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get('DEPTH_NODE_REAL_DATA', REPO.parent / 'shared' / 'data' / 'real'))
+from common import DATA, REPO, cpu_line, loadavg, machine_info, median
+
 sys.path.insert(0, str(REPO / 'test'))  # bag_data: the bag writer the tests use
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, its AVX-512 / AMX flags, cores and torch threads."""
-    import torch
-
-    info: dict[str, Any] = {'cpu': platform.processor(), 'cpu_flags': [],
-                            'cpus': os.cpu_count(), 'torch': torch.__version__,
-                            'torch_threads': torch.get_num_threads()}
-    try:
-        text = Path('/proc/cpuinfo').read_text()
-    except OSError:  # pragma: no cover - not Linux
-        return info
-    model = re.search(r'model name\s*:\s*(.*)', text)
-    flags = re.search(r'flags\s*:\s*(.*)', text)
-    info['cpu'] = model.group(1).strip() if model else info['cpu']
-    info['cpu_flags'] = sorted(f for f in (flags.group(1).split() if flags else [])
-                               if f.startswith(('avx512', 'amx')))
-    return info
 
 
 def build_bag(folder: Path, n: int, storage: str) -> tuple[Path, list, list[float]]:
@@ -90,7 +67,7 @@ def bare_forward(est: Any, frames: list) -> float:
         t0 = time.perf_counter()
         est.predict(f.image)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median(times)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -110,9 +87,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     from depth_node import bag
 
-    info = machine()
-    print(f"CPU: {info['cpu']}, {info['cpus']} cores, torch {info['torch']} with "
-          f"{info['torch_threads']} threads, flags: {' '.join(info['cpu_flags']) or 'no AVX-512'}")
+    info = machine_info()
+    print(f"{cpu_line(info)}; {info['cpus']} cores, torch {info['torch']} with "
+          f"{info['torch_threads']} threads; load {loadavg()}")
     params = {'model.random_init': args.arch, 'model.device': args.device,
               'model.engine': args.engine, 'model.precision': args.precision,
               'model.input_size': args.input_size}
@@ -134,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f'depth_node-bag exited with {code}', file=sys.stderr)
             return 0
         after_s = bare_forward(est, frames)
-    forward_s = statistics.mean([before_s, after_s])
+    forward_s = (before_s + after_s) / 2
     tool_fps, bare_fps = result['frames_per_s'], 1.0 / forward_s
     print(f"\n{'':24} {'frames/s':>9} {'ms/frame':>9}")
     print(f"{'depth_node-bag':24} {tool_fps:9.2f} {1e3 / tool_fps:9.1f}")
@@ -146,7 +123,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f'tool / bare forward (their mean): {tool_fps / bare_fps:.2f}')
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({'machine': info, 'args': vars(args), 'tool': result,
+    out.write_text(json.dumps({'machine': info, 'load': loadavg(), 'args': vars(args),
+                               'tool': result,
                                'bare_forward_s': [before_s, after_s],
                                'ratio': tool_fps / bare_fps}, indent=2))
     print(f'written {out}')

@@ -847,12 +847,10 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
     estimator = None
     if config['input.mode'] == 'image':
         try:
-            loaded = load_estimator(config)
+            # each note logged as it arises: the hub note comes before a failed load
+            estimator = load_estimator(config, on_note=lambda _level, text: log(text)).estimator
         except cfg.ConfigError as exc:
             raise BagError(f'configuration error: {exc}') from exc
-        for _level, note in loaded.notes:
-            log(note)
-        estimator = loaded.estimator
     pipeline = FramePipeline(config, estimator)
     state = pipeline.new_camera(0)
     builder = MessageBuilder(typestore)

@@ -292,12 +292,11 @@ def test_unreadable_and_truncated_input(tmp_path, capsys, lidar_frames):
 def long_bag(tmp_path_factory, real_data):
     """4,000 tiny frames (40x30 relative depth from TUM) with LiDAR: about 10 s of work for
     the tool on the dev VM, so a signal sent after its first frame always lands mid-run."""
-    from depth_node.camera_info import scale_intrinsics
     from depth_node.demo import simulated_lidar
 
     tum = load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
     gt = np.where(np.isfinite(tum.depth_gt), tum.depth_gt, 2.0)[::16, ::16]
-    small = scale_intrinsics(tum.intrinsics(), 40, 30)
+    small = tum.intrinsics().scaled(40, 30)
     frame = BagFrame((SCALE / gt + SHIFT).astype(np.float32), small,
                      simulated_lidar(gt, small.K, rows=16, col_step=2))
     n = 4000
