@@ -86,6 +86,11 @@ PROGRESS_PERIOD_S = 10.0
 QUEUE_SIZE = 16
 """Messages waiting between two threads, at most (back-pressure on the reader)."""
 
+MAX_SCANS, MAX_INFOS = 64, 256
+"""Scans and camera_infos kept for pairing, at most (the oldest go first): the lookahead needs
+about (lidar.max_time_offset + LOOKAHEAD_S) x their rate; the caps bound memory when the
+camera stops and the LiDAR goes on."""
+
 def _ignored(name: str) -> bool:
     """A parameter a node's file may set that means nothing offline (ignored, not refused)."""
     return name == 'use_sim_time' or name.startswith('qos_overrides.')
@@ -533,6 +538,7 @@ class BagReader(threading.Thread):
                 return
             stamp = stamp_to_sec(msg.header.stamp)
             self.infos.append((stamp, intr))
+            del self.infos[:-MAX_INFOS]
             self.latest_info_stamp = max(self.latest_info_stamp, stamp)
         elif topic == self.topics.lidar:
             msg = self._deserialize(conn, raw, 'bad_lidar')
@@ -545,6 +551,7 @@ class BagReader(threading.Thread):
                 self.log(f'{shorten(topic)} refused: {exc}', 'lidar')
                 return
             self.scans.append(scan)
+            del self.scans[:-MAX_SCANS]
             self.latest_scan_stamp = max(self.latest_scan_stamp, scan[0])
         elif topic == self.topics.image and inside:
             self.stats.count('frames_read')
