@@ -50,10 +50,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from depth_node import config as cfg
+from depth_node import prompt as pr
 from depth_node.camera_info import CameraInfoError, Intrinsics, intrinsics_to_fields
 from depth_node.frame_pipeline import (
-    AlignmentReport, Frame, FramePipeline, image_encoding, load_estimator, nearest_scan,
-    OUTPUT_TOPICS, Problem, read_camera_info, read_scan, Scan, stamp_to_sec)
+    alignment_status, AlignmentReport, Frame, FramePipeline, image_encoding, load_estimator,
+    nearest_scan, OUTPUT_TOPICS, Problem, read_camera_info, read_scan, Scan, stamp_to_sec)
 from depth_node.image_codec import ImageDecodeError
 from depth_node.lidar import LidarError
 from depth_node.packing import fill_cloud, fill_image
@@ -86,10 +87,11 @@ PROGRESS_PERIOD_S = 10.0
 QUEUE_SIZE = 16
 """Messages waiting between two threads, at most (back-pressure on the reader)."""
 
-MAX_SCANS, MAX_INFOS = 64, 256
-"""Scans and camera_infos kept for pairing, at most (the oldest go first): the lookahead needs
-about (lidar.max_time_offset + LOOKAHEAD_S) x their rate; the caps bound memory when the
-camera stops and the LiDAR goes on."""
+MAX_SCANS, MAX_INFOS, MAX_PROMPTS = 64, 256, 64
+"""Scans, camera_infos and depth prompts kept for pairing, at most (the oldest go first):
+the lookahead needs about (the time offset + LOOKAHEAD_S) x their rate; the caps bound memory
+when the camera stops and the LiDAR goes on."""
+
 
 def _ignored(name: str) -> bool:
     """A parameter a node's file may set that means nothing offline (ignored, not refused)."""
@@ -219,12 +221,14 @@ def node_config(params_file: Optional[str], overrides: Sequence[str]) -> cfg.Nod
 @dataclass(frozen=True)
 class Topics:
     """The input topics: the frames (``kind`` as :data:`~depth_node.frame_pipeline.INPUT_TOPICS`
-    names it), their camera_info (or None) and the LiDAR scans (or None)."""
+    names it), their camera_info (or None), the LiDAR scans (or None) and, with
+    ``prompt.source: depth_image``, the depth images that prompt the model (or None)."""
 
     image: str
     kind: str
     camera_info: Optional[str]
     lidar: Optional[str]
+    prompt: Optional[str] = None
 
 
 def _only(candidates: list[str], what: str, option: str) -> Optional[str]:
@@ -235,12 +239,14 @@ def _only(candidates: list[str], what: str, option: str) -> Optional[str]:
 
 
 def select_topics(types: dict[str, str], config: cfg.NodeConfig, image: Optional[str] = None,
-                  camera_info: Optional[str] = None, lidar: Optional[str] = None) -> Topics:
+                  camera_info: Optional[str] = None, lidar: Optional[str] = None,
+                  prompt: Optional[str] = None) -> Topics:
     """The topics to read, from the bag's ``{topic: message type}`` and the options given.
 
     Defaults: the only Image topic (a CompressedImage topic with ``input.compressed``, or when
     the bag has no Image topic), its ``camera_info`` sibling (else the only CameraInfo topic),
-    the only PointCloud2 topic when ``lidar.enabled``.
+    the only PointCloud2 topic when ``lidar.enabled``. The depth prompt topic of
+    ``prompt.source: depth_image`` is always named (``--prompt-topic``).
 
     Raises
     ------
@@ -294,7 +300,15 @@ def select_topics(types: dict[str, str], config: cfg.NodeConfig, image: Optional
             raise BagError('lidar.enabled is true but the bag has no PointCloud2 topic')
     if not config['lidar.enabled']:
         lidar = None  # a --lidar-topic without lidar.enabled is not read
-    return Topics(image, kind, camera_info, lidar)
+    if config['prompt.source'] == 'depth_image':
+        if prompt is None:
+            raise BagError("prompt.source is 'depth_image': name the registered depth images "
+                           'with --prompt-topic (Image topics: '
+                           f'{", ".join(sorted(t for t in of_type(IMAGE) if t != image))})')
+        check(prompt, '--prompt-topic', IMAGE)
+    else:
+        prompt = None
+    return Topics(image, kind, camera_info, lidar, prompt)
 
 
 def output_topic(namespace: str, key: str) -> str:
@@ -351,8 +365,8 @@ class MessageBuilder:
             roi=t.RegionOfInterest(x_offset=0, y_offset=0, height=0, width=0,
                                    do_rectify=False))
 
-    def alignment(self, report: AlignmentReport) -> Any:
-        s = report.status(NODE_NAME)
+    def alignment(self, report: AlignmentReport | pr.PromptReport) -> Any:
+        s = alignment_status(report, NODE_NAME)
         return self.types.DiagnosticStatus(
             level=s['level'], name=s['name'], message=s['message'],
             hardware_id=s['hardware_id'],
@@ -381,6 +395,8 @@ class FrameJob:
     intrinsics: Optional[Intrinsics]
     scan: Optional[Scan]
     scans_seen: bool  # whether any scan was read before the pairing (unpaired vs no LiDAR)
+    scans: list = field(default_factory=list)  # the scans near it (a LiDAR depth prompt)
+    prompts: list = field(default_factory=list)  # the depth prompt images near it
 
 
 class _Stats:
@@ -402,7 +418,12 @@ class _Stats:
     def get(self, name: str) -> int:
         return self.counters.get(name)
 
-    def alignment(self, report: AlignmentReport) -> None:
+    def alignment(self, report: AlignmentReport | pr.PromptReport) -> None:
+        if isinstance(report, pr.PromptReport):
+            self.fit_states[f'prompt {report.check.state}'] += 1
+            if report.check.state != 'ok':
+                self.no_fit_reasons[bounded(report.check.reason, 120)] += 1
+            return
         a = report.alignment
         self.fit_states[a.state] += 1
         if a.state == 'no_fit':
@@ -455,8 +476,13 @@ class BagReader(threading.Thread):
         self.every, self.copy, self.out = every, copy, out
         self.stats, self.log, self.halt = stats, log, halt
         c = pipeline.config
-        self.max_offset = c['lidar.max_time_offset']
+        self.lidar_offset = c['lidar.max_time_offset']
+        # how far a scan or prompt may lie from its frame (the lookahead's horizon)
+        self.max_offset = max(self.lidar_offset, c['prompt.max_time_offset'])
+        self.max_side = c['prompt.max_side']
         self.pending: deque = deque()
+        self.prompts: list[pr.PromptImage] = []
+        self.latest_prompt_stamp = -math.inf
         self.infos: list[tuple[float, Intrinsics]] = []
         self.scans: list[Scan] = []
         self.scans_seen = False
@@ -497,7 +523,8 @@ class BagReader(threading.Thread):
         for conn, bag_time, raw in self.reader.messages(infos, None, start) if infos else ():
             self._read(conn, bag_time, raw, inside=False)
         self.infos = self.infos[-1:]
-        scans = [c for c in self.connections if c.topic == self.topics.lidar]
+        scans = [c for c in self.connections if c.topic in (self.topics.lidar,
+                                                               self.topics.prompt)]
         lookahead = int((self.max_offset + LOOKAHEAD_S) * 1e9)
         for conn, bag_time, raw in (self.reader.messages(scans, start - lookahead, start)
                                     if scans else ()):
@@ -553,6 +580,19 @@ class BagReader(threading.Thread):
             self.scans.append(scan)
             del self.scans[:-MAX_SCANS]
             self.latest_scan_stamp = max(self.latest_scan_stamp, scan[0])
+        elif topic == self.topics.prompt:
+            msg = self._deserialize(conn, raw, 'bad_prompt_depth')
+            if msg is None:
+                return
+            try:
+                image = pr.prompt_from_message(msg, self.max_side)
+            except (ImageDecodeError, pr.PromptError) as exc:
+                self.stats.count('bad_prompt_depth')
+                self.log(f'{shorten(topic)} refused: {exc}', 'prompt_depth')
+                return
+            self.prompts.append(image)
+            del self.prompts[:-MAX_PROMPTS]
+            self.latest_prompt_stamp = max(self.latest_prompt_stamp, image.stamp)
         elif topic == self.topics.image and inside:
             self.stats.count('frames_read')
             self.images += 1
@@ -584,7 +624,9 @@ class BagReader(threading.Thread):
         info_done = self.topics.camera_info is None or self.latest_info_stamp >= item.stamp
         scan_done = self.topics.lidar is None or \
             self.latest_scan_stamp > item.stamp + self.max_offset
-        return info_done and scan_done
+        prompt_done = self.topics.prompt is None or \
+            self.latest_prompt_stamp > item.stamp + self.max_offset
+        return info_done and scan_done and prompt_done
 
     def _release(self, now: Optional[int]) -> None:
         while self.pending:
@@ -610,13 +652,16 @@ class BagReader(threading.Thread):
         seen = self.scans_seen
         if self.topics.lidar is not None:
             seen = bool(self.scans) or seen
-            scan = nearest_scan(self.scans, t, self.max_offset)
+            scan = nearest_scan(self.scans, t, self.lidar_offset)
             keep_after = t - self.max_offset - LOOKAHEAD_S
             self.scans = [s for s in self.scans if s[0] >= keep_after]
             self.scans_seen = seen
         if best > -math.inf:  # keep the one in use and everything newer
             self.infos = [(s, i) for s, i in self.infos if s >= best]
-        return FrameJob(item.frame, item.bag_time, intr, scan, seen)
+        near = t - self.max_offset - LOOKAHEAD_S
+        self.prompts = [p for p in self.prompts if p.stamp >= near]
+        return FrameJob(item.frame, item.bag_time, intr, scan, seen, list(self.scans),
+                        list(self.prompts))
 
 
 def _ns_to_s(t0: int, t: int) -> str:
@@ -705,6 +750,7 @@ class Options:
     image_topic: Optional[str] = None
     camera_info_topic: Optional[str] = None
     lidar_topic: Optional[str] = None
+    prompt_topic: Optional[str] = None
     namespace: str = '/'
     storage: str = 'mcap'
     start: float = 0.0
@@ -841,7 +887,8 @@ def run(options: Options, result: Optional[dict] = None) -> int:
     try:
         types = {c.topic: c.msgtype for c in reader.connections}
         topics = select_topics(types, config, options.image_topic,
-                               options.camera_info_topic, options.lidar_topic)
+                               options.camera_info_topic, options.lidar_topic,
+                               options.prompt_topic)
         return _process(options, config, topics, reader, typestore, log,
                         {} if result is None else result)
     finally:
@@ -874,8 +921,8 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
     if shadowed and options.copy:
         log(f'input topics {", ".join(sorted(shadowed))} are not copied: the outputs replace '
             'them (choose another --namespace to keep both)')
-    read_conns = [c for c in reader.connections
-                  if options.copy or c.topic in (topics.image, topics.camera_info, topics.lidar)]
+    read_conns = [c for c in reader.connections if options.copy or c.topic in (
+        topics.image, topics.camera_info, topics.lidar, topics.prompt)]
     copy = {c.topic for c in read_conns} - shadowed if options.copy else set()
 
     stats = _Stats()
@@ -957,6 +1004,8 @@ def _frame(job: FrameJob, pipeline: FramePipeline, state: Any, wanted: set,
     frame = job.frame
     state.intrinsics = job.intrinsics
     timer.start()
+    if pipeline.prompt_source:  # the prompt goes into the network with the image
+        pipeline.pair_prompt(frame, state, job.prompts, job.scans)
     if pipeline.estimator is not None:
         result = pipeline.forward([frame], [state], ['points' in wanted])
         if result.error is not None:
@@ -1085,16 +1134,16 @@ def _summary(options: Options, topics: Topics, stats: _Stats, written: Counter, 
     lines.append(f'  frames skipped: {sum(skipped.values())}' + (
         ' (' + ', '.join(f'{k}: {v}' for k, v in skipped.items() if v) + ')'
         if any(skipped.values()) else ''))
-    bad = {k: g(f'bad_{k}') for k in ('image', 'camera_info', 'lidar')}
+    bad = {k: g(f'bad_{k}') for k in ('image', 'camera_info', 'lidar', 'prompt_depth')}
     lines.append(f'  bad messages: {sum(bad.values())}' + (
         ' (' + ', '.join(f'{k}: {v}' for k, v in bad.items() if v) + ')'
         if any(bad.values()) else ''))
     if g('frames_without_camera_info'):
         lines.append(f'  frames without camera_info: {g("frames_without_camera_info")}')
-    if topics.lidar is not None:
+    if topics.lidar is not None or topics.prompt is not None:
         states = ', '.join(f'{k}: {v}' for k, v in sorted(stats.fit_states.items())) or \
             'none'
-        lines.append(f'  LiDAR fit: {states}; frames without a scan within '
+        lines.append(f'  LiDAR fit / depth prompt: {states}; frames without a scan within '
                      f'lidar.max_time_offset: {g("lidar_unpaired")}')
         lines.append(f'    scale: {_median(stats.scales)}; residual: '
                      f'{_median(stats.residuals)}; inliers: {_median(stats.inliers, ".0f")}')
@@ -1157,6 +1206,8 @@ def build_parser() -> argparse.ArgumentParser:
                              'CameraInfo topic')
     parser.add_argument('--lidar-topic', metavar='T',
                         help='default with lidar.enabled: the only PointCloud2 topic')
+    parser.add_argument('--prompt-topic', metavar='T',
+                        help="with prompt.source 'depth_image': the registered depth images")
     parser.add_argument('--namespace', metavar='NS', default='/',
                         help='the outputs go to NS/depth/image, ... (default: /depth/image)')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap',

@@ -215,6 +215,51 @@ def test_time_window_and_every_nth_frame(tmp_path, capsys, lidar_frames):
                                                                        bag_time_of(2)]
 
 
+def test_prompt_depth_anything_from_the_lidar_and_from_a_depth_topic(tmp_path, capsys,
+                                                                      real_data, lidar_frames):
+    """A tiny Prompt Depth Anything: prompted by the KITTI scan (``prompt.source: lidar``),
+    then by TUM's registered depth on its own topic (``depth_image``); no LiDAR fit on top."""
+    from tiny_slow_models import make_tiny_prompt_depth_anything
+
+    pda = str(make_tiny_prompt_depth_anything(tmp_path))
+    base = ['-p', f'model.name:={pda}', '-p', 'model.device:=cpu', '-p', 'model.warmup:=false',
+            '-p', 'model.precision:=fp32', '-p', 'prompt.max_side:=64']
+    T0, data = lidar_frames
+    kitti = load_frame(real_data / KITTI[0])
+    src = write_bag(tmp_path / 'k', [BagFrame(kitti.image, kitti.intrinsics(), data[0][2])])
+    code, summary, err = _run(capsys, src, tmp_path / 'ko', *base, '-p', 'prompt.source:=lidar',
+                              '-p', 'lidar.enabled:=true', '-p', _T_param(T0))
+    assert code == 0, err
+    assert _frames_line(summary) == {'frames read': 1, 'processed': 1,
+                                     'with metric depth': 1}, summary
+    out = read_bag(tmp_path / 'ko')
+    status = out['/depth/alignment'][0][1]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.name == 'depth_node: depth prompt' and values['state'] == 'ok', values
+    assert values['prompt_source'] == 'lidar' and int(values['points_projected']) > 1000
+    assert float(values['prompt_time_offset']) == pytest.approx(0.02, abs=1e-6)  # looked ahead
+
+    tum = load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
+    store = typestore()
+    m = Messages(store)
+    mm = np.where(np.isfinite(tum.depth_gt), np.rint(tum.depth_gt * 1000), 0).astype(np.uint16)
+    depth = m.image(mm, '16UC1', m.header(*stamp_of(0), CAMERA_FRAME))
+    extra = [('/camera/depth/image', 'sensor_msgs/msg/Image', bag_time_of(0) + 2_000_000,
+              bytes(store.serialize_cdr(depth, 'sensor_msgs/msg/Image')))]
+    src = write_bag(tmp_path / 't', [BagFrame(tum.image, tum.intrinsics())], extra=extra)
+    args = [*base, '-p', 'prompt.source:=depth_image', '--image-topic', IMAGE_TOPIC]
+    code, _, err = _run(capsys, src, tmp_path / 'to0', *args)
+    assert code == 2 and '--prompt-topic' in err and '/camera/depth/image' in err
+    code, summary, err = _run(capsys, src, tmp_path / 'to', *args, '--prompt-topic',
+                              '/camera/depth/image')
+    assert code == 0, err
+    assert _frames_line(summary)['with metric depth'] == 1, summary
+    out = read_bag(tmp_path / 'to')
+    values = {kv.key: kv.value for kv in out['/depth/alignment'][0][1].values}
+    assert values['state'] == 'ok' and values['prompt_source'] == 'depth_image', values
+    assert image_array(out['/depth/image'][0][1]).shape == (480, 640)
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_bad_messages_are_counted_skipped_and_summarised(tmp_path, capsys, lidar_frames):
     T0, data = lidar_frames
