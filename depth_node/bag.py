@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -548,51 +548,45 @@ class BagReader(threading.Thread):
                      f'{type(exc).__name__}: {exc}', counter)
             return None
 
+    def _take(self, conn: Any, raw: bytes, key: str, errors: Any,
+              parse: Callable[[Any], Any]) -> Any:
+        """``parse`` of the deserialized message, or None for a bad one (counted in
+        ``bad_<key>``, logged throttled with the reason)."""
+        msg = self._deserialize(conn, raw, f'bad_{key}')
+        if msg is None:
+            return None
+        try:
+            return parse(msg)
+        except errors as exc:
+            self.stats.count(f'bad_{key}')
+            self.log(f'{shorten(conn.topic)} refused: {exc}', key)
+            return None
+
     def _read(self, conn: Any, bag_time: int, raw: bytes, inside: bool = True) -> None:
         """Take one message; outside the window only camera_info and scans (for pairing)."""
         topic = conn.topic
         if inside and topic in self.copy:
             self.pending.append(('copy', conn, bag_time, raw))
         if topic == self.topics.camera_info:
-            msg = self._deserialize(conn, raw, 'bad_camera_info')
-            if msg is None:
-                return
-            try:
-                intr = read_camera_info(msg)
-            except CameraInfoError as exc:
-                self.stats.count('bad_camera_info')
-                self.log(f'{shorten(topic)} refused: {exc}', 'camera_info')
-                return
-            stamp = stamp_to_sec(msg.header.stamp)
-            self.infos.append((stamp, intr))
-            del self.infos[:-MAX_INFOS]
-            self.latest_info_stamp = max(self.latest_info_stamp, stamp)
+            info = self._take(conn, raw, 'camera_info', CameraInfoError, lambda msg: (
+                stamp_to_sec(msg.header.stamp), read_camera_info(msg)))
+            if info is not None:
+                self.infos.append(info)
+                del self.infos[:-MAX_INFOS]
+                self.latest_info_stamp = max(self.latest_info_stamp, info[0])
         elif topic == self.topics.lidar:
-            msg = self._deserialize(conn, raw, 'bad_lidar')
-            if msg is None:
-                return
-            try:
-                scan = read_scan(msg)
-            except LidarError as exc:
-                self.stats.count('bad_lidar')
-                self.log(f'{shorten(topic)} refused: {exc}', 'lidar')
-                return
-            self.scans.append(scan)
-            del self.scans[:-MAX_SCANS]
-            self.latest_scan_stamp = max(self.latest_scan_stamp, scan[0])
+            scan = self._take(conn, raw, 'lidar', LidarError, read_scan)
+            if scan is not None:
+                self.scans.append(scan)
+                del self.scans[:-MAX_SCANS]
+                self.latest_scan_stamp = max(self.latest_scan_stamp, scan[0])
         elif topic == self.topics.prompt:
-            msg = self._deserialize(conn, raw, 'bad_prompt_depth')
-            if msg is None:
-                return
-            try:
-                image = pr.prompt_from_message(msg, self.max_side)
-            except (ImageDecodeError, pr.PromptError) as exc:
-                self.stats.count('bad_prompt_depth')
-                self.log(f'{shorten(topic)} refused: {exc}', 'prompt_depth')
-                return
-            self.prompts.append(image)
-            del self.prompts[:-MAX_PROMPTS]
-            self.latest_prompt_stamp = max(self.latest_prompt_stamp, image.stamp)
+            image = self._take(conn, raw, 'prompt_depth', (ImageDecodeError, pr.PromptError),
+                               lambda msg: pr.prompt_from_message(msg, self.max_side))
+            if image is not None:
+                self.prompts.append(image)
+                del self.prompts[:-MAX_PROMPTS]
+                self.latest_prompt_stamp = max(self.latest_prompt_stamp, image.stamp)
         elif topic == self.topics.image and inside:
             self.stats.count('frames_read')
             self.images += 1
