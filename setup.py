@@ -28,7 +28,7 @@ setup(
         'torch>=2.1',
         'transformers>=4.45',
         # depth_node-bag: reads and writes ROS 2 bags without a ROS install; its progress bar
-        'rosbags>=0.10',
+        'rosbags>=0.11',
         'tqdm>=4.60',
     ],
     extras_require={
