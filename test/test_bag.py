@@ -495,7 +495,8 @@ def test_live_node_and_bag_tool_give_the_same_bytes(tmp_path, capsys, session, m
               'cloud.stride': 4}
     node = session.start_depth_node(params)
     probe = session.probe()
-    assert probe.wait_subscribers('image') and probe.wait_subscribers('lidar/points')
+    assert probe.wait_subscribers('image', timeout=30.0)
+    assert probe.wait_subscribers('lidar/points', timeout=30.0)
     live = []
     for i, ((f, _, scan, _), rgb) in enumerate(zip(data[:3], images)):
         sec, nanosec = stamp_of(i)
