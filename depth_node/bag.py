@@ -759,11 +759,11 @@ class Options:
 
 class _Interrupt:
     """SIGINT / SIGTERM: the first asks to stop after the current frame, a second stops now;
-    once the output is being closed (:attr:`closing`) they are only acknowledged, so that it is
-    always closed as a valid bag."""
+    once the output is being closed (:attr:`closing`) they are ignored, so that it is always
+    closed as a valid bag. The handler only sets state (no I/O, no lock: it runs between any
+    two bytecodes of the main thread, which may hold the log's lock)."""
 
-    def __init__(self, log: _Log) -> None:
-        self.log = log
+    def __init__(self) -> None:
         self.signal: Optional[str] = None
         self.closing = False
         self._saved: dict[int, Any] = {}
@@ -781,12 +781,10 @@ class _Interrupt:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.closing:
-            self.log('closing the output bag; it stays valid, please wait')
             return
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        self.log(f'{self.signal}: stopping after the current frame (again to stop now)')
 
 
 def _open_input(path: Path) -> Any:
@@ -923,7 +921,7 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
     halt = threading.Event()
     events: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
     items: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
-    interrupt = _Interrupt(log)
+    interrupt = _Interrupt()
     input_error: Optional[BaseException] = None
     total = _expected_frames(reader, topics.image, options)
     progress = _Progress(total, log, options.progress)
@@ -962,6 +960,8 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
         interrupt.signal = interrupt.signal or 'SIGINT'
     finally:
         interrupt.closing = True
+        if interrupt.signal is not None:
+            log(f'{interrupt.signal}: stopped after the frame in hand; closing the output bag')
         halt.set()
         progress.close()
         _put_last(items, bag_writer)
