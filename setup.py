@@ -27,6 +27,9 @@ setup(
         'pyyaml>=5.4',
         'torch>=2.1',
         'transformers>=4.45',
+        # depth_node-bag: reads and writes ROS 2 bags without a ROS install; its progress bar
+        'rosbags>=0.11',
+        'tqdm>=4.60',
     ],
     extras_require={
         # rclpy and the message packages from the PyPI Jazzy wheels, for a virtual environment
@@ -67,6 +70,7 @@ setup(
             'depth_node-demo = depth_node.demo:main',
             'depth_node-eval = depth_node.evaluate:main',
             'depth_node-export = depth_node.export_tool:main',
+            'depth_node-bag = depth_node.bag:main',
         ],
     },
 )

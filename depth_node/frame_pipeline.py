@@ -35,17 +35,18 @@ import numpy as np
 from depth_node import config as cfg
 from depth_node import prompt as pr
 from depth_node.alignment import Aligner, AlignerConfig, Alignment
-from depth_node.camera_info import CameraInfoError, Intrinsics, fit_to_image
+from depth_node.camera_info import (
+    CameraInfoError, Intrinsics, fit_to_image, intrinsics_from_fields)
 from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
 from depth_node.colormap import colorize
 from depth_node.image_codec import (
     ImageDecodeError, decode_compressed, decode_image, decode_relative_depth, limit_pixels,
     limited_size, plan_compressed)
 from depth_node.input_shape import check_input_shape, model_patch_size
-from depth_node.lidar import LidarError, prepare_points, projection_counts
+from depth_node.lidar import LidarError, prepare_points, projection_counts, read_points_xyz
 from depth_node.packing import depth_to_uint16_mm
 from depth_node.telemetry import StageTimer
-from depth_node.text import shorten
+from depth_node.text import bounded, shorten
 
 INPUT_TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'relative_depth'}
 """Input topic of each kind of frame (relative to the camera's namespace)."""
@@ -66,6 +67,55 @@ Sink = Callable[[str, Any], None]
 def stamp_to_sec(stamp: Any) -> float:
     """``builtin_interfaces/Time`` (``sec``, ``nanosec``) to float seconds."""
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+def read_camera_info(msg: Any) -> Intrinsics:
+    """The :class:`~depth_node.camera_info.Intrinsics` of a ``sensor_msgs/CameraInfo``.
+
+    Raises
+    ------
+    CameraInfoError
+        When the message is unusable (the text says which field and why).
+    """
+    roi = msg.roi
+    return intrinsics_from_fields(
+        msg.width, msg.height, msg.k, msg.d, msg.distortion_model, msg.p, msg.r,
+        msg.binning_x, msg.binning_y, (roi.x_offset, roi.y_offset, roi.width, roi.height))
+
+
+def read_scan(msg: Any) -> Scan:
+    """A ``sensor_msgs/PointCloud2`` as a :data:`Scan` (x, y, z in its frame, metres).
+
+    Raises
+    ------
+    LidarError
+        When the cloud has no float x, y, z or its layout does not match its data.
+    """
+    fields = [(f.name, f.offset, f.datatype, f.count) for f in msg.fields]
+    xyz = read_points_xyz(fields, msg.point_step, msg.row_step, msg.width, msg.height,
+                          msg.is_bigendian, msg.data)
+    return (stamp_to_sec(msg.header.stamp), str(msg.header.frame_id), xyz)
+
+
+def alignment_status(report: Any, node_name: str, camera: str = '') -> dict[str, Any]:
+    """The ``diagnostic_msgs/DiagnosticStatus`` fields of ``depth/alignment`` for an
+    :class:`AlignmentReport` (LiDAR fit) or a :class:`depth_node.prompt.PromptReport`:
+    ``level`` (int), ``name``, ``message`` (the state), ``hardware_id`` (the frame_id) and
+    ``values`` (a dict), every message string bounded for logs and diagnostics."""
+    values = report.values()
+    values['reason'] = bounded(values['reason'])
+    which = f' ({camera})' if camera else ''
+    what = 'depth prompt' if isinstance(report, pr.PromptReport) else 'lidar alignment'
+    return {'level': report.level, 'name': f'{node_name}: {what}{which}',
+            'message': values['state'], 'hardware_id': bounded(report.frame_id, 64),
+            'values': values}
+
+
+def image_encoding(key: str, value: np.ndarray) -> str:
+    """The ``sensor_msgs/Image`` encoding of output ``key`` (``depth``, ``relative``,
+    ``colored``) holding ``value``: ``16UC1`` (uint16 mm), ``32FC1`` or ``rgb8``."""
+    return {'relative': '32FC1', 'colored': 'rgb8'}.get(
+        key, '16UC1' if value.dtype == np.uint16 else '32FC1')
 
 
 @dataclass

@@ -37,15 +37,15 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from depth_node import config as cfg
 from depth_node import prompt as pr
 from depth_node.alignment import Aligner
-from depth_node.camera_info import CameraInfoError, intrinsics_from_fields
+from depth_node.camera_info import CameraInfoError
 from depth_node.frame_pipeline import (
-    AlignmentReport, CameraState, Frame, FramePipeline, INPUT_TOPICS, load_estimator,
-    nearest_scan, Problem, stamp_to_sec)
+    alignment_status, AlignmentReport, CameraState, Frame, FramePipeline, image_encoding,
+    INPUT_TOPICS, load_estimator, nearest_scan, Problem, read_camera_info, read_scan)
 from depth_node.image_codec import ImageDecodeError
-from depth_node.lidar import LidarError, read_points_xyz
+from depth_node.lidar import LidarError
 from depth_node.messages import camera_info_msg, cloud_msg, image_msg
 from depth_node.telemetry import Counters, StageTimer, Throttle
-from depth_node.text import shorten
+from depth_node.text import bounded as _bounded, shorten
 
 try:  # tf2 is part of every ROS 2 install but not of the PyPI wheels.
     from tf2_ros import Buffer as TfBuffer, TransformListener
@@ -73,10 +73,6 @@ assert, lost GPU): the process must restart to use the GPU again."""
 
 PROBLEM_HOLD = 10.0
 """Seconds /diagnostics stays WARN after the last bad message or skipped frame."""
-
-MAX_LOG_CHARS = 1000
-"""Longest log line about one bad message or skipped frame (message strings in it are
-already shortened to 64 characters each, see depth_node.text)."""
 
 _PARAM_TYPES = {'bool': Parameter.Type.BOOL, 'int': Parameter.Type.INTEGER,
                 'double': Parameter.Type.DOUBLE, 'string': Parameter.Type.STRING,
@@ -495,11 +491,7 @@ class DepthNodeBase:
 
     def _on_camera_info(self, cam: _Camera, msg: CameraInfo) -> None:
         try:
-            roi = msg.roi
-            intr = intrinsics_from_fields(
-                msg.width, msg.height, msg.k, msg.d, msg.distortion_model, msg.p, msg.r,
-                msg.binning_x, msg.binning_y,
-                (roi.x_offset, roi.y_offset, roi.width, roi.height))
+            intr = read_camera_info(msg)
         except CameraInfoError as exc:
             self._bad_input('camera_info', f'{cam.topic("camera_info")} refused: {exc}')
             return
@@ -508,14 +500,12 @@ class DepthNodeBase:
 
     def _on_lidar(self, msg: PointCloud2) -> None:
         try:
-            fields = [(f.name, f.offset, f.datatype, f.count) for f in msg.fields]
-            xyz = read_points_xyz(fields, msg.point_step, msg.row_step, msg.width, msg.height,
-                                  msg.is_bigendian, msg.data)
+            scan = read_scan(msg)
         except LidarError as exc:
             self._bad_input('lidar', f'lidar/points refused: {exc}')
             return
         with self._lock:
-            self._scans.append((stamp_to_sec(msg.header.stamp), msg.header.frame_id, xyz))
+            self._scans.append(scan)
 
     def _on_prompt_depth(self, cam: _Camera, msg: Image) -> None:
         """Reduce a ``prompt_depth`` image to its prompt grid and keep it for pairing."""
@@ -705,9 +695,7 @@ class DepthNodeBase:
             elif key == 'alignment':
                 pub.publish(self._alignment_msg(cam, value))
             else:
-                encoding = {'relative': '32FC1', 'colored': 'rgb8'}.get(
-                    key, '16UC1' if value.dtype == np.uint16 else '32FC1')
-                pub.publish(image_msg(value, encoding, header))
+                pub.publish(image_msg(value, image_encoding(key, value), header))
         return publish
 
     def _report(self, cam: _Camera, problem: Problem) -> None:
@@ -745,14 +733,11 @@ class DepthNodeBase:
     def _alignment_msg(self, cam: _Camera,
                        report: AlignmentReport | pr.PromptReport) -> DiagnosticStatus:
         """``depth/alignment``: one frame's LiDAR fit, or its depth prompt."""
-        values = report.values()
-        values['reason'] = _bounded(values['reason'])
-        which = f' ({cam.name})' if cam.name else ''
-        what = 'depth prompt' if isinstance(report, pr.PromptReport) else 'lidar alignment'
+        status = alignment_status(report, self.get_name(), cam.name)
         return DiagnosticStatus(
-            level=bytes([report.level]), name=f'{self.get_name()}: {what}{which}',
-            message=values['state'], hardware_id=_bounded(report.frame_id, 64),
-            values=[KeyValue(key=k, value=v) for k, v in values.items()])
+            level=bytes([status['level']]), name=status['name'], message=status['message'],
+            hardware_id=status['hardware_id'],
+            values=[KeyValue(key=k, value=v) for k, v in status['values'].items()])
 
     def _publish_diagnostics(self) -> None:
         counts = self._counters.snapshot()
@@ -820,16 +805,6 @@ class DepthNode(DepthNodeBase, Node):
         self._closed = True
         self._stop_worker()
         super().destroy_node()
-
-
-def _bounded(text: Any, limit: int = MAX_LOG_CHARS) -> str:
-    """``str(text)`` cut to ``limit`` characters (saying how long it was), with control
-    characters escaped: the last guard of a log line or diagnostics value."""
-    text = str(text)
-    if len(text) <= limit and text.isprintable():
-        return text
-    cut = text[:limit].encode('unicode_escape').decode('ascii')[:limit]
-    return cut + (f'... ({len(text)} chars)' if len(text) > limit else '')
 
 
 def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:

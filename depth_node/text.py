@@ -18,6 +18,10 @@ MAX_CHARS = 64
 MAX_VALUES = 8
 """Values of a message list (``D``, field names) kept in a log line."""
 
+MAX_LOG_CHARS = 1000
+"""Longest log line about one bad message or skipped frame (message strings in it are
+already shortened with :func:`shorten`)."""
+
 
 def shorten(value: Any, limit: int = MAX_CHARS) -> str:
     """``repr`` of ``value`` with at most ``limit`` characters of its text.
@@ -62,3 +66,13 @@ def _number(value: Any) -> str:
     if isinstance(value, numbers.Real):
         return repr(float(value))
     return shorten(value, 16)
+
+
+def bounded(text: Any, limit: int = MAX_LOG_CHARS) -> str:
+    """``str(text)`` cut to ``limit`` characters (saying how long it was), with control
+    characters escaped: the last guard of a log line or diagnostics value."""
+    text = str(text)
+    if len(text) <= limit and text.isprintable():
+        return text
+    cut = text[:limit].encode('unicode_escape').decode('ascii')[:limit]
+    return cut + (f'... ({len(text)} chars)' if len(text) > limit else '')

@@ -44,7 +44,7 @@ done
 for f in $(cd "$REPO" && git ls-files --cached --others --exclude-standard 'sample_data/*/*'); do
   check "share/depth_node/$f" cmp -s "$REPO/$f" "$SHARE/$f"
 done
-for exe in depth_node depth_node_lifecycle depth_node-demo depth_node-eval; do
+for exe in depth_node depth_node_lifecycle depth_node-demo depth_node-eval depth_node-bag; do
   check "lib/depth_node/$exe (ros2 run depth_node $exe)" test -x "$PREFIX/lib/depth_node/$exe"
 done
 check 'ament index marker share/ament_index/resource_index/packages/depth_node' \

@@ -20,13 +20,14 @@ touch "$VENV/COLCON_IGNORE"  # the ROS wheels ship package.xml files: keep colco
 . "$VENV/bin/activate"
 # Jazzy (.venv, the full suite) also gets the CPU inference engines (onnx, onnxruntime,
 # openvino); the Kilted venv runs the ROS-level tests with the torch engine only.
-CHECK='import torch, transformers, rclpy, sensor_msgs, diagnostic_msgs, depth_node'
+CHECK='import torch, transformers, rclpy, sensor_msgs, diagnostic_msgs, rosbags, tqdm, depth_node'
 ENGINES=''
 if [ "$ROS" = jazzy ]; then
   CHECK="$CHECK, onnx, onnxruntime, openvino, depth_node.export_tool"
   ENGINES=',engines'
 fi
-if ! python -c "$CHECK" 2>/dev/null || [ ! -x "$VENV/bin/depth_node-export" ]; then
+if ! python -c "$CHECK" 2>/dev/null || [ ! -x "$VENV/bin/depth_node-export" ] || \
+   [ ! -x "$VENV/bin/depth_node-bag" ]; then
   echo "[setup] installing into $VENV, ROS 2 $ROS wheels (torch first: 2.13.0 is the CPU" \
        'wheel here)'
   python -m pip install -q --disable-pip-version-check 'torch==2.13.0'
