@@ -337,12 +337,16 @@ class FramePipeline:
                              min_depth=c['cloud.min_depth'], max_depth=c['cloud.max_depth'],
                              smoothing=c['lidar.smoothing'], max_fit_age=c['lidar.max_fit_age'])
 
-    def new_camera(self, index: int = 0) -> CameraState:
-        """A camera's state, with an aligner when ``lidar.enabled`` (not with a depth prompt:
+    def new_aligner(self) -> Optional[Aligner]:
+        """A camera's LiDAR fit when ``lidar.enabled``, else None (also with a depth prompt:
         the prompt makes the output metric, no LiDAR fit goes on top)."""
-        aligner = Aligner(self.aligner_config()) if (
-            self.config['lidar.enabled'] and not self.prompt_source) else None
-        return CameraState(index=index, aligner=aligner)
+        if self.config['lidar.enabled'] and not self.prompt_source:
+            return Aligner(self.aligner_config())
+        return None
+
+    def new_camera(self, index: int = 0) -> CameraState:
+        """A camera's state, with its aligner (:meth:`new_aligner`)."""
+        return CameraState(index=index, aligner=self.new_aligner())
 
     def check(self, kind: str, msg: Any) -> None:
         """O(1) checks of a frame on arrival, before it may displace a waiting one.

@@ -242,7 +242,7 @@ class DepthNodeBase:
             self._estimator = None
             raise
         self._frames = frames
-        self._cameras = [_Camera(name, i, self._frames.new_camera(i).aligner)
+        self._cameras = [_Camera(name, i, self._frames.new_aligner())
                          for i, name in enumerate(self._cfg.cameras)]
         for cam in self._cameras:
             cam.prompts = deque(maxlen=self._cfg['prompt.buffer'])

@@ -53,7 +53,7 @@ from depth_node.estimator.device import resolve_device, resolve_dtype
 from depth_node.estimator.engines import EngineOptions, make_onnx_engine, resolve_engine
 from depth_node.estimator.engines.onnx_base import FixedOnnx
 from depth_node.estimator.engines.torch_engine import TorchEngine
-from depth_node.estimator.errors import EstimatorError
+from depth_node.estimator.errors import EstimatorError, one_per_image
 from depth_node.estimator.export import OnnxExporter, default_cache_dir
 from depth_node.estimator.generic import check_kind, open_slow_path
 from depth_node.estimator.loading import DEFAULT_MODEL, load_checkpoint
@@ -428,11 +428,8 @@ class DepthEstimator:
         """:meth:`_run_locked`, one call at a time: an OpenVINO infer request, the CUDA staging
         buffer and captured CUDA graphs are not shared between threads, so calls from several
         threads (the node's worker and a tool or test) take turns."""
+        prompts = one_per_image('prompts', prompts, len(images))
         if prompts is not None:
-            prompts = list(prompts)
-            if len(prompts) != len(images):
-                raise EstimatorError(f'prompts must have one entry per image ({len(images)}), '
-                                     f'got {len(prompts)}')
             if not self.takes_prompt and any(p is not None for p in prompts):
                 raise EstimatorError(f'{self.model_name} ({self.model_type}) takes no depth '
                                      'prompt; a prompt needs a Prompt Depth Anything model')
@@ -647,11 +644,8 @@ class DepthEstimator:
             relative model.
         """
         images = list(images)
+        clouds = one_per_image('clouds', clouds, len(images))
         if clouds is not None:
-            clouds = list(clouds)
-            if len(clouds) != len(images):
-                raise EstimatorError(f'clouds must have one entry per image ({len(images)}), got '
-                                     f'{len(clouds)}')
             if not self.is_metric and any(c is not None for c in clouds):
                 raise EstimatorError(f'{self.model_name} predicts relative disparity, not '
                                      'metres; a cloud needs metric depth (align it first)')

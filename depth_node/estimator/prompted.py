@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from depth_node.estimator.errors import EstimatorError
+from depth_node.estimator.errors import EstimatorError, one_per_image
 from depth_node.estimator.generic import GenericTransformersPath, check_kind
 
 MODEL_TYPE = 'prompt_depth_anything'
@@ -69,10 +69,7 @@ class PromptDepthPath(GenericTransformersPath):
                 ) -> tuple[np.ndarray, dict[str, float]]:
         """``(B, H, W)`` float32 metres; NaN for the frames whose prompt is None."""
         images = list(images)
-        prompts = list(prompts) if prompts is not None else [None] * len(images)
-        if len(prompts) != len(images):
-            raise EstimatorError(f'prompts must have one entry per image ({len(images)}), got '
-                                 f'{len(prompts)}')
+        prompts = one_per_image('prompts', prompts, len(images)) or [None] * len(images)
         height, width = images[0].shape[:2]
         depth = np.full((len(images), height, width), np.nan, dtype=np.float32)
         timings = {'preprocess': 0.0, 'forward': 0.0, 'postprocess': 0.0}
