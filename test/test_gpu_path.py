@@ -354,6 +354,17 @@ class FakeAcceleratorError(RuntimeError):
     """Stands in for torch.AcceleratorError on a machine without CUDA."""
 
 
+def torch_cuda_message(first_line: str, code: str) -> str:
+    """A CUDA error as torch 2.11 words it: the error, then the hints it appends to every one
+    (copied from an H200's log, where the hint "device-side assertions" once made every CUDA
+    error read as sticky)."""
+    return (f'{first_line}\nSearch for `{code}\' in https://docs.nvidia.com/cuda/'
+            'cuda-runtime-api/group__CUDART__TYPES.html for more information.\nCUDA kernel errors '
+            'might be asynchronously reported at some other API call, so the stacktrace below '
+            'might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\n'
+            'Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.\n')
+
+
 @pytest.mark.parametrize('exc, sticky', [
     (FakeAcceleratorError('CUDA error: an illegal memory access was encountered'), True),
     (RuntimeError('CUDA error: device-side assert triggered\nCUDA kernel errors might be '
@@ -361,6 +372,15 @@ class FakeAcceleratorError(RuntimeError):
     (RuntimeError('CUDA error: unspecified launch failure'), True),
     (RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB'), False),
     (RuntimeError('operation not permitted when stream is capturing'), False),
+    (FakeAcceleratorError(torch_cuda_message(
+        'CUDA error: operation not permitted when stream is capturing',
+        'cudaErrorStreamCaptureUnsupported')), False),
+    (FakeAcceleratorError(torch_cuda_message('CUDA error: invalid argument',
+                                             'cudaErrorInvalidValue')), False),
+    (FakeAcceleratorError(torch_cuda_message('CUDA error: device-side assert triggered',
+                                             'cudaErrorAssert')), True),
+    (FakeAcceleratorError(torch_cuda_message('CUDA error: unspecified launch failure',
+                                             'cudaErrorLaunchFailure')), True),
     (ValueError('illegal memory access'), False),  # not an error torch raises for CUDA
     (EstimatorError('forward failed with torch.compile on'), False),
 ])

@@ -181,12 +181,17 @@ def resolve_dtype(precision: str, device: torch.device, model_type: Optional[str
 #: later call in the process fails the same way): only a new process recovers. Out of memory is
 #: not among them (the next frame may fit).
 STICKY_CUDA_ERRORS = (
-    'illegal memory access', 'device-side assert', 'unspecified launch failure',
+    'illegal memory access', 'device-side assert triggered', 'unspecified launch failure',
     'misaligned address', 'illegal instruction', 'an illegal address', 'launch timed out',
     'uncorrectable ecc', 'hardware stack error', 'gpu has fallen off the bus',
     'cudaerrorlaunchfailure', 'cuda error: unknown error', 'cublas_status_execution_failed',
     'cudnn_status_execution_failed',
 )
+
+#: The hint lines torch appends to every CUDA error (recoverable ones too); "Compile with
+#: `TORCH_USE_CUDA_DSA` to enable device-side assertions" must not read as a device-side assert.
+_TORCH_CUDA_HINTS = ('search for `cuda', 'cuda kernel errors might be', 'for debugging consider',
+                     'compile with `torch_use_cuda_dsa`')
 
 
 def is_device_lost(exc: BaseException) -> bool:
@@ -194,13 +199,15 @@ def is_device_lost(exc: BaseException) -> bool:
     (:data:`STICKY_CUDA_ERRORS`): the process must restart to use the GPU again.
 
     ``torch.AcceleratorError`` (torch 2.8 and later) and ``RuntimeError`` are read by message,
-    since both also carry recoverable errors (out of memory, a bad argument).
+    since both also carry recoverable errors (out of memory, a bad argument, an operation not
+    permitted while capturing a CUDA graph); torch's hint lines are not read.
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, RuntimeError):
-            text = str(exc).lower()
+            text = '\n'.join(line for line in str(exc).lower().splitlines()
+                             if not line.strip().startswith(_TORCH_CUDA_HINTS))
             if any(marker in text for marker in STICKY_CUDA_ERRORS):
                 return True
         exc = exc.__cause__ or exc.__context__
