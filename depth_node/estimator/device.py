@@ -194,20 +194,28 @@ _TORCH_CUDA_HINTS = ('search for `cuda', 'cuda kernel errors might be', 'for deb
                      'compile with `torch_use_cuda_dsa`')
 
 
+def error_text(exc: BaseException) -> str:
+    """``exc``'s message on one line, without the hint lines torch appends to every CUDA error
+    ("CUDA kernel errors might be asynchronously reported...", "Compile with
+    `TORCH_USE_CUDA_DSA`..."): what a log line should say."""
+    return ' '.join(line.strip() for line in str(exc).splitlines()
+                    if line.strip() and not line.strip().lower().startswith(_TORCH_CUDA_HINTS))
+
+
 def is_device_lost(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it was raised from) is a sticky CUDA error
     (:data:`STICKY_CUDA_ERRORS`): the process must restart to use the GPU again.
 
     ``torch.AcceleratorError`` (torch 2.8 and later) and ``RuntimeError`` are read by message,
     since both also carry recoverable errors (out of memory, a bad argument, an operation not
-    permitted while capturing a CUDA graph); torch's hint lines are not read.
+    permitted while capturing a CUDA graph); torch's hint lines are not read
+    (:func:`error_text`).
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, RuntimeError):
-            text = '\n'.join(line for line in str(exc).lower().splitlines()
-                             if not line.strip().startswith(_TORCH_CUDA_HINTS))
+            text = error_text(exc).lower()
             if any(marker in text for marker in STICKY_CUDA_ERRORS):
                 return True
         exc = exc.__cause__ or exc.__context__

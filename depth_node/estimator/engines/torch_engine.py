@@ -38,9 +38,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from depth_node.estimator.device import is_device_lost
+from depth_node.estimator.device import error_text, is_device_lost
 from depth_node.estimator.engines.base import Engine, EngineOptions
 from depth_node.estimator.errors import EstimatorError
+from depth_node.text import bounded
 
 logger = logging.getLogger('depth_node.estimator')
 
@@ -201,7 +202,7 @@ class GraphCache:
             except Exception as exc:  # noqa: BLE001 - any capture failure: this shape eager
                 if is_device_lost(exc):
                     raise
-                why = f'capture failed ({type(exc).__name__}: {exc})'
+                why = f'capture failed ({type(exc).__name__}: {bounded(error_text(exc), 300)})'
             else:
                 self.graphs[key] = graph
                 return graph
@@ -378,6 +379,25 @@ class TorchEngine(Engine):
         fov = getattr(outputs, 'field_of_view', None)
         return outputs.predicted_depth, fov
 
+    def _abandon_pool(self) -> None:
+        """After a capture that failed: stop the allocator routing into the graphs' private
+        pool, and give later captures a fresh pool.
+
+        torch before 2.12 raises from ``capture_end`` on an invalidated capture before it ends
+        the routing (pytorch#180395), so the pool stays "recording": the next shape's capture
+        then fails with "already recording to mempool_id" (seen on an H200, torch 2.11), and a
+        later ``empty_cache`` can abort the process on the allocator's "captures_underway"
+        assertion. Where torch already ended it, the extra end is refused and ignored.
+        """
+        pool, self._pool = self._pool, None
+        end = getattr(torch._C, '_cuda_endAllocateToPool', None)
+        if pool is None or end is None:
+            return
+        index = self.device.index if self.device.index is not None \
+            else torch.cuda.current_device()
+        with contextlib.suppress(Exception):
+            end(index, pool)
+
     def _capture(self, pixel_values: torch.Tensor) -> CapturedGraph:
         """Capture the forward pass for ``pixel_values``' shape (inside ``torch.cuda.device``).
 
@@ -392,6 +412,7 @@ class TorchEngine(Engine):
         device = self.device
         if self._capture_stream is None:
             self._capture_stream = torch.cuda.Stream(device)
+        if self._pool is None:  # shared by this engine's graphs; new after a failed capture
             self._pool = torch.cuda.graph_pool_handle()
         stream = self._capture_stream
         current = torch.cuda.current_stream(device)
@@ -412,6 +433,7 @@ class TorchEngine(Engine):
             except BaseException:
                 with contextlib.suppress(Exception):
                     graph.capture_end()
+                self._abandon_pool()
                 raise
             graph.capture_end()
         torch.cuda.synchronize(device)
