@@ -55,8 +55,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from common import (DATA, loadavg, machine_info, markdown_table, median, prepare_run, proc_kib,
-                    REPO)
+from common import (cpu_split, DATA, loadavg, machine_info, markdown_table, median, prepare_run,
+                    proc_kib, REPO, thread_times)
 from naive import naive_cloud_points, naive_fill, naive_processor
 
 FRAME_640 = 'tum_rgbd/1341847980.722988'      # 640x480
@@ -68,6 +68,7 @@ MIN_DEPTH, MAX_DEPTH = 0.1, 80.0
 
 # Targets (CPU; Small at 640x480 unless said otherwise).
 TARGET_E2E_OVER_FORWARD = 1.10
+TARGET_NODE_FORWARD_OVER_BARE = 1.05
 TARGET_OVERHEAD_MS = {'640x480': 10.0, '1280x720': 20.0}
 TARGET_SPEEDUP_VS_NAIVE = 2.5
 TARGET_GPU_FPS = 150.0
@@ -810,6 +811,8 @@ def measure_device_path(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
     """The node end to end, one frame at a time, interleaved with the bare forward here."""
+    import torch
+
     from depth_node.estimator import DepthEstimator
 
     precision = args.node_precision or _fast_precision(args.device)
@@ -843,23 +846,34 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
                     results.append({'arch': arch, 'size': size, 'error': 'the random network '
                                     'predicts a constant: the node cannot align it'})
                     continue
-                e2e, outputs, forwards, node_stages = [], [], [], []
+                e2e, outputs, forwards, node_stages, cpu = [], [], [], [], []
+                pool = torch.get_num_threads()
                 for i in range(args.node_warmup + args.node_frames):
                     sec += 1
+                    # Node frame and bare forward in alternating order (ABBA), so a drift of
+                    # the machine's speed does not favour one side of the ratio.
+                    bare_first = i % 2 == 1
+                    if bare_first:
+                        bare, bare_cpu = _bare_forward(est, inputs, pool)
+                    before = thread_times(node.proc.pid)
                     got = node.frame(inputs, sec, timeout=120)
+                    node_cpu = cpu_split(before, thread_times(node.proc.pid), pool)
                     if got is None:
                         print(f'[node {arch} {size}] frame {sec}: no output', file=sys.stderr)
                         break
                     processed += 1
                     stages = node.stage_times(processed)
-                    bare = est.predict(inputs.rgb)  # bare forward, interleaved, node idle
+                    if not bare_first:
+                        bare, bare_cpu = _bare_forward(est, inputs, pool)
                     if i < args.node_warmup:
                         continue
                     e2e.append(got['depth/points'])
                     outputs.append(got)
                     forwards.append(bare.timings['forward'])
                     node_stages.append(stages)
-                rec = _node_record(arch, size, precision, e2e, outputs, forwards, node_stages)
+                    cpu.append({'node': node_cpu, 'bare': bare_cpu})
+                rec = _node_record(arch, size, precision, e2e, outputs, forwards, node_stages,
+                                   cpu)
                 rec['engine'] = est.engine.name
                 rec['load_after'] = loadavg()
                 print(f'[node {arch} {size}] e2e {rec["e2e_ms"]} ms, bare forward '
@@ -876,14 +890,27 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
     return results
 
 
+def _bare_forward(est: Any, inputs: Inputs, pool: int) -> tuple[Any, dict[str, float]]:
+    """``est.predict`` on the frame here (the bare forward), with this process's CPU split."""
+    before = thread_times()
+    prediction = est.predict(inputs.rgb)
+    return prediction, cpu_split(before, thread_times(), pool)
+
+
 def _node_record(arch: str, size: str, precision: str, e2e: list[float],
                  outputs: list[dict[str, float]], forwards: list[float],
-                 node_stages: list[dict[str, float]]) -> dict[str, Any]:
-    """Medians; the ratios against the node's own forward are taken frame by frame.
+                 node_stages: list[dict[str, float]],
+                 cpu: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
+    """Medians; every ratio is taken frame by frame, then its median.
 
-    The node's ``time_ms.forward`` of a frame is its bare forward pass, timed within the same
-    second as that frame's end-to-end latency, so load bursts on a shared machine hit both;
-    the bare forward run here between frames is the independent check.
+    Each node frame is paired with the bare forward run here just before or after it
+    (alternating), so the machine's speed, which drifts by tens of percent from minute to
+    minute on a shared VM, divides out of ``node_forward_over_bare`` and ``e2e_over_forward``.
+    The node's ``time_ms.forward`` of a frame is timed within the same second as that frame's
+    end-to-end latency, for ``e2e_over_node_forward``. ``cpu`` holds, per frame, the node
+    process's and the bare forward's CPU split (:func:`common.cpu_split`): what the node's other
+    threads cost and how long its threads waited for a core, which wall times cannot tell
+    apart from the machine's drift.
     """
     stage_keys = sorted({k for s in node_stages for k in s})
     node_ms = {k: round(median([s[k] for s in node_stages if k in s]), 2) for k in stage_keys}
@@ -891,6 +918,10 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
     fwd_med = median(forwards)
     node_fwd = [s.get('forward', math.nan) / 1e3 for s in node_stages]
     pairs = [(a, b) for a, b in zip(e2e, node_fwd) if math.isfinite(b) and b > 0]
+    fwd_pairs = [(a, b) for a, b in zip(node_fwd, forwards) if math.isfinite(a) and b > 0]
+
+    def cpu_median(side: str, key: str) -> float:
+        return round(median([c[side][key] for c in cpu if c[side]]), 1)
     return {
         'arch': arch, 'size': size, 'precision': precision, 'frames': len(e2e),
         'per_frame': {'e2e_ms': [_ms(x) for x in e2e],
@@ -902,7 +933,12 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
         'first_output_ms': _ms(median([o['depth/relative'] for o in outputs])),
         'depth_image_ms': _ms(median([o['depth/image'] for o in outputs])),
         'bare_forward_ms': _ms(fwd_med),
-        'e2e_over_forward': round(e2e_med / fwd_med, 3) if fwd_med > 0 else math.nan,
+        'e2e_over_forward': round(median([a / b for a, b in zip(e2e, forwards)]), 3)
+        if forwards else math.nan,
+        'node_forward_over_bare': round(median([a / b for a, b in fwd_pairs]), 3)
+        if fwd_pairs else math.nan,
+        'node_forward_over_bare_iqr': [round(float(q), 3) for q in np.percentile(
+            [a / b for a, b in fwd_pairs], [25, 75])] if fwd_pairs else [],
         'e2e_over_node_forward': round(median([a / b for a, b in pairs]), 3)
         if pairs else math.nan,
         'node_stage_ms': node_ms,
@@ -911,6 +947,8 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
         'node_overhead_ms': _ms(median([(s['total'] - s['forward']) / 1e3 for s in node_stages
                                          if 'total' in s and 'forward' in s])),
         'throughput_fps': round(1.0 / e2e_med, 2) if e2e else math.nan,
+        'cpu_ms': {f'{side}_{key}': cpu_median(side, key) for side in ('node', 'bare')
+                   for key in ('inference', 'other', 'runqueue_wait')},
     }
 
 
@@ -1041,7 +1079,12 @@ def targets(configs: list[dict[str, Any]], nodes: list[dict[str, Any]],
             add(f'node e2e / bare forward here, Small {size} {n["precision"]}',
                 n['e2e_over_forward'], TARGET_E2E_OVER_FORWARD,
                 n['e2e_over_forward'] <= TARGET_E2E_OVER_FORWARD,
-                'medians, interleaved frames: load bursts make this noisy')
+                f'median of {n["frames"]} paired frames')
+            add(f'node forward (/diagnostics) / bare forward here, Small {size} '
+                f'{n["precision"]}', n['node_forward_over_bare'], TARGET_NODE_FORWARD_OVER_BARE,
+                n['node_forward_over_bare'] <= TARGET_NODE_FORWARD_OVER_BARE,
+                f'median of {n["frames"]} paired frames, quartiles '
+                f'{n["node_forward_over_bare_iqr"]}')
         r = row('small', size, fast)
         if r:
             add(f'pipeline overhead ms (all but forward, in-process), Small {size} {fast}',
@@ -1114,7 +1157,8 @@ def report(result: dict[str, Any]) -> str:
             ('frames', 'frames'), ('first_output_ms', 'relative'),
             ('depth_image_ms', 'depth/image'), ('e2e_ms', 'e2e (points)'),
             ('bare_forward_ms', 'bare forward'), ('e2e_over_forward', 'e2e / bare'),
-            ('node_forward', 'node forward'), ('e2e_over_node_forward', 'e2e / node fwd'),
+            ('node_forward', 'node forward'), ('node_forward_over_bare', 'node fwd / bare'),
+            ('e2e_over_node_forward', 'e2e / node fwd'),
             ('e2e_minus_node_forward_ms', 'e2e - node fwd'),
             ('node_overhead_ms', 'node total - fwd'),
             ('node_decode', 'n decode'), ('node_preprocess', 'n pre'),
@@ -1122,6 +1166,16 @@ def report(result: dict[str, Any]) -> str:
             ('node_alignment', 'n align'), ('node_publish_depth', 'n pub depth'),
             ('node_cloud', 'n cloud'), ('node_total', 'n total'),
             ('node_peak_rss_mib', 'node peak RSS MiB'), ('startup_s', 'ready s')]))
+        cpu_rows = [{'arch': n['arch'], 'size': n['size'], **n['cpu_ms']}
+                    for n in result['node'] if n.get('cpu_ms')]
+        if cpu_rows:
+            lines.append('\nCPU per frame (ms, medians; schedstat): the inference thread pool, '
+                         'every other thread, and the time threads waited for a core; node = '
+                         'the depth_node process over a whole frame, bare = this process over '
+                         'its forward:')
+            lines.append(markdown_table(cpu_rows, [('arch', 'arch'), ('size', 'input')] + [
+                (f'{side}_{key}', f'{side} {key.replace("_", " ")}') for side in ('node', 'bare')
+                for key in ('inference', 'other', 'runqueue_wait')]))
         for n in result['node']:
             if n.get('startup'):
                 lines.append(f"node {n['arch']}: startup {n['startup']}")
@@ -1185,7 +1239,7 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument('--node-precision', default=None,
                     help='default: bf16 on CPUs that support it, fp16 on CUDA')
     ap.add_argument('--node-frames', type=int, default=None,
-                    help='timed node frames per size (default 8; quick 4; CUDA 100)')
+                    help='timed node frames per size (default 16; quick 4; CUDA 100)')
     ap.add_argument('--node-warmup', type=int, default=2)
     ap.add_argument('--domain', type=int, default=1 + os.getpid() % 99,
                     help='ROS_DOMAIN_ID (default: a private one from the pid)')
@@ -1201,7 +1255,7 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     if args.naive_every is None:
         args.naive_every = 10 if cuda else 1
     if args.node_frames is None:
-        args.node_frames = (30 if args.quick else 100) if cuda else (4 if args.quick else 8)
+        args.node_frames = (30 if args.quick else 100) if cuda else (4 if args.quick else 16)
     return args
 
 

@@ -141,6 +141,39 @@ def proc_kib(field: str, pid: Any = 'self') -> Optional[int]:
     return None
 
 
+def thread_times(pid: Any = 'self') -> dict[str, tuple[int, int]]:
+    """Each thread of ``pid``: (ns on a CPU, ns runnable but waiting for one), from
+    ``/proc/<pid>/task/*/schedstat``; empty where the kernel has no schedstat (not Linux)."""
+    out = {}
+    try:
+        tids = os.listdir(f'/proc/{pid}/task')
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            run, wait = Path(f'/proc/{pid}/task/{tid}/schedstat').read_text().split()[:2]
+        except (OSError, ValueError):
+            continue  # the thread ended
+        out[tid] = (int(run), int(wait))
+    return out
+
+
+def cpu_split(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+              pool: int) -> dict[str, float]:
+    """CPU time between two :func:`thread_times` readings, in ms: ``inference`` (the ``pool``
+    busiest threads: the forward's intra-op thread pool), ``other`` (every other thread: the
+    executor, DDS, the pipeline's own threads) and ``runqueue_wait`` (all threads' time spent
+    runnable without a CPU: contention for the machine's cores)."""
+    runs, wait = [], 0
+    for tid, (run_after, wait_after) in after.items():
+        run_before, wait_before = before.get(tid, (0, 0))
+        runs.append(run_after - run_before)
+        wait += wait_after - wait_before
+    runs.sort(reverse=True)
+    return {'inference': round(sum(runs[:pool]) / 1e6, 1),
+            'other': round(sum(runs[pool:]) / 1e6, 1), 'runqueue_wait': round(wait / 1e6, 1)}
+
+
 # ----------------------------------------------------------------------------------------------
 # figures and tables
 
