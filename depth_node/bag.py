@@ -60,6 +60,7 @@ from depth_node.lidar import LidarError
 from depth_node.packing import fill_cloud, fill_image
 from depth_node.telemetry import Counters, StageTimer, Throttle
 from depth_node.text import bounded, shorten
+from depth_node.transforms import StaticTransforms
 
 PROG = 'depth_node-bag'
 NODE_NAME = 'depth_node'
@@ -70,6 +71,8 @@ COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
 POINT_CLOUD = 'sensor_msgs/msg/PointCloud2'
 DIAGNOSTIC_STATUS = 'diagnostic_msgs/msg/DiagnosticStatus'
+TF_MESSAGE = 'tf2_msgs/msg/TFMessage'
+TF_STATIC = '/tf_static'
 
 OUTPUT_TYPES = {'depth': IMAGE, 'relative': IMAGE, 'info': CAMERA_INFO, 'points': POINT_CLOUD,
                 'colored': IMAGE, 'alignment': DIAGNOSTIC_STATUS}
@@ -210,11 +213,86 @@ def node_config(params_file: Optional[str], overrides: Sequence[str]) -> cfg.Nod
     if config['input.cameras']:
         raise BagError('input.cameras is set: depth_node-bag processes one camera per run; '
                        'run it once per camera with --image-topic (and --namespace)')
-    if config['lidar.enabled'] and config.T_camera_lidar is None:
-        raise BagError('lidar.enabled is true but lidar.T_camera_lidar is unset: the bag tool '
-                       'has no tf2; set lidar.T_camera_lidar (16 values, row-major, LiDAR to '
-                       'camera optical frame), e.g. from `ros2 run tf2_ros tf2_echo`')
     return config
+
+
+# ------------------------------------------------------------------------------ extrinsics
+class Extrinsics:
+    """Where the LiDAR-to-camera transform comes from: ``lidar.T_camera_lidar``, or the
+    bag's ``/tf_static`` composed as tf2 would (:class:`~depth_node.transforms.StaticTransforms`)
+    when that parameter is unset; :meth:`lookup` is the pipeline's ``lookup_tf``."""
+
+    def __init__(self, tree: Optional[StaticTransforms], log: Callable[..., None]) -> None:
+        self.tree = tree
+        self.log = log
+        self.used: dict[tuple[str, str], list[str]] = {}
+        self.missing: set[tuple[str, str]] = set()
+
+    @classmethod
+    def read(cls, reader: Any, typestore: Any, config: cfg.NodeConfig, topics: 'Topics',
+             log: Callable[..., None]) -> 'Extrinsics':
+        """From ``config`` when it sets ``lidar.T_camera_lidar`` (or no LiDAR topic is read),
+        else from every ``/tf_static`` message of the bag.
+
+        Raises
+        ------
+        BagError
+            The LiDAR is used, the parameter is unset and the bag has no ``/tf_static``, or
+            none of its messages can be read.
+        """
+        if topics.lidar is None or config.T_camera_lidar is not None:
+            return cls(None, log)
+        conns = [c for c in reader.connections
+                 if c.topic == TF_STATIC and c.msgtype == TF_MESSAGE]
+        if not conns:
+            raise BagError(
+                f'the LiDAR on {topics.lidar} needs its transform to the camera, and '
+                f'lidar.T_camera_lidar is unset and the bag has no {TF_STATIC}: set '
+                'lidar.T_camera_lidar (16 values, row-major, LiDAR to camera optical frame, '
+                'e.g. from `ros2 run tf2_ros tf2_echo CAMERA_FRAME LIDAR_FRAME`) or record '
+                f'{TF_STATIC}')
+        tree, bad = StaticTransforms(), 0
+        for conn, _t, raw in reader.messages(connections=conns):
+            try:
+                tree.add_message(typestore.deserialize_cdr(raw, conn.msgtype))
+            except Exception as exc:  # noqa: BLE001 - one corrupt message: counted, skipped
+                bad += 1
+                log(f'{TF_STATIC}: a message is skipped: {type(exc).__name__}: '
+                    f'{bounded(exc, 300)}', 'tf_static')
+        if not len(tree):
+            raise BagError(f'lidar.T_camera_lidar is unset and no transform could be read from '
+                           f"the bag's {TF_STATIC} ({bad} bad messages): set "
+                           'lidar.T_camera_lidar (16 values, row-major, LiDAR to camera optical '
+                           'frame)')
+        n = len(tree)
+        log(f'LiDAR extrinsics from {TF_STATIC}: {n} transform{"s" if n != 1 else ""}, frames '
+            f'{tree.describe()}')
+        return cls(tree, log)
+
+    def lookup(self, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
+        """(4, 4) LiDAR -> camera optical frame of ``header``, or None (logged once a pair)."""
+        if self.tree is None:
+            return None
+        key = (str(lidar_frame), str(header.frame_id))
+        T = self.tree.lookup(key[1], key[0])
+        if T is None:
+            if key not in self.missing:
+                self.missing.add(key)
+                self.log(f'no transform {shorten(key[0])} -> {shorten(key[1])} in {TF_STATIC} '
+                         f'(frames there: {self.tree.describe()}): those frames get no '
+                         'metric depth; set lidar.T_camera_lidar or record the transform')
+        elif key not in self.used:
+            self.used[key] = self.tree.path(key[1], key[0])
+        return T
+
+    def summary(self) -> str:
+        """What the summary says about the extrinsics."""
+        if self.tree is None:
+            return 'lidar.T_camera_lidar'
+        used = '; '.join(' -> '.join(shorten(f) for f in path)
+                         for path in self.used.values()) or 'no frame used it'
+        missing = ', '.join(f'{shorten(a)} -> {shorten(b)}' for a, b in sorted(self.missing))
+        return f'{TF_STATIC} ({used})' + (f'; missing: {missing}' if missing else '')
 
 
 # ---------------------------------------------------------------------------------- topics
@@ -881,14 +959,15 @@ def run(options: Options, result: Optional[dict] = None) -> int:
         topics = select_topics(types, config, options.image_topic,
                                options.camera_info_topic, options.lidar_topic,
                                options.prompt_topic)
-        return _process(options, config, topics, reader, typestore, log,
+        extrinsics = Extrinsics.read(reader, typestore, config, topics, log)
+        return _process(options, config, topics, reader, typestore, log, extrinsics,
                         {} if result is None else result)
     finally:
         reader.close()
 
 
 def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: Any,
-             typestore: Any, log: _Log, result: dict) -> int:
+             typestore: Any, log: _Log, extrinsics: Extrinsics, result: dict) -> int:
     t_start = time.monotonic()
     estimator = None
     if config['input.mode'] == 'image':
@@ -954,7 +1033,8 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
             if event[0] == 'copy':
                 items.put(event)
                 continue
-            _frame(event[1], pipeline, state, wanted, items, stats, log, timer)
+            _frame(event[1], pipeline, state, wanted, items, stats, log, timer,
+                   extrinsics.lookup)
             progress.update(stats)
     except KeyboardInterrupt:
         interrupt.signal = interrupt.signal or 'SIGINT'
@@ -976,7 +1056,8 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
                   model_s=statistics.median(stats.model_s) if stats.model_s else None)
     write_error = bag_writer.error
     print(_summary(options, topics, stats, bag_writer.counts, wall, time.monotonic() - t_start,
-                   total, interrupt.signal, input_error, write_error, reader))
+                   total, interrupt.signal, input_error, write_error, reader,
+                   extrinsics.summary()))
     if write_error is not None or input_error is not None:
         return EXIT_INPUT
     return EXIT_INTERRUPTED if interrupt.signal else EXIT_OK
@@ -993,13 +1074,15 @@ def _put_last(items: queue.Queue, bag_writer: BagWriter) -> None:
 
 
 def _frame(job: FrameJob, pipeline: FramePipeline, state: Any, wanted: set,
-           items: queue.Queue, stats: _Stats, log: _Log, timer: StageTimer) -> None:
-    """One frame through the pipeline, as the node's worker runs it; outputs to the writer."""
+           items: queue.Queue, stats: _Stats, log: _Log, timer: StageTimer,
+           lookup_tf: Optional[Callable[[str, Any], Optional[np.ndarray]]] = None) -> None:
+    """One frame through the pipeline, as the node's worker runs it; outputs to the writer.
+    ``lookup_tf(lidar_frame, header)``: the LiDAR extrinsics where the parameter is unset."""
     frame = job.frame
     state.intrinsics = job.intrinsics
     timer.start()
     if pipeline.prompt_source:  # the prompt goes into the network with the image
-        pipeline.pair_prompt(frame, state, job.prompts, job.scans)
+        pipeline.pair_prompt(frame, state, job.prompts, job.scans, lookup_tf)
     if pipeline.estimator is not None:
         result = pipeline.forward([frame], [state], ['points' in wanted])
         if result.error is not None:
@@ -1026,7 +1109,7 @@ def _frame(job: FrameJob, pipeline: FramePipeline, state: Any, wanted: set,
         items.put(('out', key, value, header, bag_time))
 
     try:
-        out = pipeline.finish(frame, state, wanted, sink, job.scan, None, timer)
+        out = pipeline.finish(frame, state, wanted, sink, job.scan, lookup_tf, timer)
     except Exception as exc:  # noqa: BLE001 - one frame must never stop the run
         stats.count('frame_errors')
         log(f'frame skipped: {type(exc).__name__}: {exc}', 'frame_error')
@@ -1109,7 +1192,7 @@ def _median(values: Sequence[float], fmt: str = '.4g') -> str:
 def _summary(options: Options, topics: Topics, stats: _Stats, written: Counter, wall: float,
              total_wall: float, expected: Optional[int], stopped_by: Optional[str],
              input_error: Optional[BaseException], write_error: Optional[BaseException],
-             reader: Any) -> str:
+             reader: Any, extrinsics: str = '') -> str:
     """The end-of-run report: frames, skips and why, bad messages, the fit, speed."""
     g = stats.get
     processed = g('frames_processed')
@@ -1139,6 +1222,8 @@ def _summary(options: Options, topics: Topics, stats: _Stats, written: Counter, 
             'none'
         lines.append(f'  LiDAR fit / depth prompt: {states}; frames without a scan within '
                      f'lidar.max_time_offset: {g("lidar_unpaired")}')
+        if topics.lidar is not None and extrinsics:
+            lines.append(f'    LiDAR extrinsics: {extrinsics}')
         lines.append(f'    scale: {_median(stats.scales)}; residual: '
                      f'{_median(stats.residuals)}; inliers: {_median(stats.inliers, ".0f")}')
         for reason, n in stats.no_fit_reasons.most_common(3):

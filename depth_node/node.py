@@ -46,6 +46,7 @@ from depth_node.lidar import LidarError
 from depth_node.messages import camera_info_msg, cloud_msg, image_msg
 from depth_node.telemetry import Counters, StageTimer, Throttle
 from depth_node.text import bounded as _bounded, shorten
+from depth_node.transforms import transform_to_matrix
 
 try:  # tf2 is part of every ROS 2 install but not of the PyPI wheels.
     from tf2_ros import Buffer as TfBuffer, TransformListener
@@ -96,19 +97,6 @@ def _descriptor(spec: cfg.ParamSpec, read_only: bool = True) -> ParameterDescrip
         # '-p cloud.max_depth:=20' arrives as an integer; accept it (validation converts it).
         d.dynamic_typing = True
     return d
-
-
-def _transform_to_matrix(transform: Any) -> np.ndarray:
-    """``geometry_msgs/Transform`` to a (4, 4) float64 matrix."""
-    q = transform.rotation
-    x, y, z, w = q.x, q.y, q.z, q.w
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    t = transform.translation
-    T[:3, 3] = [t.x, t.y, t.z]
-    return T
 
 
 _Job = tuple[str, Any]
@@ -727,7 +715,7 @@ class DepthNodeBase:
             self._bad_input('tf', f'no transform {shorten(lidar_frame)} -> '
                                   f'{shorten(header.frame_id)}: {exc}')
             return None
-        return _transform_to_matrix(tf.transform)
+        return transform_to_matrix(tf.transform)
 
     # --------------------------------------------------------------- publishing
     def _alignment_msg(self, cam: _Camera,

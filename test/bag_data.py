@@ -56,6 +56,28 @@ def bag_time_of(i: int) -> int:
     return sec * 1_000_000_000 + nanosec + 5_000_000
 
 
+def matrix_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, z, w) of a (3, 3) rotation matrix (Shepperd's method: the largest of the four
+    squares first, so no division by a small number)."""
+    m = np.asarray(R, dtype=np.float64)
+    tr = np.trace(m)
+    squares = [tr, m[0, 0], m[1, 1], m[2, 2]]
+    k = int(np.argmax(squares))
+    if k == 0:
+        s = 2.0 * np.sqrt(1.0 + tr)
+        q = (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4
+    elif k == 1:
+        s = 2.0 * np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s
+    elif k == 2:
+        s = 2.0 * np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = (m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s
+    else:
+        s = 2.0 * np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4, (m[1, 0] - m[0, 1]) / s
+    return tuple(float(v) for v in q)
+
+
 class Messages:
     """rosbags input messages from numpy arrays (Image, CameraInfo and PointCloud2 through the
     tool's own :class:`depth_node.bag.MessageBuilder`; the tests check what it fills)."""
@@ -86,6 +108,21 @@ class Messages:
 
     def camera_info(self, intr: Intrinsics, header: Any) -> Any:
         return self.build.camera_info(intr, header)
+
+    def tf_static(self, edges: Sequence[tuple[str, str, np.ndarray]], sec: int,
+                  nanosec: int) -> Any:
+        """A ``tf2_msgs/TFMessage``: each (parent, child, (4, 4) child-to-parent matrix)."""
+        t = {n.rsplit('/', 1)[1]: c for n, c in self.store.types.items()
+             if n.startswith(('geometry_msgs/msg/', 'tf2_msgs/msg/'))}
+        transforms = []
+        for parent, child, T in edges:
+            x, y, z, w = matrix_quaternion(T[:3, :3])
+            transforms.append(t['TransformStamped'](
+                header=self.header(sec, nanosec, parent), child_frame_id=child,
+                transform=t['Transform'](translation=t['Vector3'](x=T[0, 3], y=T[1, 3],
+                                                                  z=T[2, 3]),
+                                         rotation=t['Quaternion'](x=x, y=y, z=z, w=w))))
+        return t['TFMessage'](transforms=transforms)
 
     def cloud(self, xyz: np.ndarray, header: Any) -> Any:
         """An unorganized x, y, z float32 cloud of ``xyz`` (N, 3), metres."""

@@ -17,8 +17,9 @@ import sys
 import numpy as np
 import pytest
 
-from bag_data import (BagFrame, CAMERA_FRAME, IMAGE_TOPIC, INFO_TOPIC, LIDAR_TOPIC, Messages,
-                      bag_time_of, image_array, read_bag, stamp_of, typestore, write_bag)
+from bag_data import (BagFrame, CAMERA_FRAME, IMAGE_TOPIC, INFO_TOPIC, LIDAR_FRAME, LIDAR_TOPIC,
+                      Messages, bag_time_of, image_array, read_bag, stamp_of, typestore,
+                      write_bag)
 from depth_node import bag
 from depth_node.sample_data import load_frame
 
@@ -185,6 +186,74 @@ def test_camera_images_topic_by_topic(tmp_path, capsys, real_data, models, stora
     mm = image_array(out['/cam/depth/image'][0][1])
     assert mm.dtype == np.uint16 and mm.max() > 0  # millimetres, 0 invalid
     assert [t for t, _ in out[image_topic]] == [bag_time_of(i) for i in range(n)]
+
+
+def _rigid(T: np.ndarray) -> np.ndarray:
+    """``T`` with its rotation made exactly orthonormal (a calibration's is only nearly)."""
+    U, _, Vt = np.linalg.svd(T[:3, :3])
+    out = T.copy()
+    out[:3, :3] = U @ Vt
+    return out
+
+
+def _tf_static(edges) -> tuple[str, str, int, bytes]:
+    """A ``/tf_static`` message recorded before the first frame."""
+    store = typestore()
+    msg = Messages(store).tf_static(edges, *stamp_of(0))
+    return ('/tf_static', 'tf2_msgs/msg/TFMessage', bag_time_of(0) - 2_000_000,
+            store.serialize_cdr(msg, 'tf2_msgs/msg/TFMessage'))
+
+
+def test_lidar_extrinsics_from_tf_static(tmp_path, capsys, lidar_frames):
+    """Without lidar.T_camera_lidar the tool composes the LiDAR-to-camera transform from the
+    bag's /tf_static (LiDAR and camera both below base_link, as a robot's URDF publishes them):
+    the same depth as with the parameter; a bag without /tf_static, or without the camera in
+    it, is told what to set."""
+    T0, data = lidar_frames
+    T = _rigid(T0)
+    # base_link -> LiDAR: 1.7 m up, yawed 5 degrees; base_link -> camera makes camera <- LiDAR T
+    yaw = np.deg2rad(5.0)
+    base_lidar = np.eye(4)
+    base_lidar[:3, :3] = [[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0],
+                          [0, 0, 1]]
+    base_lidar[:3, 3] = [0.3, 0.0, 1.7]
+    base_camera = base_lidar @ np.linalg.inv(T)
+    frames = [BagFrame(rel, f.intrinsics(), scan) for f, rel, scan, _ in data]
+    args = ['-p', 'input.mode:=relative_depth', '-p', 'lidar.enabled:=true',
+            '-p', 'lidar.smoothing:=0.0']
+    src = write_bag(tmp_path / 'in', frames, relative=True, extra=[_tf_static(
+        [('base_link', LIDAR_FRAME, base_lidar), ('/base_link', CAMERA_FRAME, base_camera)])])
+    code, summary, err = _run(capsys, src, tmp_path / 'tf', *args)
+    assert code == 0, err
+    assert _frames_line(summary) == {'frames read': 4, 'processed': 4,
+                                     'with metric depth': 4}, summary
+    assert _summary_value(summary, 'LiDAR extrinsics') == \
+        f"/tf_static ({LIDAR_FRAME!r} -> 'base_link' -> {CAMERA_FRAME!r})"
+    assert 'LiDAR extrinsics from /tf_static: 2 transforms' in err
+    code, summary, err = _run(capsys, src, tmp_path / 'param', *args, '-p', _T_param(T))
+    assert code == 0, err
+    assert _summary_value(summary, 'LiDAR extrinsics') == 'lidar.T_camera_lidar'
+    from_tf, from_param = read_bag(tmp_path / 'tf'), read_bag(tmp_path / 'param')
+    for (_, a), (_, b) in zip(from_tf['/depth/image'], from_param['/depth/image'], strict=True):
+        np.testing.assert_allclose(image_array(a), image_array(b), rtol=1e-5, equal_nan=True)
+    # a /tf_static without the camera: processed, no metric depth, the frames there named
+    src = write_bag(tmp_path / 'in2', frames, relative=True,
+                    extra=[_tf_static([('base_link', LIDAR_FRAME, base_lidar)])])
+    code, summary, err = _run(capsys, src, tmp_path / 'tf2', *args)
+    assert code == 0, err
+    assert _frames_line(summary) == {'frames read': 4, 'processed': 4,
+                                     'with metric depth': 0}, summary
+    assert f'no transform {LIDAR_FRAME!r} -> {CAMERA_FRAME!r} in /tf_static (frames there: ' \
+        f"'base_link', {LIDAR_FRAME!r})" in err
+    assert f'missing: {LIDAR_FRAME!r} -> {CAMERA_FRAME!r}' in \
+        _summary_value(summary, 'LiDAR extrinsics')
+    assert err.count('in /tf_static (frames there') == 1  # said once, not per frame
+    # no /tf_static and no parameter: refused before anything is written, with the fix
+    src = write_bag(tmp_path / 'in3', frames, relative=True)
+    with pytest.raises(bag.BagError, match=r'lidar.T_camera_lidar is unset and the bag has no '
+                       r'/tf_static: set lidar.T_camera_lidar .* or record /tf_static'):
+        bag.run(bag.parse_args([str(src), str(tmp_path / 'none'), *args]))
+    assert not (tmp_path / 'none').exists()
 
 
 def test_time_window_and_every_nth_frame(tmp_path, capsys, lidar_frames):
@@ -444,8 +513,6 @@ def test_parameters_from_the_node_yaml_and_the_command_line(tmp_path):
         bag.node_config(None, ['model.nmae:=x'])
     with pytest.raises(bag.BagError, match='cloud.stride'):
         bag.node_config(None, ['cloud.stride:=zero'])
-    with pytest.raises(bag.BagError, match='lidar.T_camera_lidar is unset'):
-        bag.node_config(None, ['lidar.enabled:=true'])
     f2 = tmp_path / 'b.yaml'
     f2.write_text('other_node:\n  ros__parameters:\n    x: 1\n')
     with pytest.raises(bag.BagError, match="no 'depth_node:' or '/\\*\\*:' section"):
