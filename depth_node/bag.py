@@ -17,7 +17,9 @@ A frame is paired with the camera_info of the latest stamp at or before its own 
 LiDAR scan whose stamp is nearest (before or after it, within ``lidar.max_time_offset``): the
 reader looks ahead in the bag for both. Each output message carries the input image's header and
 is written at the input image's receive time (its bag timestamp), beside a copy of every input
-topic (unless ``--no-copy``), so the output plays back as one recording.
+topic (unless ``--no-copy``), so the output plays back as one recording. The LiDAR extrinsics
+are ``lidar.T_camera_lidar``, or, when it is unset, the bag's ``/tf_static`` composed through the
+frame tree (:class:`Extrinsics`).
 
 Three threads: the reader (reads, deserializes and decodes the next frames, pairs them), the
 main thread (the forward pass and everything after it, as the node's worker) and the writer
