@@ -320,8 +320,8 @@ def _print_table(results: list[dict[str, Any]]) -> None:
         c = r['node_counters']
         lat, fwd, ratio, mem = r['latency_s'], r['forward_s'], r['latency_over_forward'], \
             r['rss_kib']
-        ms = [v.get(k, nan) * 1e3 for v, k in ((lat, 'p50'), (lat, 'p95'), (lat, 'max'),
-                                                (fwd, 'p50'))]
+        ms = [v.get(k, nan) * 1e3
+              for v, k in ((lat, 'p50'), (lat, 'p95'), (lat, 'max'), (fwd, 'p50'))]
         print(f'{r["phase"]:<9} {r["published"]["images"]:>6} '
               f'{r["published"]["bad_images"]:>5} '
               f'{c.get("frames_received", 0):>6} {c.get("frames_processed", 0):>6} '

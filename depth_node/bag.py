@@ -603,8 +603,8 @@ class BagReader(threading.Thread):
         for conn, bag_time, raw in self.reader.messages(infos, None, start) if infos else ():
             self._read(conn, bag_time, raw, inside=False)
         self.infos = self.infos[-1:]
-        scans = [c for c in self.connections if c.topic in (self.topics.lidar,
-                                                               self.topics.prompt)]
+        scans = [c for c in self.connections
+                 if c.topic in (self.topics.lidar, self.topics.prompt)]
         lookahead = int((self.max_offset + LOOKAHEAD_S) * 1e9)
         for conn, bag_time, raw in (self.reader.messages(scans, start - lookahead, start)
                                     if scans else ()):

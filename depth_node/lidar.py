@@ -513,4 +513,3 @@ def projection_counts(points_lidar: np.ndarray, T_camera_lidar: np.ndarray,
     return ProjectionCounts(in_scan=n, not_finite=n - n_finite, behind=behind,
                             on_plane=n_finite - behind - int(in_front.size),
                             in_front=int(in_front.size), in_image=int(u.size), visible=visible)
-

@@ -98,4 +98,3 @@ def cloud_to_array(msg: PointCloud2, names: tuple[str, ...] = ('x', 'y', 'z'),
 def stamp_of(msg: Any) -> tuple[int, int]:
     """(sec, nanosec) of a stamped message, for exact comparisons."""
     return int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
-

@@ -305,8 +305,8 @@ class DepthEstimator:
             if compile or cuda_graphs:
                 logger.warning('model.compile and model.cuda_graphs are for the torch engine; '
                                'ignored with %s', engine_name)
-            source = FixedOnnx(card) if card is not None else OnnxExporter(checkpoint,
-                                                                             self.cache_dir)
+            source = (FixedOnnx(card) if card is not None
+                      else OnnxExporter(checkpoint, self.cache_dir))
             self.engine = make_onnx_engine(engine_name, source, self.cache_dir, self.device,
                                            self.dtype, options)
             if isinstance(source, OnnxExporter):

@@ -174,12 +174,12 @@ def _random_depth_anything(choice: str) -> torch.nn.Module:
     return model
 
 
-
 def config_is_metric(config: Any) -> bool:
     model_type = config.model_type
     if model_type == 'depth_anything':
         return getattr(config, 'depth_estimation_type', 'relative') == 'metric'
     return model_type in _METRIC_MODEL_TYPES
+
 
 def _build_random(choice: str, name: str) -> tuple[torch.nn.Module, None]:
     if choice not in RANDOM_INIT_CHOICES:
@@ -194,6 +194,7 @@ def _build_random(choice: str, name: str) -> tuple[torch.nn.Module, None]:
         return _random_depth_anything(choice), None
     except Exception as exc:  # transformers config/API change
         raise EstimatorError(f'could not build random_init={choice}: {exc}') from exc
+
 
 def _load_pretrained(name: str) -> tuple[torch.nn.Module, Optional[dict]]:
     from transformers import AutoConfig, AutoModelForDepthEstimation
@@ -237,6 +238,7 @@ def _load_pretrained(name: str) -> tuple[torch.nn.Module, Optional[dict]]:
         raise _load_error(name, local, offline, exc) from exc
     return model, _read_processor(source, local, offline, name)
 
+
 def _load_error(name: str, local: bool, offline: bool, exc: Exception) -> EstimatorError:
     if local:
         return EstimatorError(f"could not load the model in '{name}': {exc}")
@@ -251,6 +253,7 @@ def _load_error(name: str, local: bool, offline: bool, exc: Exception) -> Estima
         hint += (f" (If '{name}' was meant as a local directory: it does not exist under "
                  f"'{Path.cwd()}'.)")
     return EstimatorError(f"could not load model '{name}': {reason}. {hint}")
+
 
 def _read_processor(source: str, local: bool, offline: bool, name: str) -> Optional[dict]:
     file = Path(source) / 'preprocessor_config.json' if local else None
@@ -271,4 +274,3 @@ def _read_processor(source: str, local: bool, offline: bool, name: str) -> Optio
         return json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise EstimatorError(f"could not read '{file}': {exc}") from exc
-

@@ -223,7 +223,6 @@ def parse_card(card: dict, where: str, input_shape: tuple = (None,) * 4,
     return recipe, kind, scale
 
 
-
 def fixed_shape(model: OnnxModel, shape: tuple[int, ...]) -> Optional[str]:
     """Why ``shape`` does not fit ``model``'s input (None when it does)."""
     for want, got in zip(model.input_shape, shape):

@@ -107,7 +107,6 @@ def _separable_resize(depth: torch.Tensor, rows: tuple[torch.Tensor, torch.Tenso
     return torch.stack(planes).unsqueeze(1)
 
 
-
 class Postprocessor:
     """Turns raw predictions ``(B, h, w)`` on a device into ``(B, H, W)`` float32 images.
 
@@ -128,14 +127,14 @@ class Postprocessor:
         self._warned_no_focal = False
 
     def run(self, depth: torch.Tensor, fov: Optional[torch.Tensor],
-                     height: int, width: int, fx: Any) -> torch.Tensor:
+            height: int, width: int, fx: Any) -> torch.Tensor:
         """``(B, h, w)`` network output -> ``(B, H, W)`` float32 on the device."""
         recipe = self.recipe
         depth = depth.unsqueeze(1)
         if recipe.family == 'zoedepth' and recipe.do_pad:
             pad_h, pad_w = zoe_pad(height, width)
             depth = self.resize(depth, (height + 2 * pad_h, width + 2 * pad_w), 'bicubic',
-                                 crop=(pad_h, height, pad_w, width))
+                                crop=(pad_h, height, pad_w, width))
         elif recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
             depth = self._crop_dpt_pad(depth, height, width)
         if recipe.family == 'depth_pro':
@@ -148,7 +147,7 @@ class Postprocessor:
         return depth[:, 0].contiguous()
 
     def resize(self, depth: torch.Tensor, size: tuple[int, int], mode: str,
-                crop: Optional[tuple[int, int, int, int]] = None) -> torch.Tensor:
+               crop: Optional[tuple[int, int, int, int]] = None) -> torch.Tensor:
         """``F.interpolate(depth.float(), size, mode, align_corners=False)``, float32.
 
         ``crop`` ``(top, height, left, width)`` keeps only that part of the output. On the CPU

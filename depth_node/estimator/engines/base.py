@@ -12,7 +12,6 @@ import torch
 ENGINES = ('torch', 'onnxruntime', 'openvino', 'tensorrt')
 
 
-
 @dataclass(frozen=True)
 class EngineOptions:
     """What users tune per engine (``model.*`` parameters of the node).
