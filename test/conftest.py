@@ -77,7 +77,7 @@ def frames(real_data) -> dict:
 
 @pytest.fixture
 def session():
-    """A :class:`ros_harness.RosSession` (own context, spinning executor), closed after the test."""
+    """A :class:`ros_harness.RosSession` (own context, spinning executor), closed after it."""
     from ros_harness import RosSession
 
     s = RosSession()

@@ -113,7 +113,7 @@ def _frames_line(summary: str) -> dict[str, int]:
 # ----------------------------------------------------------- metric depth against the LiDAR
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_metric_depth_matches_the_lidar_with_the_dataset_calibration(tmp_path, capsys,
-                                                                      lidar_frames, storage):
+                                                                     lidar_frames, storage):
     T0, data = lidar_frames
     frames = [BagFrame(rel, f.intrinsics(), scan) for f, rel, scan, _ in data]
     src = write_bag(tmp_path / 'in', frames, storage, relative=True)
@@ -281,11 +281,11 @@ def test_time_window_and_every_nth_frame(tmp_path, capsys, lidar_frames):
                                      'with metric depth': 2}, summary
     assert _summary_value(summary, 'frames skipped') == '2 (left out by --every 2: 2)'
     assert [t for t, _ in read_bag(tmp_path / 'e')['/depth/image']] == [bag_time_of(0),
-                                                                       bag_time_of(2)]
+                                                                        bag_time_of(2)]
 
 
 def test_prompt_depth_anything_from_the_lidar_and_from_a_depth_topic(tmp_path, capsys,
-                                                                      real_data, lidar_frames):
+                                                                     real_data, lidar_frames):
     """A tiny Prompt Depth Anything: prompted by the KITTI scan (``prompt.source: lidar``),
     then by TUM's registered depth on its own topic (``depth_image``); no LiDAR fit on top."""
     from tiny_slow_models import make_tiny_prompt_depth_anything
@@ -485,7 +485,7 @@ def test_ambiguous_topics_refused_with_the_candidates(tmp_path, capsys, lidar_fr
     args = ['-p', 'input.mode:=relative_depth', '-p', 'lidar.enabled:=true', '-p', _T_param(T0)]
     code, _, err = _run(capsys, src, tmp_path / 'o1', *args)
     assert code == 2, err
-    assert f'2 Image topics: /camera/image_raw, /other/image; choose one with --image-topic' \
+    assert '2 Image topics: /camera/image_raw, /other/image; choose one with --image-topic' \
         in err
     code, _, err = _run(capsys, src, tmp_path / 'o2', '--image-topic', IMAGE_TOPIC, *args)
     assert code == 2 and '/lidar/points, /lidar2/points; choose one with --lidar-topic' in err

@@ -24,10 +24,20 @@ from depth_node.evaluate import compute_metrics
 from depth_node.image_codec import decode_compressed
 from depth_node.messages import image_msg, image_to_array, make_header
 from hostile_images import jpeg_claiming, png_of_zeros
-from test_reliability import (  # noqa: F401 - fixtures are used by name
+import test_reliability
+from test_reliability import (
     FRAME, Rig, SCALE, T_CAMERA_LIDAR, TIMEOUT, _cloud, compressed, encoded, good_metric_frame,
-    held_forward, lidar, lidar_rig, model_dir, next_stamp, publish_lidar_frame, raw,
-    served_right, session, small, tum)
+    held_forward, next_stamp, publish_lidar_frame, raw, served_right)
+
+# test_reliability's fixtures, shared by name: pytest finds fixtures among a test module's
+# globals. (Imported with `from ... import`, each reads to flake8 as an unused import that every
+# test taking it as an argument redefines.)
+session = test_reliability.session
+model_dir = test_reliability.model_dir
+tum = test_reliability.tum
+small = test_reliability.small
+lidar_rig = test_reliability.lidar_rig
+lidar = test_reliability.lidar
 
 pytestmark = pytest.mark.ros
 

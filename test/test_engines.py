@@ -338,7 +338,7 @@ def test_plain_onnx_model_with_its_card(engine, tmp_path, frames):
 
 def test_plain_onnx_model_auto_engine_and_relative_depth_kind(tmp_path):
     _write_onnx_model(tmp_path / 'rel', dict(CARD, output_kind='relative_depth',
-                                              output_scale=1.0))
+                                             output_scale=1.0))
     est = DepthEstimator(str(tmp_path / 'rel' / 'model.onnx'), device='cpu', engine='auto')
     assert est.engine.name in CPU_ENGINES
     assert est.output_kind == 'relative_depth' and not est.is_metric
@@ -350,8 +350,8 @@ def test_plain_onnx_model_auto_engine_and_relative_depth_kind(tmp_path):
     ({'output_kind': None}, "field 'output_kind' is missing"),
     ({'output_kind': 'disparity'}, 'output_kind'),
     ({'input_size': [480, 640]}, r'input_size \[480, 640\] contradicts the network.*240x320'),
-    ({'input_size': None, 'short_side': 518, 'multiple': 14}, 'short_side needs a network with '
-                                                               'dynamic'),
+    ({'input_size': None, 'short_side': 518, 'multiple': 14},
+     'short_side needs a network with dynamic'),
     ({'mean': [0.5, 0.5]}, "'mean' must be 3 numbers"),
     ({'std': [0.2, 0.0, 0.2]}, "'std' must be 3 numbers > 0"),
     ({'resize_filter': 'lanczos'}, 'resize_filter'),
@@ -464,7 +464,7 @@ def test_predict_from_two_threads_at_once(engine, tiny_dir, frames, cache):
 
 
 def test_openvino_compiled_model_cached_atomically_and_rebuilt_when_damaged(tiny_dir, frames,
-                                                                             cache, caplog):
+                                                                            cache, caplog):
     """The compiled model is written beside the export; the next start imports it; a damaged
     one (a node killed while writing, before writes were atomic) is compiled again."""
     if 'openvino' not in CPU_ENGINES:

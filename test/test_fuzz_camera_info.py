@@ -24,7 +24,7 @@ PLAUSIBLE = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False) | st.sam
     [0.0, -0.0, 1.0, math.nan, math.inf, -math.inf])
 SIZES = st.integers(-2, 5000) | st.sampled_from([0, 1, 2 ** 31, 2 ** 63])
 MODELS = st.sampled_from(KNOWN_DISTORTION_MODELS + ('', 'none', 'fisheye', 'Plumb_Bob', 'kb4',
-                                                     ' plumb_bob', 'unknown'))
+                                                    ' plumb_bob', 'unknown'))
 
 
 @st.composite

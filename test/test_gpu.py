@@ -213,7 +213,7 @@ def test_graphs_warmed_on_one_thread_replay_on_another(frames):
 
 
 def test_compile_reduce_overhead_warmed_on_one_thread_predicts_on_another(tiny, frames,
-                                                                           caplog):
+                                                                          caplog):
     """torch.compile's CUDA graph trees are per thread: the shape is re-warmed on the worker
     (one log line) and its frames are correct. (The tiny model: compiling V2-Small takes
     minutes.)"""

@@ -131,7 +131,7 @@ def test_launch_file_passes_params_file_alone_when_nothing_is_given(monkeypatch)
     node = _run_launch_file(monkeypatch)
     assert node['parameters'] == ['/opt/share/depth_node/config/depth.yaml']
     assert (node['executable'], node['arguments'], node['name']) == ('depth_node', [],
-                                                                    'depth_node')
+                                                                     'depth_node')
 
 
 def test_launch_file_overrides_after_the_params_file(monkeypatch):

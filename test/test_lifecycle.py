@@ -205,7 +205,7 @@ def test_configure_activate_deactivate_cleanup_shutdown(session, models):
 
 
 def test_failed_configure_stays_unconfigured_with_the_reason_then_recovers(session, models,
-                                                                          tmp_path):
+                                                                           tmp_path):
     ns = '/lc_fail'
     missing = str(tmp_path / 'no_such_model')
     node = _node(session, ns, missing)
@@ -240,7 +240,7 @@ def test_failed_configure_stays_unconfigured_with_the_reason_then_recovers(sessi
     assert manager.state() == 'finalized'
     assert node._estimator is None
     assert manager.wait_events(8)[-2:] == [('active', 'shuttingdown'),
-                                          ('shuttingdown', 'finalized')]
+                                           ('shuttingdown', 'finalized')]
 
 
 def test_shutdown_from_unconfigured(session, models):

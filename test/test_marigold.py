@@ -42,7 +42,7 @@ def frame():
 def test_marigold_is_relative_depth_at_the_image_size(marigold, frame):
     est = DepthEstimator(marigold, device='cpu', precision='fp32')
     assert (est.model_type, est.output_kind, est.is_metric) == ('marigold', 'relative_depth',
-                                                                 False)
+                                                                False)
     assert est.engine.steps == 2 and est.engine.ensemble_size == 1  # the checkpoint's defaults
     first = est.predict(frame)
     assert first.depth.shape == (HEIGHT, WIDTH) and first.depth.dtype == np.float32

@@ -52,7 +52,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_entry_point_serves_frames_over_dds_and_stops_on_sigint(model_dir, real_data,
-                                                              monkeypatch):
+                                                                monkeypatch):
     monkeypatch.setenv('FASTRTPS_DEFAULT_PROFILES_FILE', str(PROFILE))
     frame = load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
     proc = _start(['-p', f'model.name:={model_dir}', '-p', 'model.device:=cpu',

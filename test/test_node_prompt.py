@@ -102,7 +102,7 @@ def test_rgbd_depth_prompt_pairing_holes_stale_and_missing(session, pda_folder, 
     assert float(values['prompt_coverage']) == pytest.approx(pr.coverage(grid), abs=1e-6)
     assert 0.5 < float(values['prompt_coverage']) < 1.0  # some 2x2 blocks lost every pixel
     assert float(values['prompt_agreement']) == pytest.approx(pr.agreement(expected, grid),
-                                                               rel=1e-3, abs=1e-6)
+                                                              rel=1e-3, abs=1e-6)
     assert float(values['prompt_time_offset']) == pytest.approx(0.02, abs=1e-6)
 
     # pairing by stamp: two prompts within prompt.max_time_offset (0.1 s), the nearer one
