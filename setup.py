@@ -45,7 +45,9 @@ setup(
             'ros-kilted-sensor-msgs==5.5.1',
             'ros-kilted-diagnostic-msgs==5.5.1',
         ],
-        'test': ['pytest>=7', 'hypothesis>=6'],
+        # flake8: test/test_flake8.py, the lint gate (pinned with pycodestyle and pyflakes in
+        # scripts/constraints.txt: their versions decide what is reported).
+        'test': ['pytest>=7', 'hypothesis>=6', 'flake8>=7'],
         # Inference engines (model.engine); exporting to ONNX needs 'onnx'. GPU wheels
         # (onnxruntime-gpu, tensorrt) are installed by hand on CUDA machines.
         'onnx': ['onnx>=1.15'],

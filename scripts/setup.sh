@@ -21,6 +21,7 @@ touch "$VENV/COLCON_IGNORE"  # the ROS wheels ship package.xml files: keep colco
 # Jazzy (.venv, the full suite) also gets the CPU inference engines (onnx, onnxruntime,
 # openvino); the Kilted venv runs the ROS-level tests with the torch engine only.
 CHECK='import torch, transformers, rclpy, sensor_msgs, diagnostic_msgs, rosbags, tqdm, depth_node'
+CHECK="$CHECK, flake8"  # the lint gate, test/test_flake8.py
 ENGINES=''
 if [ "$ROS" = jazzy ]; then
   CHECK="$CHECK, onnx, onnxruntime, openvino, depth_node.export_tool"
