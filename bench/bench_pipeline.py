@@ -944,8 +944,8 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
         'node_stage_ms': node_ms,
         'e2e_minus_node_forward_ms': _ms(median([a - b for a, b in pairs]))
         if pairs else math.nan,
-        'node_overhead_ms': _ms(median([(s['total'] - s['forward']) / 1e3 for s in node_stages
-                                         if 'total' in s and 'forward' in s])),
+        'node_overhead_ms': _ms(median([(s['total'] - s['forward']) / 1e3
+                                        for s in node_stages if 'total' in s and 'forward' in s])),
         'throughput_fps': round(1.0 / e2e_med, 2) if e2e else math.nan,
         'cpu_ms': {f'{side}_{key}': cpu_median(side, key) for side in ('node', 'bare')
                    for key in ('inference', 'other', 'runqueue_wait')},
@@ -1131,8 +1131,8 @@ def report(result: dict[str, Any]) -> str:
                  for r in result['configs'] if r.get('overhead_only')]
     if stub_rows:
         lines.append('\nOverhead-only frames (network stubbed by its last output; medians, ms):')
-        lines.append(markdown_table(stub_rows, [c for c in STAGE_COLUMNS[:13] if c[0] not in
-                                        ('forward_ms', 'total_ms')] + [('frames', 'frames')]))
+        columns = [c for c in STAGE_COLUMNS[:13] if c[0] not in ('forward_ms', 'total_ms')]
+        lines.append(markdown_table(stub_rows, columns + [('frames', 'frames')]))
     if result['ratios']:
         lines.append('\nRatios (same run, interleaved frames):')
         lines.append(markdown_table(result['ratios'], [
@@ -1198,9 +1198,9 @@ def report(result: dict[str, Any]) -> str:
             ('tolist_over_one_copy', 'tolist / one copy')]))
     if result['targets']:
         lines.append('\nTargets:')
-        lines.append(markdown_table(result['targets'], [('target', 'target'), ('value', 'value'),
-                                                ('limit', 'limit'), ('result', 'result'),
-                                                ('note', 'note')]))
+        lines.append(markdown_table(result['targets'], [
+            ('target', 'target'), ('value', 'value'), ('limit', 'limit'), ('result', 'result'),
+            ('note', 'note')]))
     return '\n'.join(lines)
 
 
