@@ -813,7 +813,7 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
     """The node end to end, one frame at a time, interleaved with the bare forward here."""
     import torch
 
-    from depth_node.estimator import DepthEstimator
+    from depth_node.estimator import DepthEstimator, EstimatorError
 
     precision = args.node_precision or _fast_precision(args.device)
     results = []
@@ -826,8 +826,13 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
                   'lidar.T_camera_lidar': list(np.eye(4).ravel()), 'lidar.smoothing': 0.0,
                   'cloud.stride': args.stride, 'diagnostics.period': 0.2}
         print(f'[node {arch} {precision} {engine}] starting the depth_node process', flush=True)
-        est = DepthEstimator(random_init=ARCHS[arch], device=args.device, precision=precision,
-                             engine=engine)
+        try:
+            est = DepthEstimator(random_init=ARCHS[arch], device=args.device,
+                                 precision=precision, engine=engine)
+        except EstimatorError as exc:  # e.g. a precision this engine does not run
+            print(f'[node {arch} {precision} {engine}] skipped: {exc}', file=sys.stderr)
+            results.append({'arch': arch, 'engine': engine, 'error': str(exc)})
+            continue
         node = NodeRun(ros, params, log_path)
         try:
             ready = node.wait_ready(timeout=300)
@@ -876,8 +881,9 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
                                    cpu)
                 rec['engine'] = est.engine.name
                 rec['load_after'] = loadavg()
-                print(f'[node {arch} {size}] e2e {rec["e2e_ms"]} ms, bare forward '
-                      f'{rec["bare_forward_ms"]} ms, ratio {rec["e2e_over_forward"]}', flush=True)
+                print(f'[node {arch} {engine} {size}] e2e {rec["e2e_ms"]} ms, bare forward '
+                      f'{rec["bare_forward_ms"]} ms: e2e / bare {rec["e2e_over_forward"]}, node '
+                      f'forward / bare {rec["node_forward_over_bare"]}', flush=True)
                 results.append(rec)
             for rec in results:
                 if rec.get('arch') == arch:
@@ -1147,14 +1153,15 @@ def report(result: dict[str, Any]) -> str:
         rows = []
         for n in result['node']:
             if 'e2e_ms' not in n:
-                rows.append({'arch': n.get('arch'), 'size': n.get('error')})
+                rows.append({'arch': n.get('arch'), 'engine': n.get('engine'),
+                             'size': n.get('error')})
                 continue
             st = n['node_stage_ms']
             rows.append({**n, **{f'node_{k}': v for k, v in st.items()},
                          'startup_s': n.get('startup', {}).get('ready_s')})
         lines.append(markdown_table(rows, [
-            ('arch', 'arch'), ('size', 'input'), ('precision', 'precision'),
-            ('frames', 'frames'), ('first_output_ms', 'relative'),
+            ('arch', 'arch'), ('engine', 'engine'), ('size', 'input'),
+            ('precision', 'precision'), ('frames', 'frames'), ('first_output_ms', 'relative'),
             ('depth_image_ms', 'depth/image'), ('e2e_ms', 'e2e (points)'),
             ('bare_forward_ms', 'bare forward'), ('e2e_over_forward', 'e2e / bare'),
             ('node_forward', 'node forward'), ('node_forward_over_bare', 'node fwd / bare'),
@@ -1166,14 +1173,15 @@ def report(result: dict[str, Any]) -> str:
             ('node_alignment', 'n align'), ('node_publish_depth', 'n pub depth'),
             ('node_cloud', 'n cloud'), ('node_total', 'n total'),
             ('node_peak_rss_mib', 'node peak RSS MiB'), ('startup_s', 'ready s')]))
-        cpu_rows = [{'arch': n['arch'], 'size': n['size'], **n['cpu_ms']}
-                    for n in result['node'] if n.get('cpu_ms')]
+        cpu_rows = [{'arch': n['arch'], 'engine': n.get('engine'), 'size': n['size'],
+                     **n['cpu_ms']} for n in result['node'] if n.get('cpu_ms')]
         if cpu_rows:
             lines.append('\nCPU per frame (ms, medians; schedstat): the inference thread pool, '
                          'every other thread, and the time threads waited for a core; node = '
                          'the depth_node process over a whole frame, bare = this process over '
                          'its forward:')
-            lines.append(markdown_table(cpu_rows, [('arch', 'arch'), ('size', 'input')] + [
+            lines.append(markdown_table(cpu_rows, [('arch', 'arch'), ('engine', 'engine'),
+                                                   ('size', 'input')] + [
                 (f'{side}_{key}', f'{side} {key.replace("_", " ")}') for side in ('node', 'bare')
                 for key in ('inference', 'other', 'runqueue_wait')]))
         for n in result['node']:
