@@ -290,9 +290,9 @@ def test_extrinsics_from_tf2_where_available(session, tum):
 def test_tf_transform_to_matrix():
     from geometry_msgs.msg import Transform
 
-    from depth_node.node import _transform_to_matrix
+    from depth_node.transforms import transform_to_matrix
 
     t = Transform()
     t.translation.x, t.translation.y, t.translation.z = (float(v) for v in T_CAMERA_LIDAR[:3, 3])
     t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w = 0.5, -0.5, 0.5, 0.5
-    np.testing.assert_allclose(_transform_to_matrix(t), T_CAMERA_LIDAR, atol=1e-12)
+    np.testing.assert_allclose(transform_to_matrix(t), T_CAMERA_LIDAR, atol=1e-12)
