@@ -3,11 +3,13 @@
 #
 #   bash bench/gpu_check.sh            # writes to $OUT, or bench/results/gpu_check/
 #
-# Installs nothing and needs no network, no ROS and no shared data: it runs with the first
-# Python that has a CUDA torch ($PYTHON, ./.venv/bin/python, python3) and skips what that
-# Python cannot run (onnxruntime-gpu, tensorrt, rclpy), saying so. Every step has a hard
-# timeout; the script always exits 0 and ends with a summary of what ran, passed, failed and
-# was skipped (summary.txt).
+# Needs no network, no ROS and no shared data: it runs with the first Python that has a CUDA
+# torch ($PYTHON, ./.venv/bin/python, python3) and skips what that Python cannot run
+# (onnxruntime-gpu, tensorrt, rclpy), saying so. Where bench/gpu_carry.sh left rclpy wheels in
+# .whl/ and two real frames in .gpudata/ (carried to the device), it installs the wheels into
+# that Python and also runs the node over DDS on the GPU (bench_pipeline.py --device cuda
+# --quick). Every step has a hard timeout; the script always exits 0 and ends with a summary
+# of what ran, passed, failed and was skipped (summary.txt).
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-bench/results/gpu_check}"
@@ -48,6 +50,11 @@ torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 | sed "s|^|$ca
   note 'or no driver). Nothing GPU-specific could be checked.'
   exit 0
 fi
+if [ -d .whl ] && ! "$PY" -c 'import rclpy' >/dev/null 2>&1; then
+  timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile .whl/*.whl 2>&1 \
+    | grep -v WARNING | tail -n 3 | tee -a "$SUMMARY"
+fi
+[ -d .gpudata ] && export DEPTH_NODE_REAL_DATA="$PWD/.gpudata"
 timeout 120 "$PY" - <<'EOF' 2>&1 | tee -a "$SUMMARY"
 import importlib.util
 import torch
@@ -95,12 +102,25 @@ else
   note '-- bench_gpu_compile: skipped (no time left under the 8-minute budget)'
 fi
 
-# The ROS benchmarks need rclpy and ../shared/data/real, which a bare GPU machine lacks.
-if "$PY" -c 'import rclpy' >/dev/null 2>&1 && [ -d ../shared/data/real ]; then
-  note '-- rclpy and the shared data are here: run bench/bench_pipeline.py --device cuda'
-  note '   --quick and bench/bench_batching.py --device cuda by hand (several minutes each)'
+# 4. the node as a process over DDS on the GPU, where rclpy and the real frames are here
+DATA_DIR="${DEPTH_NODE_REAL_DATA:-../shared/data/real}"
+if "$PY" -c 'import rclpy' >/dev/null 2>&1 && [ -d "$DATA_DIR" ] && [ $SECONDS -lt 330 ]; then
+  if ! command -v depth_node >/dev/null 2>&1; then  # the console script, not installed here
+    SHIM="$(mktemp -d)"
+    printf '#!/bin/sh\nexec %s -m depth_node.node "$@"\n' "$(command -v "$PY")" \
+      > "$SHIM/depth_node"
+    chmod +x "$SHIM/depth_node"
+    export PATH="$SHIM:$PATH"
+  fi
+  step bench_pipeline_cuda $((470 - SECONDS)) "$PY" bench/bench_pipeline.py --device cuda \
+    --quick --out "$OUT_DIR/pipeline_cuda.json"
 else
-  note '-- bench_pipeline.py / bench_batching.py: not run (need rclpy and ../shared/data/real)'
+  note '-- bench_pipeline.py --device cuda: not run (needs rclpy and the real frames: run'
+  note '   bash bench/gpu_carry.sh here and carry .whl and .gpudata; or no time was left)'
 fi
 note "== done in $SECONDS s; results in $OUT_DIR"
+if [ -n "${OUT:-}" ]; then  # the device tool returns at most 8 files: pack all but the summary
+  (cd "$OUT_DIR" && tar -czf gpu_check.tar.gz --exclude summary.txt --exclude gpu_check.tar.gz \
+    -- * && find . -maxdepth 1 -type f ! -name summary.txt ! -name gpu_check.tar.gz -delete)
+fi
 exit 0
