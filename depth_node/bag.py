@@ -224,15 +224,16 @@ class Extrinsics:
     bag's ``/tf_static`` composed as tf2 would (:class:`~depth_node.transforms.StaticTransforms`)
     when that parameter is unset; :meth:`lookup` is the pipeline's ``lookup_tf``."""
 
-    def __init__(self, tree: Optional[StaticTransforms], log: Callable[..., None]) -> None:
+    def __init__(self, tree: Optional[StaticTransforms], log: '_Log') -> None:
         self.tree = tree
         self.log = log
         self.used: dict[tuple[str, str], list[str]] = {}
         self.missing: set[tuple[str, str]] = set()
+        self._matrices: dict[tuple[str, str], np.ndarray] = {}
 
     @classmethod
     def read(cls, reader: Any, typestore: Any, config: cfg.NodeConfig, topics: 'Topics',
-             log: Callable[..., None]) -> 'Extrinsics':
+             log: '_Log') -> 'Extrinsics':
         """From ``config`` when it sets ``lidar.T_camera_lidar`` (or no LiDAR topic is read),
         else from every ``/tf_static`` message of the bag.
 
@@ -253,39 +254,55 @@ class Extrinsics:
                 'lidar.T_camera_lidar (16 values, row-major, LiDAR to camera optical frame, '
                 'e.g. from `ros2 run tf2_ros tf2_echo CAMERA_FRAME LIDAR_FRAME`) or record '
                 f'{TF_STATIC}')
-        tree, bad = StaticTransforms(), 0
-        for conn, _t, raw in reader.messages(connections=conns):
-            try:
-                tree.add_message(typestore.deserialize_cdr(raw, conn.msgtype))
-            except Exception as exc:  # noqa: BLE001 - one corrupt message: counted, skipped
-                bad += 1
-                log(f'{TF_STATIC}: a message is skipped: {type(exc).__name__}: '
-                    f'{bounded(exc, 300)}', 'tf_static')
+        tree, bad, skipped = StaticTransforms(), 0, []
+        try:  # every /tf_static message: indexed mcap reads only their chunks
+            for conn, _t, raw in reader.messages(connections=conns):
+                try:
+                    message = typestore.deserialize_cdr(raw, conn.msgtype)
+                except Exception as exc:  # noqa: BLE001 - one corrupt message: counted
+                    bad += 1
+                    log(f'{TF_STATIC}: a message cannot be deserialized: '
+                        f'{type(exc).__name__}: {bounded(exc, 300)}', 'tf_static')
+                    continue
+                skipped += tree.add_message(message)
+        except Exception as exc:  # noqa: BLE001 - rosbags' read errors have no common base
+            raise BagError(f'{TF_STATIC} could not be read from the input: '
+                           f'{type(exc).__name__}: {bounded(exc, 300)}', EXIT_INPUT) from exc
+        for line in skipped[:3]:
+            log(f'{TF_STATIC}: {line}')
+        if len(skipped) > 3:
+            log(f'{TF_STATIC}: {len(skipped) - 3} more transforms skipped')
         if not len(tree):
             raise BagError(f'lidar.T_camera_lidar is unset and no transform could be read from '
-                           f"the bag's {TF_STATIC} ({bad} bad messages): set "
-                           'lidar.T_camera_lidar (16 values, row-major, LiDAR to camera optical '
-                           'frame)')
+                           f"the bag's {TF_STATIC} ({bad} messages unreadable, {len(skipped)} "
+                           'transforms skipped): set lidar.T_camera_lidar (16 values, row-major, '
+                           'LiDAR to camera optical frame)')
         n = len(tree)
         log(f'LiDAR extrinsics from {TF_STATIC}: {n} transform{"s" if n != 1 else ""}, frames '
-            f'{tree.describe()}')
+            f'{tree.describe()}' + (f'; {bad} messages unreadable' if bad else '') +
+            (f'; {len(skipped)} transforms skipped' if skipped else ''))
         return cls(tree, log)
 
     def lookup(self, lidar_frame: str, header: Any) -> Optional[np.ndarray]:
-        """(4, 4) LiDAR -> camera optical frame of ``header``, or None (logged once a pair)."""
+        """(4, 4) LiDAR -> camera optical frame of ``header``, or None (logged once a pair).
+        The tree is static: each pair is composed once."""
         if self.tree is None:
             return None
         key = (str(lidar_frame), str(header.frame_id))
-        T = self.tree.lookup(key[1], key[0])
-        if T is None:
-            if key not in self.missing:
+        if key in self.missing:
+            return None
+        if key not in self._matrices:
+            T = self.tree.lookup(key[1], key[0])
+            if T is None:
                 self.missing.add(key)
                 self.log(f'no transform {shorten(key[0])} -> {shorten(key[1])} in {TF_STATIC} '
-                         f'(frames there: {self.tree.describe()}): those frames get no '
-                         'metric depth; set lidar.T_camera_lidar or record the transform')
-        elif key not in self.used:
+                         f'(frames there: {self.tree.describe()}): frames of that pair get no '
+                         'LiDAR fit or LiDAR depth prompt, so no metric depth; set '
+                         'lidar.T_camera_lidar or record the transform')
+                return None
+            self._matrices[key] = T
             self.used[key] = self.tree.path(key[1], key[0])
-        return T
+        return self._matrices[key]
 
     def summary(self) -> str:
         """What the summary says about the extrinsics."""
@@ -294,7 +311,8 @@ class Extrinsics:
         used = '; '.join(' -> '.join(shorten(f) for f in path)
                          for path in self.used.values()) or 'no frame used it'
         missing = ', '.join(f'{shorten(a)} -> {shorten(b)}' for a, b in sorted(self.missing))
-        return f'{TF_STATIC} ({used})' + (f'; missing: {missing}' if missing else '')
+        return bounded(f'{TF_STATIC} ({used})' + (f'; MISSING: {missing}' if missing else ''),
+                       500)
 
 
 # ---------------------------------------------------------------------------------- topics
@@ -885,8 +903,10 @@ def _open_input(path: Path) -> Any:
     return reader
 
 
-def _prepare_output(path: Path, overwrite: bool, input_path: Path) -> None:
-    """Refuse an existing OUTPUT unless ``overwrite``; then remove it (only a bag)."""
+def _prepare_output(path: Path, overwrite: bool, input_path: Path, remove: bool = True,
+                    ) -> None:
+    """Refuse an existing OUTPUT unless ``overwrite``; then remove it (only a bag; with
+    ``remove`` False only check, so that a run refused later leaves the old OUTPUT)."""
     if not path.exists():
         return
     resolved, source = path.resolve(), input_path.resolve()
@@ -900,7 +920,8 @@ def _prepare_output(path: Path, overwrite: bool, input_path: Path) -> None:
         if entries and not (path / 'metadata.yaml').is_file():
             raise BagError(f'OUTPUT {path} is a folder that is not a ROS 2 bag (no '
                            'metadata.yaml): not removing it; choose another OUTPUT')
-        shutil.rmtree(path)
+        if remove:
+            shutil.rmtree(path)
     else:
         raise BagError(f'OUTPUT {path} is a file; a ROS 2 bag is a folder: choose another '
                        'OUTPUT')
@@ -954,7 +975,7 @@ def run(options: Options, result: Optional[dict] = None) -> int:
     if options.points and not config['cloud.enabled']:
         raise BagError('--points needs cloud.enabled:=true')
     typestore = get_typestore(Stores.ROS2_JAZZY)
-    _prepare_output(options.output, options.overwrite, options.input)
+    _prepare_output(options.output, options.overwrite, options.input, remove=False)
     reader = _open_input(options.input)
     try:
         types = {c.topic: c.msgtype for c in reader.connections}
@@ -962,6 +983,8 @@ def run(options: Options, result: Optional[dict] = None) -> int:
                                options.camera_info_topic, options.lidar_topic,
                                options.prompt_topic)
         extrinsics = Extrinsics.read(reader, typestore, config, topics, log)
+        # only now, with everything checked, is an old OUTPUT replaced (--overwrite)
+        _prepare_output(options.output, options.overwrite, options.input)
         return _process(options, config, topics, reader, typestore, log, extrinsics,
                         {} if result is None else result)
     finally:

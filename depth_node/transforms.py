@@ -49,8 +49,16 @@ def transform_to_matrix(transform: Any) -> np.ndarray:
     return T
 
 
+#: How far a transform's squared quaternion norm may be from 1 (tf2's
+#: QUATERNION_NORMALIZATION_TOLERANCE): within it the rotation is normalised, beyond it the
+#: transform is skipped.
+QUATERNION_TOLERANCE = 0.01
+
+
 def _frame(name: Any) -> str:
-    return str(name).lstrip('/')
+    """A frame id as tf2 compares it: without its leading '/'."""
+    name = str(name)
+    return name[1:] if name.startswith('/') else name
 
 
 class StaticTransforms:
@@ -60,7 +68,7 @@ class StaticTransforms:
 
     A child published again (another parent, or new values) replaces its earlier transform, as
     tf2's static buffer does. Rotations are normalised on the way in
-    (:func:`quaternion_matrix`).
+    (:func:`quaternion_matrix`). A lookup whose walk runs into a loop of parents has no answer.
     """
 
     def __init__(self) -> None:
@@ -89,32 +97,37 @@ class StaticTransforms:
                              'finite 4x4 matrix')
         self._parent[child] = (parent, T)
 
-    def add_message(self, message: Any) -> int:
-        """Add every transform of a ``tf2_msgs/TFMessage``; the number added.
+    def add_message(self, message: Any) -> list[str]:
+        """Add every valid transform of a ``tf2_msgs/TFMessage``; what was wrong with the
+        others, one line each (empty when all were added).
 
-        Raises
-        ------
-        ValueError
-            A transform without two frame ids, or with a zero or non-finite rotation (the
-            message names the frames).
+        As tf2 does, a bad transform is skipped on its own and the rest of the message kept:
+        no two frame ids (or a frame its own parent), a non-finite translation, or a rotation
+        whose squared norm is not within :data:`QUATERNION_TOLERANCE` of 1 (small rounding is
+        normalised away).
         """
+        problems = []
         for stamped in message.transforms:
             parent, child = stamped.header.frame_id, stamped.child_frame_id
+            q = stamped.transform.rotation
             try:
-                T = transform_to_matrix(stamped.transform)
+                n2 = q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w
+                if not abs(n2 - 1.0) < QUATERNION_TOLERANCE:  # also NaN
+                    raise ValueError(f'the rotation (x, y, z, w) = ({q.x}, {q.y}, {q.z}, '
+                                     f'{q.w}) is not a unit quaternion')
+                self.add(parent, child, transform_to_matrix(stamped.transform))
             except ValueError as exc:
-                raise ValueError(f'the transform {shorten(parent)} -> {shorten(child)}: '
-                                 f'{exc}') from exc
-            self.add(parent, child, T)
-        return len(message.transforms)
+                problems.append(f'{shorten(parent)} -> {shorten(child)} skipped: {exc}')
+        return problems
 
-    def _to_root(self, frame: str) -> tuple[list[str], np.ndarray]:
-        """The frames from ``frame`` up to its tree's root, and the root-from-frame matrix."""
+    def _to_root(self, frame: str) -> tuple[list[str], Optional[np.ndarray]]:
+        """The frames from ``frame`` up to its tree's root, and the root-from-frame matrix;
+        None for the matrix when the walk runs into a loop (no root: no answer, as tf2)."""
         chain, T = [frame], np.eye(4)
         while chain[-1] in self._parent:
             parent, T_parent_child = self._parent[chain[-1]]
-            if parent in chain:  # a loop: the tree is broken; stop before going round
-                break
+            if parent in chain:
+                return chain, None
             T = T_parent_child @ T
             chain.append(parent)
         return chain, T
@@ -128,7 +141,8 @@ class StaticTransforms:
             return np.eye(4)
         source_chain, T_root_source = self._to_root(source)
         target_chain, T_root_target = self._to_root(target)
-        if source_chain[-1] != target_chain[-1]:
+        if T_root_source is None or T_root_target is None or \
+                source_chain[-1] != target_chain[-1]:
             return None
         return np.linalg.inv(T_root_target) @ T_root_source
 
@@ -136,10 +150,10 @@ class StaticTransforms:
         """The frames from ``source`` to ``target`` through their common ancestor (empty when
         they are not connected): what a log line says the transform went through."""
         target, source = _frame(target), _frame(source)
+        if self.lookup(target, source) is None:
+            return []
         source_chain, _ = self._to_root(source)
         target_chain, _ = self._to_root(target)
-        if source_chain[-1] != target_chain[-1]:
-            return []
         common = next(f for f in source_chain if f in target_chain)
         up = source_chain[:source_chain.index(common) + 1]
         down = target_chain[:target_chain.index(common)]
@@ -154,7 +168,8 @@ class StaticTransforms:
 
 
 def from_messages(messages: Iterable[Any]) -> StaticTransforms:
-    """A :class:`StaticTransforms` of ``tf2_msgs/TFMessage`` messages, in order."""
+    """A :class:`StaticTransforms` of ``tf2_msgs/TFMessage`` messages, in order (bad
+    transforms skipped)."""
     tree = StaticTransforms()
     for message in messages:
         tree.add_message(message)

@@ -245,7 +245,7 @@ def test_lidar_extrinsics_from_tf_static(tmp_path, capsys, lidar_frames):
                                      'with metric depth': 0}, summary
     assert f'no transform {LIDAR_FRAME!r} -> {CAMERA_FRAME!r} in /tf_static (frames there: ' \
         f"'base_link', {LIDAR_FRAME!r})" in err
-    assert f'missing: {LIDAR_FRAME!r} -> {CAMERA_FRAME!r}' in \
+    assert f'MISSING: {LIDAR_FRAME!r} -> {CAMERA_FRAME!r}' in \
         _summary_value(summary, 'LiDAR extrinsics')
     assert err.count('in /tf_static (frames there') == 1  # said once, not per frame
     # no /tf_static and no parameter: refused before anything is written, with the fix
@@ -254,6 +254,10 @@ def test_lidar_extrinsics_from_tf_static(tmp_path, capsys, lidar_frames):
                        r'/tf_static: set lidar.T_camera_lidar .* or record /tf_static'):
         bag.run(bag.parse_args([str(src), str(tmp_path / 'none'), *args]))
     assert not (tmp_path / 'none').exists()
+    # refused with --overwrite: the earlier output is left as it was
+    with pytest.raises(bag.BagError, match='has no /tf_static'):
+        bag.run(bag.parse_args([str(src), str(tmp_path / 'tf'), '--overwrite', *args]))
+    assert len(read_bag(tmp_path / 'tf')['/depth/image']) == 4
 
 
 def test_time_window_and_every_nth_frame(tmp_path, capsys, lidar_frames):

@@ -95,6 +95,14 @@ def test_unconnected_frames_republished_children_and_loops():
                                atol=1e-12)
     tree.add('lidar', 'base_link', A)  # a loop: no root, so no answer (and no endless walk)
     assert tree.lookup('camera', 'lidar') is None
+    # a loop a <-> b with two children of a: no lookup walks into it, as tf2 refuses
+    loop = StaticTransforms()
+    loop.add('a', 'b', A)
+    loop.add('b', 'a', B)
+    loop.add('a', 'c', C)
+    loop.add('a', 'd', C)
+    assert loop.lookup('c', 'd') is None and loop.lookup('b', 'c') is None
+    assert loop.path('c', 'd') == []
     assert 'camera' in tree.describe() and 'lidar' in tree.describe()
     assert StaticTransforms().describe() == 'none'
 
@@ -105,10 +113,29 @@ def test_bad_transforms_are_refused_with_the_frames_named():
         tree.add('a', '/a', np.eye(4))
     with pytest.raises(ValueError, match='not a finite 4x4'):
         tree.add('a', 'b', np.full((4, 4), np.nan))
-    zero = _msg([('base_link', 'lidar', np.eye(4), 0.0)])
-    with pytest.raises(ValueError, match="'base_link' -> 'lidar'.*not a rotation quaternion"):
-        tree.add_message(zero)
     assert len(tree) == 0
+
+
+def test_a_bad_transform_is_skipped_alone_as_tf2_does():
+    """robot_state_publisher sends every fixed joint in one message: one bad entry must not
+    cost the others (a self-transform, a zero or far-from-unit quaternion, NaN)."""
+    rng = np.random.default_rng(4)
+    good = [_random_rigid(rng) for _ in range(3)]
+    nan = good[0].copy()
+    nan[0, 3] = np.nan
+    message = _msg([('base_link', 'lidar', good[0]), ('base_link', 'base_link', good[1]),
+                    ('base_link', 'imu', good[1], 0.0), ('base_link', 'gps', good[1], 1.2),
+                    ('base_link', 'radar', nan), ('base_link', 'camera', good[2], 1.004)])
+    problems = StaticTransforms().add_message(message)
+    tree = from_messages([message])
+    assert tree.frames == ['base_link', 'camera', 'lidar']
+    assert len(problems) == 4
+    assert 'two different frame ids' in problems[0]
+    assert "'base_link' -> 'imu' skipped" in problems[1]
+    assert all('not a unit quaternion' in p for p in problems[1:3])
+    assert 'not a finite 4x4' in problems[3]
+    # the slightly denormalised camera rotation (|q|^2 = 1.008) is normalised, as tf2 accepts
+    np.testing.assert_allclose(tree.lookup('base_link', 'camera'), good[2], atol=1e-9)
 
 
 def test_transform_to_matrix_reads_geometry_msgs_transform():
