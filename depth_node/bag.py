@@ -1112,8 +1112,10 @@ def _frame(job: FrameJob, pipeline: FramePipeline, state: Any, wanted: set,
         result = pipeline.forward([frame], [state], ['points' in wanted])
         if result.error is not None:
             stats.count('forward_failures')
-            log(f'forward pass failed: {type(result.error).__name__}: {result.error}',
-                'forward')
+            from depth_node.estimator.device import error_text  # loaded with the model
+
+            log(f'forward pass failed: {type(result.error).__name__}: '
+                f'{error_text(result.error)}', 'forward')
             return
         if result.non_finite:
             stats.count('non_finite_outputs', result.non_finite)

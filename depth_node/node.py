@@ -612,7 +612,7 @@ class DepthNodeBase:
         result = self._frames.forward([f for _, f in group], [c for c, _ in group], want_points)
         exc = result.error
         if exc is not None:
-            from depth_node.estimator.device import is_device_lost  # loaded with the model
+            from depth_node.estimator.device import error_text, is_device_lost  # with the model
 
             self._counters.add('forward_failures')
             self._consecutive_failures += 1
@@ -621,7 +621,7 @@ class DepthNodeBase:
             elif self._throttle.ready('forward'):
                 self.get_logger().error(
                     f'forward pass failed ({self._consecutive_failures} in a row): '
-                    f'{type(exc).__name__}: {_bounded(exc)}')
+                    f'{type(exc).__name__}: {_bounded(error_text(exc))}')
             return {}
         self._consecutive_failures = 0
         self._counters.add('forward_passes')

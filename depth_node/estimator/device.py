@@ -184,7 +184,7 @@ STICKY_CUDA_ERRORS = (
     'illegal memory access', 'device-side assert triggered', 'unspecified launch failure',
     'misaligned address', 'illegal instruction', 'an illegal address', 'launch timed out',
     'uncorrectable ecc', 'hardware stack error', 'gpu has fallen off the bus',
-    'cudaerrorlaunchfailure', 'cuda error: unknown error', 'cublas_status_execution_failed',
+    'cuda error: unknown error', 'cublas_status_execution_failed',
     'cudnn_status_execution_failed',
 )
 

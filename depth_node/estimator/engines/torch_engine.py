@@ -11,9 +11,10 @@ CUDA graphs (``model.cuda_graphs``, without ``compile``) are captured per input 
 * right after capture the graph is replayed on a fixed random input and compared with an eager
   pass on the same input: a graph that does not compute what eager does is dropped;
 * a failed capture (ZoeDepth's ``.item()``, a pageable copy inside the forward) ends the
-  capture and restores the thread's stream whatever was raised, and only that shape runs
-  eagerly from then on; at most :data:`MAX_CUDA_GRAPHS` shapes are captured, the later ones run
-  eagerly (logged once each);
+  capture, the allocator's routing into the graphs' pool (:meth:`TorchEngine._end_pool_routing`)
+  and restores the thread's stream whatever was raised, and only that shape runs eagerly from
+  then on; at most :data:`MAX_CUDA_GRAPHS` shapes are captured, the later ones run eagerly
+  (logged once each);
 * all graphs share one memory pool (``torch.cuda.graph_pool_handle()``): the graphs run one at a
   time on one stream and each graph's outputs are read (postprocessed) before the next replay,
   which is what sharing needs (a graph's outputs may be overwritten by another's replay).
@@ -321,6 +322,7 @@ class TorchEngine(Engine):
         self._per_thread_graphs = self.compiled and self.cuda_graphs
         self._capture_stream: Optional[torch.cuda.Stream] = None
         self._pool: Any = None
+        self._captures_off = ''  # why no further shape is captured, once that is so
 
     def describe(self) -> str:
         return (f'torch {self.precision}{", channels-last" if self.channels_last else ""}'
@@ -379,24 +381,32 @@ class TorchEngine(Engine):
         fov = getattr(outputs, 'field_of_view', None)
         return outputs.predicted_depth, fov
 
-    def _abandon_pool(self) -> None:
-        """After a capture that failed: stop the allocator routing into the graphs' private
-        pool, and give later captures a fresh pool.
+    def _end_pool_routing(self) -> None:
+        """After a capture that failed: make sure the allocator no longer routes allocations
+        into the graphs' pool, so that the next shape can capture into it.
 
         torch before 2.12 raises from ``capture_end`` on an invalidated capture before it ends
-        the routing (pytorch#180395), so the pool stays "recording": the next shape's capture
-        then fails with "already recording to mempool_id" (seen on an H200, torch 2.11), and a
-        later ``empty_cache`` can abort the process on the allocator's "captures_underway"
-        assertion. Where torch already ended it, the extra end is refused and ignored.
+        that routing (pytorch#180395): the pool stays "recording", the next shape's capture
+        fails with "already recording to mempool_id" (seen on an H200, torch 2.11), and a
+        later ``empty_cache`` can abort on the allocator's "captures_underway" assertion. Here
+        the routing is ended; where torch already ended it, it says "not currently recording",
+        which is as good. Where it cannot be ended (no such binding in this torch, or another
+        error), no further shape is captured in this engine (each runs eagerly, logged once);
+        the graphs captured before keep running. The failed capture's reference to the pool
+        is not given back by torch < 2.12: the pool's memory stays reserved until exit.
         """
-        pool, self._pool = self._pool, None
         end = getattr(torch._C, '_cuda_endAllocateToPool', None)
-        if pool is None or end is None:
-            return
         index = self.device.index if self.device.index is not None \
             else torch.cuda.current_device()
-        with contextlib.suppress(Exception):
-            end(index, pool)
+        why = 'this torch cannot end a capture\'s memory routing' if end is None else ''
+        if end is not None:
+            try:
+                end(index, self._pool)
+            except RuntimeError as exc:
+                if 'not currently recording' not in str(exc):
+                    why = f'ending its memory routing failed: {error_text(exc)}'
+        if why:
+            self._captures_off = f'a capture failed and {why}'
 
     def _capture(self, pixel_values: torch.Tensor) -> CapturedGraph:
         """Capture the forward pass for ``pixel_values``' shape (inside ``torch.cuda.device``).
@@ -409,10 +419,11 @@ class TorchEngine(Engine):
             Whatever the capture raised; the capture is ended and the thread's current stream
             restored first.
         """
+        if self._captures_off:
+            raise EstimatorError(f'no more captures in this engine: {self._captures_off}')
         device = self.device
         if self._capture_stream is None:
             self._capture_stream = torch.cuda.Stream(device)
-        if self._pool is None:  # shared by this engine's graphs; new after a failed capture
             self._pool = torch.cuda.graph_pool_handle()
         stream = self._capture_stream
         current = torch.cuda.current_stream(device)
@@ -427,15 +438,19 @@ class TorchEngine(Engine):
         # Not torch.cuda.graph(): its __exit__ ends the capture before restoring the stream, so
         # a capture that fails to end would leave the capture stream current on this thread.
         with torch.cuda.stream(stream):
-            graph.capture_begin(pool=self._pool, capture_error_mode='thread_local')
+            begun = ended = False
             try:
+                graph.capture_begin(pool=self._pool, capture_error_mode='thread_local')
+                begun = True
                 outputs = self._forward(static_in)
+                ended = True  # capture_end is called once, whether or not it raises
+                graph.capture_end()
             except BaseException:
-                with contextlib.suppress(Exception):
-                    graph.capture_end()
-                self._abandon_pool()
+                if begun and not ended:
+                    with contextlib.suppress(Exception):
+                        graph.capture_end()
+                self._end_pool_routing()
                 raise
-            graph.capture_end()
         torch.cuda.synchronize(device)
         captured = CapturedGraph(graph, static_in, outputs)
         # An empty graph (kernels that ran eagerly elsewhere) replays its capture's outputs:
