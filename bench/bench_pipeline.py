@@ -833,12 +833,14 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
             print(f'[node {arch} {precision} {engine}] skipped: {exc}', file=sys.stderr)
             results.append({'arch': arch, 'engine': engine, 'error': str(exc)})
             continue
+        first = len(results)
         node = NodeRun(ros, params, log_path)
         try:
             ready = node.wait_ready(timeout=300)
             if ready is None:
                 print(f'the node did not come up; see {log_path}', file=sys.stderr)
-                results.append({'arch': arch, 'error': f'node did not start; log {log_path}'})
+                results.append({'arch': arch, 'engine': engine,
+                                'error': f'node did not start; log {log_path}'})
                 continue
             startup = {'ready_s': round(ready, 2), **node.startup_log()}
             processed = 0
@@ -885,13 +887,12 @@ def measure_node(args: argparse.Namespace, ros: Ros) -> list[dict[str, Any]]:
                       f'{rec["bare_forward_ms"]} ms: e2e / bare {rec["e2e_over_forward"]}, node '
                       f'forward / bare {rec["node_forward_over_bare"]}', flush=True)
                 results.append(rec)
-            for rec in results:
-                if rec.get('arch') == arch:
-                    rec['startup'] = startup
-                    rec['node_peak_rss_mib'] = node.peak_rss_mib()
+            for rec in results[first:]:  # this node process's records only
+                rec['startup'] = startup
+                rec['node_peak_rss_mib'] = node.peak_rss_mib()
         finally:
             code = node.close()
-            if results and results[-1].get('arch') == arch:
+            if len(results) > first:
                 results[-1]['node_exit_code'] = code
     return results
 
@@ -927,7 +928,7 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
     fwd_pairs = [(a, b) for a, b in zip(node_fwd, forwards) if math.isfinite(a) and b > 0]
 
     def cpu_median(side: str, key: str) -> float:
-        return round(median([c[side][key] for c in cpu if c[side]]), 1)
+        return round(median([c[side][key] for c in cpu if c[side].get(key) is not None]), 1)
     return {
         'arch': arch, 'size': size, 'precision': precision, 'frames': len(e2e),
         'per_frame': {'e2e_ms': [_ms(x) for x in e2e],
@@ -939,8 +940,9 @@ def _node_record(arch: str, size: str, precision: str, e2e: list[float],
         'first_output_ms': _ms(median([o['depth/relative'] for o in outputs])),
         'depth_image_ms': _ms(median([o['depth/image'] for o in outputs])),
         'bare_forward_ms': _ms(fwd_med),
-        'e2e_over_forward': round(median([a / b for a, b in zip(e2e, forwards)]), 3)
-        if forwards else math.nan,
+        'e2e_over_forward': round(median([a / b for a, b in zip(e2e, forwards)
+                                          if math.isfinite(a) and b > 0]), 3),
+        'pairs': len(fwd_pairs),
         'node_forward_over_bare': round(median([a / b for a, b in fwd_pairs]), 3)
         if fwd_pairs else math.nan,
         'node_forward_over_bare_iqr': [round(float(q), 3) for q in np.percentile(
@@ -1051,9 +1053,9 @@ def targets(configs: list[dict[str, Any]], nodes: list[dict[str, Any]],
         return next((r for r in configs if (r['arch'], r['size'], r['precision'])
                      == (arch, size, precision)), None)
 
-    def node(arch: str, size: str) -> Optional[dict[str, Any]]:
-        return next((n for n in nodes if (n.get('arch'), n.get('size')) == (arch, size)
-                     and 'e2e_ms' in n), None)
+    def node_runs(arch: str, size: str) -> list[dict[str, Any]]:
+        return [n for n in nodes if (n.get('arch'), n.get('size')) == (arch, size)
+                and 'e2e_ms' in n]
 
     def add(name: str, value: float, limit: float, ok: bool, note: str = '') -> None:
         out.append({'target': name, 'value': value, 'limit': limit,
@@ -1076,21 +1078,23 @@ def targets(configs: list[dict[str, Any]], nodes: list[dict[str, Any]],
             add(f'GPU full pipeline Small 640x480 {r["precision"]}: latency ms', r['total_ms'],
                 TARGET_GPU_LATENCY_MS, r['total_ms'] < TARGET_GPU_LATENCY_MS)
     for size in SIZES:
-        n = node('small', size)
-        if n:
-            add(f'node e2e / its forward, same frame, Small {size} {n["precision"]}',
+        runs = node_runs('small', size)
+        for n in runs:
+            what = f'Small {size} {n.get("engine", "")} {n["precision"]}'
+            add(f'node e2e / its forward, same frame, {what}',
                 n['e2e_over_node_forward'], TARGET_E2E_OVER_FORWARD,
                 n['e2e_over_node_forward'] <= TARGET_E2E_OVER_FORWARD,
                 f'median over {n["frames"]} frames')
-            add(f'node e2e / bare forward here, Small {size} {n["precision"]}',
+            add(f'node e2e / bare forward here, {what}',
                 n['e2e_over_forward'], TARGET_E2E_OVER_FORWARD,
                 n['e2e_over_forward'] <= TARGET_E2E_OVER_FORWARD,
                 f'median of {n["frames"]} paired frames')
-            add(f'node forward (/diagnostics) / bare forward here, Small {size} '
-                f'{n["precision"]}', n['node_forward_over_bare'], TARGET_NODE_FORWARD_OVER_BARE,
+            add(f'node forward (/diagnostics) / bare forward here, {what}',
+                n['node_forward_over_bare'], TARGET_NODE_FORWARD_OVER_BARE,
                 n['node_forward_over_bare'] <= TARGET_NODE_FORWARD_OVER_BARE,
-                f'median of {n["frames"]} paired frames, quartiles '
+                f'median of {n["pairs"]} paired frames, quartiles '
                 f'{n["node_forward_over_bare_iqr"]}')
+        n = runs[0] if runs else None
         r = row('small', size, fast)
         if r:
             add(f'pipeline overhead ms (all but forward, in-process), Small {size} {fast}',
@@ -1102,7 +1106,8 @@ def targets(configs: list[dict[str, Any]], nodes: list[dict[str, Any]],
                 TARGET_OVERHEAD_MS[size], value <= TARGET_OVERHEAD_MS[size],
                 f"median of {r['overhead_only']['frames']} frames")
         if n and math.isfinite(n.get('e2e_minus_node_forward_ms', math.nan)):
-            add(f'node overhead ms (e2e over DDS - node forward), Small {size} {n["precision"]}',
+            add(f'node overhead ms (e2e over DDS - node forward), Small {size} '
+                f'{n.get("engine", "")} {n["precision"]}',
                 n['e2e_minus_node_forward_ms'], TARGET_OVERHEAD_MS[size],
                 n['e2e_minus_node_forward_ms'] <= TARGET_OVERHEAD_MS[size],
                 'includes both DDS hops and the node wake-up')
@@ -1247,7 +1252,8 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument('--node-precision', default=None,
                     help='default: bf16 on CPUs that support it, fp16 on CUDA')
     ap.add_argument('--node-frames', type=int, default=None,
-                    help='timed node frames per size (default 16; quick 4; CUDA 100)')
+                    help='timed node frames per size (default 16; quick 4; CUDA 100); an even '
+                         'number balances the alternating node / bare order')
     ap.add_argument('--node-warmup', type=int, default=2)
     ap.add_argument('--domain', type=int, default=1 + os.getpid() % 99,
                     help='ROS_DOMAIN_ID (default: a private one from the pid)')

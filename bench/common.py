@@ -160,15 +160,22 @@ def thread_times(pid: Any = 'self') -> dict[str, tuple[int, int]]:
 
 def cpu_split(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
               pool: int) -> dict[str, float]:
-    """CPU time between two :func:`thread_times` readings, in ms: ``inference`` (the ``pool``
-    busiest threads: the forward's intra-op thread pool), ``other`` (every other thread: the
-    executor, DDS, the pipeline's own threads) and ``runqueue_wait`` (all threads' time spent
-    runnable without a CPU: contention for the machine's cores)."""
+    """CPU time between two :func:`thread_times` readings of one process, in ms.
+
+    ``inference``: the ``pool`` busiest threads, the forward's intra-op pool; its calling
+    thread is among them, so in the node this also holds what that thread does besides the
+    forward (decode, pre- and postprocessing, the LiDAR fit, the cloud, publishing).
+    ``other``: every other thread (the executor, DDS, OpenVINO's own pool beyond ``pool``).
+    ``runqueue_wait``: all threads' time runnable without a CPU (contention for the cores).
+    Empty when either reading is (no schedstat, or the process has gone): no data, not 0.
+    """
+    if not before or not after:
+        return {}
     runs, wait = [], 0
     for tid, (run_after, wait_after) in after.items():
         run_before, wait_before = before.get(tid, (0, 0))
-        runs.append(run_after - run_before)
-        wait += wait_after - wait_before
+        runs.append(max(run_after - run_before, 0))  # a reused thread id: not negative
+        wait += max(wait_after - wait_before, 0)
     runs.sort(reverse=True)
     return {'inference': round(sum(runs[:pool]) / 1e6, 1),
             'other': round(sum(runs[pool:]) / 1e6, 1), 'runqueue_wait': round(wait / 1e6, 1)}
