@@ -21,8 +21,8 @@ import depth_node.estimator.device as device_module
 from depth_node.estimator import DepthEstimator, EstimatorError, resolve_dtype
 from depth_node.estimator.device import cuda_has_native_bf16, is_device_lost
 from depth_node.estimator.engines import torch_engine
-from depth_node.estimator.engines.torch_engine import (GraphCache, ThreadWarmups,
-                                                       keep_output_layer_fp32)
+from depth_node.estimator.engines.torch_engine import (end_pool_routing, GraphCache,
+                                                       keep_output_layer_fp32, ThreadWarmups)
 from depth_node.estimator.facade import HostStageClock
 from tiny_models import (make_tiny_depth_anything, make_tiny_depth_pro, make_tiny_dpt,
                          make_tiny_glpn, make_tiny_zoedepth)
@@ -187,6 +187,29 @@ def test_graph_cache_raises_sticky_errors():
     with pytest.raises(RuntimeError, match='illegal memory access'):
         cache.get('a', capture)
     assert 'a' not in cache.eager
+
+
+def test_a_failed_capture_s_pool_routing_is_ended_or_captures_stop():
+    """torch < 2.12 leaves the pool recording after a failed capture (the next shape's capture
+    then failed on an H200): ended here; torch 2.12+'s "not currently recording" is as good;
+    anything else, or no binding, says why (the engine then captures no further shape)."""
+    calls = []
+
+    def ends(index, pool):
+        calls.append((index, pool))
+
+    def already_ended(index, pool):
+        raise RuntimeError('endAllocatePool: not currently recording to mempool_id')
+
+    def fails(index, pool):
+        raise FakeAcceleratorError(torch_cuda_message('CUDA error: invalid argument',
+                                                      'cudaErrorInvalidValue'))
+
+    assert end_pool_routing(ends, 1, (0, 7)) == '' and calls == [(1, (0, 7))]
+    assert end_pool_routing(already_ended, 0, (0, 7)) == ''
+    why = end_pool_routing(fails, 0, (0, 7))
+    assert why == 'ending its memory routing failed: CUDA error: invalid argument'
+    assert 'cannot end' in end_pool_routing(None, 0, (0, 7))
 
 
 def test_thread_warmups_flag_the_first_run_on_another_thread():

@@ -165,6 +165,23 @@ class CapturedGraph:
         return self.outputs
 
 
+def end_pool_routing(end: Optional[Callable[[int, Any], None]], index: int, pool: Any) -> str:
+    """End the caching allocator's routing of allocations into graph pool ``pool`` on device
+    ``index`` with ``end`` (``torch._C._cuda_endAllocateToPool``, or None where this torch
+    has no such binding); '' when the routing is over, else why it could not be ended.
+
+    torch 2.12 and later end it themselves and answer "not currently recording": as good.
+    """
+    if end is None:
+        return "this torch cannot end a capture's memory routing"
+    try:
+        end(index, pool)
+    except RuntimeError as exc:
+        if 'not currently recording' not in str(exc):
+            return f'ending its memory routing failed: {error_text(exc)}'
+    return ''
+
+
 class GraphMismatch(EstimatorError):
     """A captured graph's replay does not equal the eager forward pass."""
 
@@ -395,16 +412,10 @@ class TorchEngine(Engine):
         the graphs captured before keep running. The failed capture's reference to the pool
         is not given back by torch < 2.12: the pool's memory stays reserved until exit.
         """
-        end = getattr(torch._C, '_cuda_endAllocateToPool', None)
         index = self.device.index if self.device.index is not None \
             else torch.cuda.current_device()
-        why = 'this torch cannot end a capture\'s memory routing' if end is None else ''
-        if end is not None:
-            try:
-                end(index, self._pool)
-            except RuntimeError as exc:
-                if 'not currently recording' not in str(exc):
-                    why = f'ending its memory routing failed: {error_text(exc)}'
+        why = end_pool_routing(getattr(torch._C, '_cuda_endAllocateToPool', None), index,
+                               self._pool)
         if why:
             self._captures_off = f'a capture failed and {why}'
 
