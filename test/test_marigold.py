@@ -21,6 +21,7 @@ from depth_node.estimator import DepthEstimator, EstimatorError  # noqa: E402
 from depth_node.messages import (camera_info_msg, image_msg, image_to_array,  # noqa: E402
                                  make_header, xyz_cloud_msg)
 from ros_harness import holds_camera_info, holds_scan, status_values  # noqa: E402
+from tiny_models import textured_image  # noqa: E402
 from tiny_slow_models import make_tiny_marigold  # noqa: E402
 
 WIDTH, HEIGHT = 160, 120
@@ -34,9 +35,7 @@ def marigold(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def frame():
-    rng = np.random.default_rng(11)
-    ramp = np.linspace(0, 200, WIDTH, dtype=np.float32)[None, :, None]
-    return np.clip(ramp + rng.integers(0, 55, size=(HEIGHT, WIDTH, 3)), 0, 255).astype(np.uint8)
+    return textured_image(HEIGHT, WIDTH, top=200, noise=55, seed=11)
 
 
 def test_marigold_is_relative_depth_at_the_image_size(marigold, frame):

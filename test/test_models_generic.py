@@ -13,7 +13,7 @@ import torch
 
 from depth_node.estimator import DepthEstimator, EstimatorError
 from depth_node.messages import image_msg, image_to_array, make_header
-from tiny_models import make_tiny_dpt
+from tiny_models import make_tiny_dpt, textured_image
 from tiny_slow_models import make_tiny_chmv2, make_tiny_tipsv2_dpt
 
 
@@ -28,10 +28,7 @@ def slow_models(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def frame():
-    rng = np.random.default_rng(3)
-    ramp = np.linspace(0, 255, 80, dtype=np.float32)[None, :, None]
-    noise = rng.integers(0, 60, size=(48, 80, 3))
-    return np.clip(ramp + noise, 0, 255).astype(np.uint8)
+    return textured_image(48, 80, top=255, noise=60, seed=3)
 
 
 def _reference(folder: str, images: list[np.ndarray]) -> np.ndarray:

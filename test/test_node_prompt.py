@@ -21,6 +21,7 @@ from depth_node.messages import camera_info_msg, image_msg, image_to_array, make
 from ros_harness import holds_camera_info, holds_prompt, holds_scan, status_values
 from synthetic_scene import (HEIGHT as SCENE_H, K as SCENE_K, T_CAMERA_LIDAR as SCENE_T,
                              WIDTH as SCENE_W, plate_and_wall)
+from tiny_models import textured_image
 from tiny_slow_models import make_tiny_prompt_depth_anything
 
 pytestmark = pytest.mark.ros
@@ -36,9 +37,7 @@ def pda_folder(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def rgb():
-    rng = np.random.default_rng(7)
-    ramp = np.linspace(0, 180, W, dtype=np.float32)[None, :, None]
-    return np.clip(ramp + rng.integers(0, 70, size=(H, W, 3)), 0, 255).astype(np.uint8)
+    return textured_image(H, W, top=180, noise=70, seed=7)
 
 
 def _depth_mm(low: float, high: float, holes: float = 0.0, seed: int = 0) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from depth_node.estimator import DepthEstimator, EstimatorError
 from depth_node.image_codec import ImageDecodeError
 from depth_node import prompt as pr
-from tiny_models import make_tiny_depth_anything
+from tiny_models import make_tiny_depth_anything, textured_image
 from tiny_slow_models import make_tiny_prompt_depth_anything
 
 
@@ -31,9 +31,7 @@ def pda(pda_folder):
 
 @pytest.fixture(scope='module')
 def frame():
-    rng = np.random.default_rng(4)
-    ramp = np.linspace(0, 200, 80, dtype=np.float32)[None, :, None]
-    return np.clip(ramp + rng.integers(0, 50, size=(48, 80, 3)), 0, 255).astype(np.uint8)
+    return textured_image(48, 80, top=200, noise=50, seed=4)
 
 
 def _mm_prompt(rows: int = 12, cols: int = 20) -> np.ndarray:

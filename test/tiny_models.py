@@ -8,6 +8,7 @@ Weights are re-drawn with a fixed seed so predictions vary over the image (the s
 initialisation leaves depth heads almost constant), which makes comparisons meaningful.
 
 Import from tests as ``from tiny_models import make_tiny_depth_anything``.
+:func:`textured_image` makes the frames they are fed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,19 @@ from pathlib import Path
 import tempfile
 from typing import Any
 
+import numpy as np
 import torch
+
+
+def textured_image(height: int, width: int, top: float, noise: int, seed: int) -> np.ndarray:
+    """An ``(height, width, 3)`` uint8 RGB test frame: a left-to-right ramp from 0 to ``top``
+    plus uniform integer noise in ``[0, noise)`` (``np.random.default_rng(seed)``), clipped to
+    255: texture everywhere, so a tiny model's prediction varies over the image."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, top, width, dtype=np.float32)[None, :, None]
+    return np.clip(ramp + rng.integers(0, noise, size=(height, width, 3)), 0, 255).astype(
+        np.uint8)
+
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
