@@ -75,6 +75,9 @@ POINT_CLOUD = 'sensor_msgs/msg/PointCloud2'
 DIAGNOSTIC_STATUS = 'diagnostic_msgs/msg/DiagnosticStatus'
 TF_MESSAGE = 'tf2_msgs/msg/TFMessage'
 TF_STATIC = '/tf_static'
+SET_T_CAMERA_LIDAR = ('set lidar.T_camera_lidar (16 values, row-major, LiDAR to camera optical '
+                      'frame, e.g. from `ros2 run tf2_ros tf2_echo CAMERA_FRAME LIDAR_FRAME`)')
+"""The fix for LiDAR extrinsics the bag cannot give."""
 
 OUTPUT_TYPES = {'depth': IMAGE, 'relative': IMAGE, 'info': CAMERA_INFO, 'points': POINT_CLOUD,
                 'colored': IMAGE, 'alignment': DIAGNOSTIC_STATUS}
@@ -250,10 +253,8 @@ class Extrinsics:
         if not conns:
             raise BagError(
                 f'the LiDAR on {topics.lidar} needs its transform to the camera, and '
-                f'lidar.T_camera_lidar is unset and the bag has no {TF_STATIC}: set '
-                'lidar.T_camera_lidar (16 values, row-major, LiDAR to camera optical frame, '
-                'e.g. from `ros2 run tf2_ros tf2_echo CAMERA_FRAME LIDAR_FRAME`) or record '
-                f'{TF_STATIC}')
+                f'lidar.T_camera_lidar is unset and the bag has no {TF_STATIC}: '
+                f'{SET_T_CAMERA_LIDAR} or record {TF_STATIC}')
         tree, bad, skipped = StaticTransforms(), 0, []
         try:  # every /tf_static message: indexed mcap reads only their chunks
             for conn, _t, raw in reader.messages(connections=conns):
@@ -275,8 +276,7 @@ class Extrinsics:
         if not len(tree):
             raise BagError(f'lidar.T_camera_lidar is unset and no transform could be read from '
                            f"the bag's {TF_STATIC} ({bad} messages unreadable, {len(skipped)} "
-                           'transforms skipped): set lidar.T_camera_lidar (16 values, row-major, '
-                           'LiDAR to camera optical frame)')
+                           f'transforms skipped): {SET_T_CAMERA_LIDAR}')
         n = len(tree)
         log(f'LiDAR extrinsics from {TF_STATIC}: {n} transform{"s" if n != 1 else ""}, frames '
             f'{tree.describe()}' + (f'; {bad} messages unreadable' if bad else '') +

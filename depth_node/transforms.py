@@ -132,6 +132,17 @@ class StaticTransforms:
             chain.append(parent)
         return chain, T
 
+    def _walks(self, target: str, source: str,
+               ) -> Optional[tuple[list[str], np.ndarray, list[str], np.ndarray]]:
+        """Both frames' walks to their root (:meth:`_to_root`): ``source`` chain and matrix,
+        then ``target``'s; None when they do not reach one root."""
+        source_chain, T_root_source = self._to_root(source)
+        target_chain, T_root_target = self._to_root(target)
+        if T_root_source is None or T_root_target is None or \
+                source_chain[-1] != target_chain[-1]:
+            return None
+        return source_chain, T_root_source, target_chain, T_root_target
+
     def lookup(self, target: str, source: str) -> Optional[np.ndarray]:
         """The (4, 4) matrix that maps points in ``source`` to ``target`` (tf2's
         ``lookup_transform(target, source)``), or None when the two frames are not in one
@@ -139,21 +150,22 @@ class StaticTransforms:
         target, source = _frame(target), _frame(source)
         if target == source:
             return np.eye(4)
-        source_chain, T_root_source = self._to_root(source)
-        target_chain, T_root_target = self._to_root(target)
-        if T_root_source is None or T_root_target is None or \
-                source_chain[-1] != target_chain[-1]:
+        walks = self._walks(target, source)
+        if walks is None:
             return None
+        _, T_root_source, _, T_root_target = walks
         return np.linalg.inv(T_root_target) @ T_root_source
 
     def path(self, target: str, source: str) -> list[str]:
         """The frames from ``source`` to ``target`` through their common ancestor (empty when
         they are not connected): what a log line says the transform went through."""
         target, source = _frame(target), _frame(source)
-        if self.lookup(target, source) is None:
+        if target == source:
+            return [source]
+        walks = self._walks(target, source)
+        if walks is None:
             return []
-        source_chain, _ = self._to_root(source)
-        target_chain, _ = self._to_root(target)
+        source_chain, _, target_chain, _ = walks
         common = next(f for f in source_chain if f in target_chain)
         up = source_chain[:source_chain.index(common) + 1]
         down = target_chain[:target_chain.index(common)]
