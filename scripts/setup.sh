@@ -27,7 +27,11 @@ if [ "$ROS" = jazzy ]; then
   CHECK="$CHECK, onnx, onnxruntime, openvino, depth_node.export_tool"
   ENGINES=',engines'
 fi
-if ! python -c "$CHECK" 2>/dev/null || [ ! -x "$VENV/bin/depth_node-export" ] || \
+# Run from / so that depth_node comes from the venv's install, and must be this checkout's: a
+# venv installed (editable) from another or a deleted clone is reinstalled from here.
+HERE="$(pwd -P)"
+CHECK="$CHECK; import pathlib, sys; sys.exit(pathlib.Path(depth_node.__file__).resolve().parents[1] != pathlib.Path('$HERE'))"
+if ! (cd / && python -c "$CHECK") 2>/dev/null || [ ! -x "$VENV/bin/depth_node-export" ] || \
    [ ! -x "$VENV/bin/depth_node-bag" ]; then
   echo "[setup] installing into $VENV, ROS 2 $ROS wheels (torch first: 2.13.0 is the CPU" \
        'wheel here)'
