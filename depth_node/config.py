@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any, Optional, Sequence
 
-DEFAULT_MODEL = 'depth-anything/Depth-Anything-V2-Small-hf'
+from depth_node.hub import DEFAULT_MODEL
 
 _CAMERA_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$')
 

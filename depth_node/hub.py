@@ -19,6 +19,9 @@ import urllib.request
 
 DEFAULT_ENDPOINT = 'https://huggingface.co'
 
+DEFAULT_MODEL = 'depth-anything/Depth-Anything-V2-Small-hf'
+"""The model loaded when none is named (``model.name``, the estimator, the demo and tools)."""
+
 PROBE_TIMEOUT = 3.0
 """Seconds the probe waits for the hub (name lookup included)."""
 

@@ -31,7 +31,7 @@ Supported transformers model types (checked against transformers 5.23): ``depth_
 (relative disparity), ``glpn``, ``zoedepth`` and ``depth_pro`` (metres). Plain ONNX models say
 what they output in their card (``relative_disparity``, ``relative_depth`` or ``metric_depth``).
 Any other transformers depth model type, and Marigold (diffusers), take the slow path of
-:mod:`depth_node.estimator.generic`: their own processor or pipeline, torch only. Prompt Depth
+:mod:`depth_node.estimator.slow_path`: their own processor or pipeline, torch only. Prompt Depth
 Anything (:mod:`depth_node.estimator.prompted`) takes a metric depth prompt with each frame
 (``prompt=`` of :meth:`DepthEstimator.predict`) and outputs metres.
 """
@@ -39,12 +39,12 @@ Anything (:mod:`depth_node.estimator.prompted`) takes a metric depth prompt with
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -55,47 +55,17 @@ from depth_node.estimator.engines.onnx_base import FixedOnnx
 from depth_node.estimator.engines.torch_engine import TorchEngine
 from depth_node.estimator.errors import EstimatorError, one_per_image
 from depth_node.estimator.export import OnnxExporter, default_cache_dir
-from depth_node.estimator.generic import check_kind, open_slow_path
-from depth_node.estimator.loading import DEFAULT_MODEL, load_checkpoint
-from depth_node.estimator.model_card import (OUTPUT_KINDS, is_onnx_model,  # noqa: F401
-                                             load_onnx_model)
+from depth_node.estimator.loading import load_checkpoint
+from depth_node.estimator.model_card import is_onnx_model, load_onnx_model
 from depth_node.estimator.postprocess import Postprocessor
+from depth_node.estimator.prediction import Prediction
 from depth_node.estimator.preprocess import Preprocessor
 from depth_node.estimator.recipe import make_recipe, with_short_side
+from depth_node.estimator.slow_base import check_kind
+from depth_node.estimator.slow_path import open_slow_path
+from depth_node.hub import DEFAULT_MODEL
 
 logger = logging.getLogger('depth_node.estimator')
-
-
-@dataclass
-class Prediction:
-    """What one :meth:`DepthEstimator.predict` (or ``predict_batch``, ``predict_points``) gives.
-
-    Attributes
-    ----------
-    depth : np.ndarray
-        ``(H, W)`` float32 (``(B, H, W)`` from ``predict_batch``): metres along the optical
-        axis when the model is metric, else its relative output (see ``output_kind``).
-    timings : dict[str, float]
-        Seconds spent in ``'preprocess'``, ``'forward'`` and ``'postprocess'`` (and
-        ``'cloud'`` with clouds); on CUDA from events on the stream (the device is synchronised
-        once per call, not per stage).
-    points : np.ndarray, list or None
-        ``predict_points``: ``(ceil(H / stride), ceil(W / stride), 3)`` float32 points in the
-        camera optical frame, metres, NaN where invalid. ``predict_batch`` with ``clouds``: a
-        list with such an array (or None) per image.
-    non_finite : int
-        How many of the frames had NaN or infinity in the network's raw output (fp16 overflow);
-        those values are NaN in ``depth``.
-    no_prompt : int
-        A model that takes a depth prompt (:attr:`DepthEstimator.takes_prompt`): how many of
-        the frames had none; their ``depth`` is all NaN (no forward pass for them).
-    """
-
-    depth: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-    points: Union[np.ndarray, list, None] = None
-    non_finite: int = 0
-    no_prompt: int = 0
 
 
 class HostStageClock:
@@ -207,7 +177,7 @@ class DepthEstimator:
         OpenVINO device (``'CPU'``, ``'GPU'``, ``'NPU'``).
     kind : str
         ``''`` (what the config or card says) or the output kind, which overrides it
-        (:data:`depth_node.estimator.generic.KIND_CHOICES`); required for a model type without
+        (:data:`depth_node.estimator.slow_base.KIND_CHOICES`); required for a model type without
         a fast path whose config does not say.
     denoising_steps, ensemble_size : int
         Marigold checkpoints only (:mod:`depth_node.estimator.marigold`); 0 = its default.
@@ -254,7 +224,7 @@ class DepthEstimator:
         self._warm_batches: set[int] = set()
         self.batch_independent = True
         self.takes_prompt = False
-        # --- slow path (depth_node.estimator.generic): a model type without a fast path or a
+        # --- slow path (depth_node.estimator.slow_path): a model type without a fast path or a
         # Marigold checkpoint runs through its own processor / pipeline; _run hands it frames.
         self._slow = open_slow_path(name, random_init, engine, self.device, precision, kind,
                                     denoising_steps, ensemble_size)

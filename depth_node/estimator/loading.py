@@ -12,18 +12,15 @@ from dataclasses import dataclass, field
 import json
 import logging
 import math
-import os
 from pathlib import Path
-import re
 from typing import Any, Optional
 
 import torch
 
 from depth_node.estimator.errors import EstimatorError
+from depth_node.hub import DEFAULT_MODEL, is_local_model, offline_requested
 
 logger = logging.getLogger('depth_node.estimator')
-
-DEFAULT_MODEL = 'depth-anything/Depth-Anything-V2-Small-hf'
 
 RANDOM_WEIGHTS_WARNING = ('RANDOM WEIGHTS: output is meaningless, for pipeline tests and timing '
                           'only')
@@ -38,8 +35,6 @@ RANDOM_INIT_CHOICES = {
 _METRIC_MODEL_TYPES = ('zoedepth', 'depth_pro', 'glpn')
 _RELATIVE_MODEL_TYPES = ('dpt',)
 SUPPORTED_MODEL_TYPES = ('depth_anything',) + _RELATIVE_MODEL_TYPES + _METRIC_MODEL_TYPES
-_HUB_ID = re.compile(r'^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$')
-_TRUE = ('1', 'true', 'yes', 'on')
 
 
 @dataclass
@@ -120,8 +115,7 @@ def _source_files(model: torch.nn.Module) -> list[Path]:
 
 def _offline() -> bool:
     """True when the Hugging Face hub must not be contacted (env read at call time)."""
-    if any(os.environ.get(k, '').strip().lower() in _TRUE
-           for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE')):
+    if offline_requested():
         return True
     try:
         from huggingface_hub import constants
@@ -204,7 +198,7 @@ def _load_pretrained(name: str) -> tuple[torch.nn.Module, Optional[dict]]:
         raise EstimatorError('model name is empty; pass a hub id such as '
                              f"'{DEFAULT_MODEL}' or a local model directory")
     path = Path(name).expanduser()
-    local = path.exists() or not _HUB_ID.match(name)
+    local = is_local_model(name)
     if local:
         if not path.is_dir():
             what = 'is a file, not a directory' if path.exists() else 'does not exist'

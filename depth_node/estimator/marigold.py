@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from depth_node.estimator.errors import EstimatorError
-from depth_node.estimator.generic import SlowPath, check_kind
+from depth_node.estimator.slow_base import SlowPath, check_kind
 
 
 class MarigoldPath(SlowPath):
@@ -53,7 +53,7 @@ class MarigoldPath(SlowPath):
                  ensemble_size: int = 0) -> None:
         super().__init__(device, dtype)
         try:
-            from diffusers import MarigoldDepthPipeline
+            from diffusers import MarigoldDepthPipeline  # the optional extra, heavy
         except ImportError as exc:
             raise EstimatorError(
                 f"'{name}' is a Marigold checkpoint, which runs through diffusers; install "

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from depth_node.estimator.errors import EstimatorError, one_per_image
-from depth_node.estimator.generic import GenericTransformersPath, check_kind
+from depth_node.estimator.generic import GenericTransformersPath
+from depth_node.estimator.slow_base import check_kind
 
 MODEL_TYPE = 'prompt_depth_anything'
 

@@ -1,0 +1,41 @@
+"""What a prediction gives (ROS-free): :class:`Prediction`, shared by the facade
+(:mod:`.facade`) and the slow paths (:mod:`.slow_base`) that build it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+
+@dataclass
+class Prediction:
+    """What one :meth:`DepthEstimator.predict` (or ``predict_batch``, ``predict_points``) gives.
+
+    Attributes
+    ----------
+    depth : np.ndarray
+        ``(H, W)`` float32 (``(B, H, W)`` from ``predict_batch``): metres along the optical
+        axis when the model is metric, else its relative output (see ``output_kind``).
+    timings : dict[str, float]
+        Seconds spent in ``'preprocess'``, ``'forward'`` and ``'postprocess'`` (and
+        ``'cloud'`` with clouds); on CUDA from events on the stream (the device is synchronised
+        once per call, not per stage).
+    points : np.ndarray, list or None
+        ``predict_points``: ``(ceil(H / stride), ceil(W / stride), 3)`` float32 points in the
+        camera optical frame, metres, NaN where invalid. ``predict_batch`` with ``clouds``: a
+        list with such an array (or None) per image.
+    non_finite : int
+        How many of the frames had NaN or infinity in the network's raw output (fp16 overflow);
+        those values are NaN in ``depth``.
+    no_prompt : int
+        A model that takes a depth prompt (:attr:`DepthEstimator.takes_prompt`): how many of
+        the frames had none; their ``depth`` is all NaN (no forward pass for them).
+    """
+
+    depth: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    points: Union[np.ndarray, list, None] = None
+    non_finite: int = 0
+    no_prompt: int = 0
