@@ -53,7 +53,7 @@ def build_bag(folder: Path, n: int, storage: str) -> tuple[Path, list, list[floa
 def load(params: dict[str, Any]) -> Any:
     """The estimator the tool loads for ``params`` (``load_estimator``, warmed up)."""
     from depth_node import config as cfg
-    from depth_node.frame_pipeline import load_estimator
+    from depth_node.model import load_estimator
 
     return load_estimator(cfg.validate_values(params)).estimator
 

@@ -63,7 +63,9 @@ FRAME_640 = 'tum_rgbd/1341847980.722988'      # 640x480
 FRAME_720 = 'nuscenes_mini/CAM_FRONT'         # 1600x900, resized to 1280x720
 ARCHS = {'small': 'depth-anything-v2-small', 'base': 'depth-anything-v2-base'}
 SIZES = {'640x480': (480, 640), '1280x720': (720, 1280)}
-SINK_TOPICS = ('bench/relative', 'bench/depth', 'bench/camera_info', 'bench/points')
+SINK_TOPICS = {'relative': 'bench/relative', 'depth': 'bench/depth', 'info': 'bench/camera_info',
+               'points': 'bench/points'}
+"""The outputs the bench publishes (output key -> topic), as the node's of the same keys."""
 MIN_DEPTH, MAX_DEPTH = 0.1, 80.0
 
 # Targets (CPU; Small at 640x480 unless said otherwise).
@@ -173,6 +175,24 @@ def _header(frame_id: str, sec: int) -> Any:
 # ----------------------------------------------------------------------------------------------
 # the pipeline, as the node runs it, and naively
 
+class _AlignmentInput:
+    """The estimator, its ``predict`` output swapped for :meth:`Inputs.alignment_input` (the
+    synthetic prediction when a random network's output is constant); everything else, the
+    timings included, is the estimator's own."""
+
+    def __init__(self, estimator: Any, inputs: 'Inputs') -> None:
+        self._est, self._inputs = estimator, inputs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._est, name)
+
+    def predict(self, rgb: np.ndarray, **kwargs: Any) -> Any:
+        import dataclasses
+
+        result = self._est.predict(rgb, **kwargs)
+        return dataclasses.replace(result, depth=self._inputs.alignment_input(result.depth))
+
+
 class Pipeline:
     """One configuration: the node's stages in this process (or their naive versions)."""
 
@@ -182,6 +202,7 @@ class Pipeline:
         from depth_node.alignment import Aligner, AlignerConfig
         from depth_node.frame_pipeline import FramePipeline
         from depth_node.messages import image_msg
+        from depth_node.problems import Reporter
 
         self.label = label
         self.inputs = inputs
@@ -198,7 +219,11 @@ class Pipeline:
             'lidar.smoothing': 0.0, 'cloud.min_depth': MIN_DEPTH, 'cloud.max_depth': MAX_DEPTH,
             'cloud.stride': stride, 'cloud.organized': True, 'output.relative': True,
             'input.max_pixels': 0})
-        self.frames = FramePipeline(self.config, estimator) if estimator is not None else None
+        # the pipeline runs the network through _AlignmentInput: a random network's constant
+        # output is swapped for the synthetic prediction the scan was made from
+        self.frames = (FramePipeline(self.config, _AlignmentInput(estimator, inputs))
+                       if estimator is not None else None)
+        self.reporter = Reporter(lambda severity, line: print(f'[bench] {severity}: {line}'))
         self.state = self.frames.new_camera() if self.frames is not None else None
         if self.state is not None:
             self.state.intrinsics = inputs.intr
@@ -275,56 +300,46 @@ class Pipeline:
         return stage
 
     def _run_package(self, k: int) -> dict[str, float]:
-        """The node's own code: :class:`depth_node.frame_pipeline.FramePipeline`'s decode,
-        forward and finish, with a sink that fills and publishes the messages as the node's
-        does (relative depth, metric depth, camera_info, organized cloud)."""
-        from depth_node.messages import camera_info_msg, cloud_msg, image_msg
-        from depth_node.telemetry import StageTimer
+        """The node's own code: :meth:`depth_node.frame_pipeline.FramePipeline.run_batch`,
+        with a sink that builds and publishes the messages as the node's does (relative depth,
+        metric depth, camera_info, organized cloud: :func:`depth_node.outputs.build_message`)."""
+        from depth_node.frame_pipeline import Job
+        from depth_node.messages import MESSAGES
+        from depth_node.outputs import build_message
 
         stage = {'fill': 0.0, 'publish': 0.0}
         sink_s: dict[str, float] = {}
         header = _header('camera', 1_000_000 + k)
         msg = self.image_msg
         msg.header = header
-        wall = time.perf_counter()
-        frame = self.frames.decode('image', msg)
-        stage['decode'] = time.perf_counter() - wall
-        result = self.frames.forward([frame], [self.state], [False])
-        if result.error is not None:
-            raise result.error
-        stage.update({key: result.timings[key]
-                      for key in ('preprocess', 'forward', 'postprocess')})
-        self.last_prediction = frame.prediction
-        frame.prediction = self.inputs.alignment_input(frame.prediction)
-        topics = {'relative': 'bench/relative', 'depth': 'bench/depth',
-                  'info': 'bench/camera_info', 'points': 'bench/points'}
 
-        def sink(key: str, value: Any) -> None:
-            if key not in topics:
-                return
+        def sink(job: Any, key: str, value: Any) -> None:
+            if key not in SINK_TOPICS:
+                return  # depth/alignment: the bench publishes what the node's e2e measures
             t = time.perf_counter()
-            if key == 'info':
-                out = camera_info_msg(value, header)
-            elif key == 'points':
-                out = cloud_msg(value, header)
-            else:
-                out = image_msg(value, '32FC1', header)
+            out = build_message(MESSAGES, key, value, header, 'bench')
             t1 = time.perf_counter()
             stage['fill'] += t1 - t
             if self.pubs is not None:
-                self.pubs[topics[key]].publish(out)
+                self.pubs[SINK_TOPICS[key]].publish(out)
             t2 = time.perf_counter()
             stage['publish'] += t2 - t1
             sink_s[key] = t2 - t
 
-        scan = None if self.inputs.scan is None else (frame.stamp, 'camera', self.inputs.scan)
-        timer = StageTimer()
-        timer.start()
-        self.frames.finish(frame, self.state, set(topics), sink, scan=scan, timer=timer)
-        times = timer.finish()
+        scans = [] if self.inputs.scan is None else [
+            (header.stamp.sec + header.stamp.nanosec * 1e-9, 'camera', self.inputs.scan)]
+        job = Job(self.state, 'image', msg, wanted=frozenset(SINK_TOPICS),
+                  scans=lambda: scans)
+        wall = time.perf_counter()
+        result = self.frames.run_batch([job], sink, self.reporter)
+        stage['total'] = time.perf_counter() - wall
+        if not result.finished:
+            raise RuntimeError(f'the frame was not finished: {self.reporter.counters.snapshot()}')
+        times = result.timings
+        stage.update({key: times[key] for key in ('decode', 'preprocess', 'forward',
+                                                  'postprocess')})
         stage['alignment'] = times.get('alignment', 0.0)
         stage['cloud'] = times.get('cloud', 0.0) - sink_s.get('points', 0.0)
-        stage['total'] = time.perf_counter() - wall
         return stage
 
     def _run_naive(self, k: int) -> dict[str, float]:
@@ -440,16 +455,14 @@ def _sink_main() -> int:
     """``--sink``: subscribe the bench topics and spin until stdin closes."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
     from depth_node.spin import BackgroundExecutor
 
     rclpy.init(args=[])
     node = rclpy.create_node('depth_node_bench_sink')
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-    types = {'bench/relative': Image, 'bench/depth': Image, 'bench/camera_info': CameraInfo,
-             'bench/points': PointCloud2}
-    subs = [node.create_subscription(types[t], t, lambda m: None, qos) for t in SINK_TOPICS]
+    subs = [node.create_subscription(_sink_type(k), t, lambda m: None, qos)
+            for k, t in SINK_TOPICS.items()]
     spinner = BackgroundExecutor(rclpy.get_default_context())
     spinner.add(node)
     sys.stdin.read()  # the parent closes our stdin when done
@@ -457,18 +470,22 @@ def _sink_main() -> int:
     os._exit(0)
 
 
+def _sink_type(key: str) -> type:
+    """The message class of output ``key`` (the output table's)."""
+    from depth_node.messages import message_class
+    from depth_node.outputs import OUTPUTS_BY_KEY
+
+    return message_class(OUTPUTS_BY_KEY[key].msg_type)
+
+
 class Sink:
     """A subscriber process for the in-process publish stage."""
 
     def __init__(self, ros: Ros) -> None:
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-
         self.proc = subprocess.Popen([sys.executable, __file__, '--sink'], stdin=subprocess.PIPE,
                                      env=dict(os.environ))
-        types = {'bench/relative': Image, 'bench/depth': Image,
-                 'bench/camera_info': CameraInfo, 'bench/points': PointCloud2}
-        self.pubs = {t: ros.node.create_publisher(types[t], t, ros.reliable())
-                     for t in SINK_TOPICS}
+        self.pubs = {t: ros.node.create_publisher(_sink_type(k), t, ros.reliable())
+                     for k, t in SINK_TOPICS.items()}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if all(p.get_subscription_count() > 0 for p in self.pubs.values()):

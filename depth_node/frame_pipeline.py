@@ -1,22 +1,25 @@
 """One frame's way from a received message to output arrays, ROS-free.
 
 The node, the bag tool (``depth_node-bag``), the demo and the benchmarks all run frames through
-:class:`FramePipeline`; nothing re-implements it. It neither publishes nor logs: each output goes
-to a ``sink(key, value)`` callable as soon as it is ready (the node publishes it there, so
-``depth/relative`` leaves before the LiDAR fit runs; the bag tool writes it), and so does each
-problem found, as ``sink('problem', Problem)``, for the caller to log and count; all of them
-also come back in :class:`Outputs`.
+:meth:`FramePipeline.run_batch`, the one per-frame sequence: decode, pair depth prompts, one
+forward pass per image size, then finish each frame. Nothing re-implements it; callers differ
+only in where frames come from (:class:`Job`) and where outputs go: each output goes to a
+``sink(job, key, value)`` callable as soon as it is ready (the node publishes it there, so
+``depth/relative`` leaves before the LiDAR fit runs; the bag tool writes it), and each problem
+found to a :class:`depth_node.problems.Reporter`, which counts and logs it by the problem table.
+The steps (:meth:`FramePipeline.check`, ``decode``, ``pair_prompt``, ``forward``, ``finish``)
+stay public for tests and tools that look at one of them.
 
 Messages are read by duck typing (the usual ``sensor_msgs`` field names), so rclpy messages and
 ``rosbags`` messages both work. A frame's ``header`` is passed through untouched: every output
 of a frame carries the input image's stamp and frame_id.
 
-Output keys (:data:`OUTPUT_TOPICS`): ``relative`` ((H, W) float32, no unit, never metres),
-``depth`` ((H, W) float32 metres with NaN invalid, or uint16 millimetres with 0 invalid, as
-``output.encoding`` says), ``info`` (:class:`~depth_node.camera_info.Intrinsics` of the depth
+Output keys (:data:`depth_node.outputs.OUTPUTS`): ``relative`` ((H, W) float32, no unit, never
+metres), ``depth`` ((H, W) float32 metres with NaN invalid, or uint16 millimetres with 0 invalid,
+as ``output.encoding`` says), ``info`` (:class:`~depth_node.camera_info.Intrinsics` of the depth
 image), ``points`` (:class:`~depth_node.cloud.PackedCloud` in the camera's optical frame),
-``colored`` ((H, W, 3) uint8) and ``alignment`` (:class:`AlignmentReport`, or with a depth
-prompt :class:`depth_node.prompt.PromptReport`).
+``colored`` ((H, W, 3) uint8) and ``alignment`` (:class:`AlignmentReport`, or with a depth prompt
+:class:`depth_node.prompt.PromptReport`).
 
 A Prompt Depth Anything model (``prompt.source``) takes a metric depth prompt with each frame:
 :meth:`FramePipeline.pair_prompt` finds it before :meth:`FramePipeline.forward`; a frame without
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
-import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -44,17 +46,18 @@ from depth_node.image_codec import (
     limited_size, plan_compressed)
 from depth_node.input_shape import check_input_shape, model_patch_size
 from depth_node.lidar import LidarError, prepare_points, projection_counts, read_points_xyz
+from depth_node.outputs import alignment_status, image_encoding, OUTPUTS  # noqa: F401
 from depth_node.packing import depth_to_uint16_mm
+from depth_node.problems import Problem, Reporter
 from depth_node.telemetry import StageTimer
-from depth_node.text import bounded, shorten
+from depth_node.text import shorten
 
 INPUT_TOPICS = {'image': 'image', 'compressed': 'image/compressed', 'relative': 'relative_depth'}
 """Input topic of each kind of frame (relative to the camera's namespace)."""
 
-OUTPUT_TOPICS = {'depth': 'depth/image', 'relative': 'depth/relative',
-                 'info': 'depth/camera_info', 'points': 'depth/points',
-                 'colored': 'depth/colored', 'alignment': 'depth/alignment'}
-"""Output topic of each output key (relative to the camera's namespace)."""
+OUTPUT_TOPICS = {o.key: o.topic for o in OUTPUTS}
+"""Output topic of each output key (relative to the camera's namespace;
+:data:`depth_node.outputs.OUTPUTS` declares them)."""
 
 Scan = tuple[float, str, np.ndarray]
 """A LiDAR scan: (header stamp in seconds, frame_id, (N, 3) float32 x, y, z in metres in its
@@ -97,27 +100,6 @@ def read_scan(msg: Any) -> Scan:
     return (stamp_to_sec(msg.header.stamp), str(msg.header.frame_id), xyz)
 
 
-def alignment_status(report: Any, node_name: str, camera: str = '') -> dict[str, Any]:
-    """The ``diagnostic_msgs/DiagnosticStatus`` fields of ``depth/alignment`` for an
-    :class:`AlignmentReport` (LiDAR fit) or a :class:`depth_node.prompt.PromptReport`:
-    ``level`` (int), ``name``, ``message`` (the state), ``hardware_id`` (the frame_id) and
-    ``values`` (a dict), every message string bounded for logs and diagnostics."""
-    values = report.values()
-    values['reason'] = bounded(values['reason'])
-    which = f' ({camera})' if camera else ''
-    what = 'depth prompt' if isinstance(report, pr.PromptReport) else 'lidar alignment'
-    return {'level': report.level, 'name': f'{node_name}: {what}{which}',
-            'message': values['state'], 'hardware_id': bounded(report.frame_id, 64),
-            'values': values}
-
-
-def image_encoding(key: str, value: np.ndarray) -> str:
-    """The ``sensor_msgs/Image`` encoding of output ``key`` (``depth``, ``relative``,
-    ``colored``) holding ``value``: ``16UC1`` (uint16 mm), ``32FC1`` or ``rgb8``."""
-    return {'relative': '32FC1', 'colored': 'rgb8'}.get(
-        key, '16UC1' if value.dtype == np.uint16 else '32FC1')
-
-
 @dataclass
 class Frame:
     """One received frame on its way through the pipeline.
@@ -149,27 +131,64 @@ class CameraState:
     """What the pipeline keeps per camera: its latest camera_info and its LiDAR fit.
 
     ``index`` is the camera's place in ``input.cameras`` (it selects its block of
-    ``lidar.T_camera_lidar``).
+    ``lidar.T_camera_lidar``); ``name`` its name there ('' for the one camera without
+    ``input.cameras``), the namespace of its topics.
     """
 
     index: int = 0
     intrinsics: Optional[Intrinsics] = None
     aligner: Optional[Aligner] = None
     last_alignment: Optional[Alignment] = None
+    name: str = ''
+
+    def topic(self, name: str) -> str:
+        """Topic ``name`` of this camera (``<camera>/name`` with ``input.cameras``)."""
+        return f'{self.name}/{name}' if self.name else name
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Something the caller should log and count.
+def _nothing() -> Sequence[Any]:
+    return ()
 
-    ``key``: ``'camera_info'`` (a camera_info that does not fit or is unusable: a bad input),
-    ``'no_camera_info'`` (none received yet), ``'no_fit'`` (no metric depth for this frame),
-    ``'prompt_missing'``, ``'prompt_stale'``, ``'prompt_low_coverage'``, ``'prompt_bad'`` (no
-    usable depth prompt: no metric depth for this frame).
+
+@dataclass
+class Job:
+    """One camera's frame for :meth:`FramePipeline.run_batch`, with what to pair it with.
+
+    Either ``msg`` (a received message of ``kind``, :data:`INPUT_TOPICS`; decoded by
+    ``run_batch``, and ``fallback``, the frame it displaced, decoded instead when it is refused)
+    or ``frame`` (decoded already: the bag tool decodes on its reader thread). ``wanted``: the
+    output keys to build (:data:`depth_node.outputs.OUTPUTS`; the node: those with
+    subscribers). ``scans()`` and ``prompts()`` give the LiDAR scans and depth prompt images to
+    pair with, called when they are needed (after the forward pass for the LiDAR fit, so a scan
+    that arrived meanwhile counts); ``scans_seen``: whether any scan was ever received (default:
+    whether ``scans()`` gave any), so that a frame without one counts as ``lidar_unpaired``.
+    ``tag``: the caller's own (the bag tool: the receive time), untouched.
     """
 
-    key: str
-    text: str
+    camera: CameraState
+    kind: str = 'image'
+    msg: Any = None
+    fallback: Any = None
+    frame: Optional[Frame] = None
+    wanted: frozenset = frozenset(OUTPUT_TOPICS)
+    scans: Callable[[], Sequence[Scan]] = _nothing
+    scans_seen: Optional[bool] = None
+    prompts: Callable[[], Sequence[pr.PromptImage]] = _nothing
+    tag: Any = None
+
+
+JobSink = Callable[[Job, str, Any], None]
+"""Receives each output of a job's frame as it is ready: ``sink(job, key, value)``."""
+
+
+@dataclass
+class BatchResult:
+    """What :meth:`FramePipeline.run_batch` did: the stage times of the batch (s, with
+    ``total``), each finished job with its :class:`Outputs`, and each forward pass's result."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    finished: list[tuple[Job, Outputs]] = field(default_factory=list)
+    forwards: list[ForwardResult] = field(default_factory=list)
 
 
 @dataclass
@@ -221,76 +240,6 @@ class ForwardResult:
     error: Optional[BaseException] = None
 
 
-@dataclass
-class LoadedModel:
-    """:func:`load_estimator`'s result: the estimator, log lines for the caller and timings."""
-
-    estimator: Any
-    notes: list[tuple[str, str]]  # (level 'info' | 'warning', text)
-    timings: dict[str, float]
-
-
-def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
-                   on_note: Optional[Callable[[str, str], None]] = None) -> LoadedModel:
-    """Load and warm up the model the ``model.*`` parameters name.
-
-    ``batches``: batch sizes to warm up (the node: 1 and its number of cameras).
-    ``on_note(level, text)`` receives each log line as it arises (level ``'info'`` or
-    ``'warning'``), so that a note made before a failure (the hub cannot be reached) is logged
-    before the error; the lines are also returned in :attr:`LoadedModel.notes`.
-
-    Raises
-    ------
-    depth_node.config.ConfigError
-        When the model cannot be loaded (the message says what to fix).
-    """
-    from depth_node.estimator import DepthEstimator, EstimatorError
-    from depth_node.hub import is_local_model, prepare_hub_access
-
-    c = config
-    name = c['model.name']
-    random_init = c['model.random_init'] or None
-    notes: list[tuple[str, str]] = []
-
-    def note_(level: str, text: str) -> None:
-        notes.append((level, text))
-        if on_note is not None:
-            on_note(level, text)
-
-    if not random_init:
-        note = prepare_hub_access(name, is_local=is_local_model(name))
-        if note:
-            note_('warning', note)
-    try:
-        t0 = time.perf_counter()
-        est = DepthEstimator(name, device=c['model.device'], precision=c['model.precision'],
-                             random_init=random_init, compile=c['model.compile'],
-                             cuda_graphs=c['model.cuda_graphs'], engine=c['model.engine'],
-                             input_size=c['model.input_size'], cache_dir=c['model.cache_dir'],
-                             threads=c['model.threads'],
-                             providers=[p for p in c['model.onnxruntime_providers'] if p],
-                             openvino_device=c['model.openvino_device'], kind=c['model.kind'],
-                             denoising_steps=c['model.denoising_steps'],
-                             ensemble_size=c['model.ensemble_size'])
-        load_s = time.perf_counter() - t0
-    except EstimatorError as exc:
-        raise cfg.ConfigError(str(exc)) from exc
-    if random_init:
-        note_('warning', f'model.random_init={random_init}: RANDOM WEIGHTS, the output is '
-                         'meaningless. Use this for pipeline smoke tests and timing only.')
-    warm_s = 0.0
-    if c['model.warmup']:
-        width, height = c['model.warmup_size']
-        # smaller batches are padded to one of the warmed sizes
-        warm_s = est.warmup(height, width, batches=tuple(sorted(set(batches))))
-    for note in est.startup_notes:  # engine; export / cache times
-        note_('info', note)
-    note_('info', f'model {random_init or name} on {est.device} ({est.dtype}), engine '
-                  f'{est.engine.name}, {est.output_kind.replace("_", " ")}; load '
-                  f'{load_s:.2f} s, warm-up {warm_s:.2f} s')
-    return LoadedModel(est, notes, {'model_load': load_s, 'warmup': warm_s})
-
-
 def nearest_scan(scans: Sequence[Scan], stamp: float, max_offset: float) -> Optional[Scan]:
     """The scan whose stamp is nearest ``stamp`` (s), or None when none is within
     ``max_offset`` (s). Scans may lie before or after the frame."""
@@ -324,6 +273,143 @@ class FramePipeline:
                                  config['model.random_init'])
             if why:
                 raise cfg.ConfigError(why)
+
+    # ------------------------------------------------------------ the sequence
+    def run_batch(self, jobs: Sequence[Job], sink: JobSink, reporter: Reporter,
+                  lookup_tf: Optional[Callable[[str, Any], Optional[np.ndarray]]] = None,
+                  timer: Optional[StageTimer] = None,
+                  stopping: Optional[Callable[[], bool]] = None) -> BatchResult:
+        """The one way through frames, for the node, the bag tool, the demo and the benchmarks.
+
+        1. Decode each job's message (its ``fallback`` when the message is refused: the frame
+           it displaced is served after all, ``frames_dropped`` given back).
+        2. Pair depth prompts (``prompt.source``).
+        3. One forward pass per image size over all the frames of that size (``batch`` frames
+           of several cameras); a failed pass skips its frames (``forward_failed``, or
+           ``device_lost`` after a sticky CUDA error); non-finite output is reported.
+        4. Finish each frame (:meth:`finish`): pair the nearest LiDAR scan, align, build the
+           outputs the job wants, each to ``sink(job, key, value)`` as soon as it is ready.
+
+        Every problem goes to ``reporter`` (counted and logged by
+        :data:`depth_node.problems.PROBLEMS`), never raised: an error finishing one frame skips
+        that frame (``frame_error``) unless ``stopping()`` says the caller is shutting down
+        (its outputs are gone), which ends the batch quietly. ``lookup_tf(lidar_frame,
+        header)``: the LiDAR-to-camera transform when ``lidar.T_camera_lidar`` is unset.
+        ``timer`` records the stages (``decode``, ``preprocess``, ``forward``, ``postprocess``,
+        ``cloud``, then :meth:`finish`'s).
+        """
+        timer = timer or StageTimer()
+        timer.start()
+        result = BatchResult()
+        ready: list[Job] = []
+        for job in jobs:
+            if job.frame is None:
+                job.frame = self.decode_or_report(job.kind, job.msg, job.camera, reporter)
+                if job.frame is None and job.fallback is not None:
+                    reporter.count('frames_dropped', job.camera.name, -1)  # served after all
+                    job.frame = self.decode_or_report(job.kind, job.fallback, job.camera,
+                                                      reporter)
+            if job.frame is not None:
+                ready.append(job)
+        if self.prompt_source:  # the prompt goes into the network with the image
+            for job in ready:
+                self.pair_prompt(job.frame, job.camera, job.prompts(), job.scans(), lookup_tf)
+        timer.mark('decode')
+        if self.estimator is not None:
+            by_size: dict[tuple[int, int], list[Job]] = {}
+            for job in ready:
+                by_size.setdefault(job.frame.rgb.shape[:2], []).append(job)
+            for group in by_size.values():
+                forward = self._forward_jobs(group, reporter)
+                result.forwards.append(forward)
+                for stage in ('preprocess', 'forward', 'postprocess', 'cloud'):
+                    if stage in forward.timings:
+                        timer.add(stage, forward.timings[stage])
+            timer.skip()  # the stages above are the whole of the forward passes
+        for job in ready:
+            if job.frame.prediction is None:
+                continue  # its forward pass failed (reported)
+            try:
+                out = self._finish_job(job, sink, reporter, lookup_tf, timer)
+            except Exception as exc:  # noqa: BLE001 - one frame must never stop the caller
+                if stopping is not None and stopping():
+                    break  # the outputs are gone, nothing went wrong
+                reporter.report(Problem('frame_error', f'{type(exc).__name__}: {exc}'))
+                continue
+            result.finished.append((job, out))
+        if ready:
+            result.timings = timer.finish()
+        return result
+
+    def accepts(self, kind: str, msg: Any, camera: CameraState, reporter: Reporter,
+                topic: str = '') -> bool:
+        """:meth:`check` on arrival; a refused frame is reported (``bad_image``, naming
+        ``topic``, by default the camera's input topic of ``kind``)."""
+        try:
+            self.check(kind, msg)
+        except ImageDecodeError as exc:
+            topic = shorten(topic) if topic else camera.topic(INPUT_TOPICS[kind])
+            reporter.report(Problem('bad_image', f'{topic} refused: {exc}'))
+            return False
+        return True
+
+    def decode_or_report(self, kind: str, msg: Any, camera: CameraState,
+                         reporter: Reporter, topic: str = '') -> Optional[Frame]:
+        """:meth:`decode`, or None with the problem reported (``bad_image`` for a refused
+        frame, naming ``topic`` as :meth:`accepts` does; ``frame_error`` for anything
+        unexpected)."""
+        try:
+            return self.decode(kind, msg)
+        except ImageDecodeError as exc:
+            topic = shorten(topic) if topic else camera.topic(INPUT_TOPICS[kind])
+            reporter.report(Problem('bad_image', f'{topic} refused: {exc}'))
+        except Exception as exc:  # noqa: BLE001 - one frame must never stop the caller
+            reporter.report(Problem('frame_error', f'{type(exc).__name__}: {exc}'))
+        return None
+
+    def _forward_jobs(self, group: Sequence[Job], reporter: Reporter) -> ForwardResult:
+        """:meth:`forward` over same-size jobs, its failure or non-finite output reported."""
+        result = self.forward([j.frame for j in group], [j.camera for j in group],
+                              ['points' in j.wanted for j in group])
+        exc = result.error
+        if exc is not None:
+            from depth_node.estimator.device import error_text, is_device_lost  # with the model
+
+            key = 'device_lost' if is_device_lost(exc) else 'forward_failed'
+            reporter.report(Problem(key, f'{type(exc).__name__}: {error_text(exc)}'))
+            return result
+        reporter.forward_ok()
+        reporter.count('forward_passes')
+        reporter.count('forward_frames', n=len(group))
+        if result.non_finite:
+            reporter.report(Problem('non_finite', n=result.non_finite))
+        return result
+
+    def _finish_job(self, job: Job, sink: JobSink, reporter: Reporter,
+                    lookup_tf: Optional[Callable[[str, Any], Optional[np.ndarray]]],
+                    timer: StageTimer) -> Outputs:
+        """:meth:`finish` for a job: its LiDAR scan paired, its problems reported, its frame
+        counted (``frames_processed``, ``frames_metric``)."""
+        cam = job.camera
+        scan = None
+        if cam.aligner is not None:
+            scans = job.scans()
+            scan = nearest_scan(scans, job.frame.stamp, self.config['lidar.max_time_offset'])
+            seen = bool(scans) if job.scans_seen is None else job.scans_seen
+            if scan is None and seen:
+                reporter.report(Problem('lidar_unpaired'))
+
+        def emit(key: str, value: Any) -> None:
+            if key == 'problem':
+                reporter.report(value, cam.name, cam.topic('camera_info'))
+            else:
+                sink(job, key, value)
+
+        out = self.finish(job.frame, cam, set(job.wanted), emit, scan, lookup_tf, timer)
+        reporter.count('frames_processed', cam.name)
+        if out.metric:
+            reporter.count('frames_metric', cam.name)
+        return out
 
     # ----------------------------------------------------------------- inputs
     def aligner_config(self) -> AlignerConfig:
@@ -560,7 +646,8 @@ class FramePipeline:
         try:
             intr = self.intrinsics(state, frame.src_w, frame.src_h, width, height)
         except CameraInfoError as exc:
-            emit('problem', Problem('camera_info', f'camera_info does not fit the image: {exc}'))
+            emit('problem', Problem('bad_camera_info',
+                                    f'camera_info does not fit the image: {exc}'))
             intr = None
         if intr is None and state.intrinsics is None:
             emit('problem', Problem('no_camera_info', 'no camera_info received yet'))

@@ -1,7 +1,7 @@
 """The managed (lifecycle) node: ``depth_node_lifecycle``, for lifecycle managers (Nav2).
 
 Same node name, parameters and topics as ``depth_node`` (:class:`depth_node.node.DepthNode`);
-the work is done by the same :class:`depth_node.node.DepthNodeBase`, step by step:
+the work is done by the same :class:`depth_node.node.DepthCore`, step by step:
 
 - **configure**: read and validate the parameters, load and warm up the model, create the
   publishers (managed: silent until active) and ``/diagnostics``. A failure (bad model path,
@@ -26,37 +26,50 @@ from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
 
 from depth_node import config as cfg
-from depth_node.node import NODE_NAME, DepthNodeBase, run_node
+from depth_node.node import declare_parameters, DepthCore, NODE_NAME, parameter_values
+from depth_node.runner import run_node
 
 DEACTIVATE_WAIT = 10.0
 """Seconds deactivate waits for a frame in the worker's hands to be finished and published."""
 
 
-class DepthLifecycleNode(DepthNodeBase, LifecycleNode):
+class DepthLifecycleNode(LifecycleNode):
     """``depth_node`` as a managed node; see the module docstring for the transitions.
 
     Attributes
     ----------
+    core : depth_node.node.DepthCore
+        The node's work (with lifecycle publishers).
     configure_error : str
         Why the last configure failed ('' after a successful one).
     """
 
-    _restart = 'configure: clean the node up (lifecycle cleanup), set it, then configure again'
-
     def __init__(self, serve_on_caller: bool = False, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.serve_on_caller = serve_on_caller
-        self._init_pipeline()
-        self._declare_parameters(read_only=False)
-        self._processing = False
+        self.core = DepthCore(
+            self, managed=True, serve_on_caller=serve_on_caller,
+            restart='configure: clean the node up (lifecycle cleanup), set it, then configure '
+                    'again')
+        declare_parameters(self, read_only=False)
+        self.core.processing = False
         self._configured = False
         self.configure_error = ''
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Frame counters (:attr:`depth_node.node.DepthCore.counters`)."""
+        return self.core.counters
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """The last frame's stage times, seconds."""
+        return self.core.last_timings
+
     # ------------------------------------------------------------ transitions
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self._configure(self._parameter_values())
+            self.core.configure(parameter_values(self))
         except cfg.ConfigError as exc:
             self._teardown()
             self.configure_error = str(exc)
@@ -64,22 +77,22 @@ class DepthLifecycleNode(DepthNodeBase, LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.configure_error = ''
         self._configured = True
-        self._start_worker()
-        self._log_ready('configured')
+        self.core.start()
+        self.core.log_ready('configured')
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if not self._inputs:
-            self._create_inputs()
+        if not self.core.inputs:
+            self.core.create_inputs()
         result = super().on_activate(state)  # enables the managed publishers
-        self._processing = True
+        self.core.processing = True
         self.get_logger().info('active: processing frames')
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._processing = False
-        self._drop_pending('frames_dropped_inactive')
-        if not self._idle.wait(DEACTIVATE_WAIT):
+        self.core.processing = False
+        self.core.drop_pending('frames_dropped_inactive')
+        if not self.core.mailbox.idle.wait(DEACTIVATE_WAIT):
             self.get_logger().warning(
                 f'deactivate: the frame in the worker was not finished within '
                 f'{DEACTIVATE_WAIT:g} s; its outputs are not published')
@@ -113,34 +126,28 @@ class DepthLifecycleNode(DepthNodeBase, LifecycleNode):
 
     def _teardown(self) -> None:
         """Undo configure: stop the worker, destroy the topics, release the model."""
-        self._processing = False
-        self._stop_worker()
-        self._drop_pending('frames_dropped_inactive')
-        self._destroy_interfaces()
-        self._release_model()
-        self._cameras = []
+        core = self.core
+        core.processing = False
+        core.stop_worker()
+        core.drop_pending('frames_dropped_inactive')
+        core.destroy_interfaces()
+        core.release_model()
+        core.cameras = []
         self._configured = False
-
-    # ---------------------------------------------------------------- entities
-    def _make_publisher(self, msg_type: Any, topic: str, qos: Any, **kwargs: Any) -> Any:
-        return self.create_lifecycle_publisher(msg_type, topic, qos, **kwargs)
-
-    def _destroy_publisher(self, pub: Any) -> None:
-        self.destroy_lifecycle_publisher(pub)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Unconfigured: any value its spec accepts (checked as a whole at configure).
         Configured: restart parameters are refused, the others validated as on depth_node."""
         if self._configured:
-            return super()._on_set_parameters(params)
+            return self.core.on_set_parameters(params)
         errors = cfg.check_each({p.name: p.value for p in params if p.value is not None})
         return SetParametersResult(successful=not errors, reason='; '.join(errors))
 
     def destroy_node(self) -> None:
         """Stop the worker (it finishes or abandons the frame in hand), then the node."""
-        self._processing = False
-        self._closed = True
-        self._stop_worker()
+        self.core.processing = False
+        self.core.closed = True
+        self.core.stop_worker()
         super().destroy_node()
 
 

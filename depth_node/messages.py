@@ -1,13 +1,16 @@
 """Build and read sensor_msgs messages from numpy arrays (no rclpy, only message types).
 
-Used by the node to publish, and by the demo, benchmarks and tests to feed the node and read
-what it publishes.
+Used by the node to publish (:data:`MESSAGES`, the
+:class:`~depth_node.outputs.MessageFactory` of the ROS 2 message classes), and by the demo,
+benchmarks and tests to feed the node and read what it publishes.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
@@ -44,6 +47,32 @@ def cloud_msg(packed: PackedCloud, header: Header) -> PointCloud2:
     msg = PointCloud2(header=header)
     fill_cloud(msg, packed, PointField)
     return msg
+
+
+def status_msg(fields: dict[str, Any]) -> DiagnosticStatus:
+    """A DiagnosticStatus from :func:`depth_node.outputs.alignment_status`'s fields."""
+    return DiagnosticStatus(
+        level=bytes([fields['level']]), name=fields['name'], message=fields['message'],
+        hardware_id=fields['hardware_id'],
+        values=[KeyValue(key=k, value=v) for k, v in fields['values'].items()])
+
+
+class RosMessages:
+    """The :class:`~depth_node.outputs.MessageFactory` of the ROS 2 message classes."""
+
+    image = staticmethod(image_msg)
+    camera_info = staticmethod(camera_info_msg)
+    cloud = staticmethod(cloud_msg)
+    status = staticmethod(status_msg)
+
+
+MESSAGES = RosMessages()
+
+
+def message_class(type_name: str) -> type:
+    """The ROS 2 message class of ``type_name`` (``sensor_msgs/msg/Image``)."""
+    package, _, name = type_name.split('/')
+    return getattr(importlib.import_module(f'{package}.msg'), name)
 
 
 def xyz_cloud_msg(points: np.ndarray, header: Header) -> PointCloud2:

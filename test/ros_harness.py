@@ -19,17 +19,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from depth_node.messages import message_class
+from depth_node.outputs import OUTPUTS as OUTPUT_TABLE
 from depth_node.spin import BackgroundExecutor
 
-OUTPUTS = {
-    'depth/image': Image,
-    'depth/relative': Image,
-    'depth/camera_info': CameraInfo,
-    'depth/points': PointCloud2,
-    'depth/colored': Image,
-    'depth/alignment': DiagnosticStatus,
-    '/diagnostics': DiagnosticArray,
-}
+OUTPUTS = {o.topic: message_class(o.msg_type) for o in OUTPUT_TABLE}
+OUTPUTS['/diagnostics'] = DiagnosticArray
+"""Every topic the node publishes, with its message class (from the output table)."""
 
 
 def status_stamp(status: DiagnosticStatus) -> tuple[int, int]:
@@ -47,8 +43,8 @@ def holds_camera_info(node: Any, msg: CameraInfo, camera: int = 0) -> bool:
 
     Reads the node's private state: the one place tests do, so a rename is fixed here.
     """
-    with node._lock:
-        intr = node._cameras[camera].intrinsics
+    with node.core.lock:
+        intr = node.core.cameras[camera].intrinsics
     return (intr is not None and (intr.width, intr.height) == (msg.width, msg.height) and
             bool(np.array_equal(intr.K.ravel(), np.asarray(msg.k))) and
             bool(np.array_equal(intr.D, np.asarray(msg.d))))
@@ -58,16 +54,16 @@ def holds_scan(node: Any, msg: PointCloud2) -> bool:
     """Whether ``node`` has stored a LiDAR scan with the stamp of ``msg`` (private state, as
     :func:`holds_camera_info`)."""
     stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-    with node._lock:
-        return any(scan[0] == stamp for scan in node._scans)
+    with node.core.lock:
+        return any(scan[0] == stamp for scan in node.core.scans)
 
 
 def holds_prompt(node: Any, msg: Image, camera: int = 0) -> bool:
     """Whether ``node`` has stored a ``prompt_depth`` image with the stamp of ``msg`` for its
     ``camera``-th camera (private state, as :func:`holds_camera_info`)."""
     stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-    with node._lock:
-        return any(p.stamp == stamp for p in node._cameras[camera].prompts)
+    with node.core.lock:
+        return any(p.stamp == stamp for p in node.core.cameras[camera].prompts)
 
 
 class Probe:

@@ -51,7 +51,7 @@ LONG_LINE = 500  # characters: every log line about one bad message is shorter t
 def image_rig(session, model_dir, small):
     rig = Rig(session, '/cost_image', {'model.name': model_dir, **PARAMS}, ('image',))
     rig.reference['small'] = small[0]
-    rig.reference['rgb'] = rig.node._estimator.predict(small[0]).depth
+    rig.reference['rgb'] = rig.node.core.estimator.predict(small[0]).depth
     return rig
 
 
@@ -61,7 +61,7 @@ def compressed_rig(session, model_dir, small):
               {'model.name': model_dir, 'input.compressed': True, **PARAMS},
               ('image/compressed',))
     rig.reference['small'] = small[0]
-    rig.reference['rgb'] = rig.node._estimator.predict(small[0]).depth
+    rig.reference['rgb'] = rig.node.core.estimator.predict(small[0]).depth
     return rig
 
 
@@ -158,7 +158,7 @@ def test_a_bomb_never_displaces_a_waiting_good_frame(compressed_rig):
     rig = compressed_rig
     png = encoded(rig.reference['small'], 'PNG')
     entered, release = threading.Event(), threading.Event()
-    with held_forward(rig.node._estimator, entered, release):
+    with held_forward(rig.node.core.estimator, entered, release):
         a, b = next_stamp(), next_stamp()
         received, dropped = rig.count('frames_received'), rig.count('frames_dropped')
         bad = rig.count('bad_image')
@@ -182,7 +182,7 @@ def test_oversize_jpeg_is_decoded_at_reduced_scale_and_served(compressed_rig, tu
     blob = encoded(tum.image, 'JPEG', quality=90)
     reduced = decode_compressed('jpeg', blob, MAX_PIXELS, 'downscale')
     assert reduced.shape == (240, 320, 3)
-    reference = rig.node._estimator.predict(reduced).depth
+    reference = rig.node.core.estimator.predict(reduced).depth
     stamp = next_stamp()
     bad = rig.count('bad_image')
     rig.probe.publish('image/compressed', compressed(stamp, 'jpeg', blob))
@@ -287,7 +287,7 @@ def test_camera_info_roi_shifts_the_principal_point(lidar, binned):
     rig.probe.publish('camera_info', _roi_camera_info(rig, stamp, binned))
     deadline = time.monotonic() + TIMEOUT
     while True:  # until the node holds the ROI's intrinsics
-        intr = rig.node._cameras[0].intrinsics
+        intr = rig.node.core.cameras[0].intrinsics
         if intr is not None and (intr.width, intr.height) == (w, h):
             break
         assert time.monotonic() < deadline, 'the ROI camera_info never took effect'

@@ -48,10 +48,14 @@ def test_readme_documents_every_parameter_and_topic():
     readme = (ROOT / 'README.md').read_text()
     for spec in cfg.PARAMS:
         assert f'`{spec.name}`' in readme, f'README lacks parameter {spec.name}'
-    for topic in ('image', 'image/compressed', 'camera_info', 'lidar/points', 'relative_depth',
-                  'depth/image', 'depth/relative', 'depth/camera_info', 'depth/points',
-                  'depth/colored', 'depth/alignment'):
+    from depth_node.frame_pipeline import INPUT_TOPICS
+    from depth_node.outputs import OUTPUTS
+
+    for topic in (*INPUT_TOPICS.values(), 'camera_info', 'lidar/points'):
         assert f'`{topic}`' in readme, f'README lacks topic {topic}'
+    for out in OUTPUTS:  # the published topics' table: a row per output, with its type
+        row = f'| `{out.topic}` | {out.msg_type.replace("/msg/", "/")} |'
+        assert row in readme, f'README\'s published topics lack the row {row}'
 
 
 def test_launch_arguments_map_to_declared_parameters():

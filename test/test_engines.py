@@ -407,7 +407,7 @@ def _node_outputs(model: str, engine: str, frame, topic: str) -> np.ndarray:
         node = session.start_depth_node({'model.name': model, 'model.device': 'cpu',
                                          'model.precision': 'fp32', 'model.engine': engine,
                                          'model.warmup_size': [640, 480]})
-        assert node._estimator.engine.name == engine
+        assert node.core.estimator.engine.name == engine
         probe = session.probe()
         assert probe.wait_subscribers('image') and probe.wait_subscribers('camera_info')
         stamp = _send(node, probe, frame, 40, 7, frame_id='tum_optical')

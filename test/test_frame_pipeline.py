@@ -155,3 +155,62 @@ def test_one_camera_model_for_camera_info_cloud_and_lidar(tum, monkeypatch):
     xyz = np.frombuffer(cloud.data.tobytes(), np.float32).reshape(480, 640, 3)
     np.testing.assert_array_equal(xyz, depth_to_points(out.values['depth'], info.K,
                                                        min_depth=0.1, max_depth=10.0))
+
+
+def test_run_batch_serves_the_displaced_frame_when_the_newest_is_refused(tum):
+    """The one per-frame sequence: a refused message falls back to the frame it displaced
+    (frames_dropped given back), the nearest scan within lidar.max_time_offset is paired after
+    the forward pass, outputs reach the sink with their job, problems the reporter."""
+    from depth_node.frame_pipeline import Job
+    from depth_node.problems import Reporter
+
+    frame_data, prediction, scan = tum
+    pipe = _pipeline()
+    state = pipe.new_camera()
+    state.intrinsics = frame_data.intrinsics()
+    lines = []
+    reporter = Reporter(lambda severity, line: lines.append(line))
+    good = _image(prediction, '32FC1', 11)
+    bad = _image(prediction, '32FC1', 12)
+    bad.encoding = 'nope'
+    scans = [(11.0 + 250e-9, 'cam', scan)]
+    seen = []
+    job = Job(state, 'relative', bad, fallback=good, wanted=frozenset({'depth'}),
+              scans=lambda: scans, tag='mine')
+    result = pipe.run_batch([job], lambda j, key, value: seen.append((j.tag, key)), reporter)
+    assert seen == [('mine', 'alignment'), ('mine', 'depth')]
+    assert job.frame.header is good.header  # the displaced frame was served
+    assert reporter.counters.get('bad_image') == 1 and 'relative_depth refused' in lines[0]
+    assert reporter.counters.get('frames_dropped') == -1  # given back: it was not dropped
+    assert reporter.counters.get('frames_processed') == 1
+    assert reporter.counters.get('frames_metric') == 1
+    assert [j for j, _ in result.finished] == [job] and result.timings['total'] > 0
+    # no scan near the next frame although scans arrive: lidar_unpaired, no metric depth
+    late = Job(state, 'relative', _image(prediction, '32FC1', 30), scans=lambda: scans)
+    result = pipe.run_batch([late], lambda j, key, value: None, reporter)
+    assert reporter.counters.get('lidar_unpaired') == 1
+    assert not result.finished[0][1].metric
+
+
+def test_run_batch_reports_an_error_finishing_a_frame_and_goes_on(tum):
+    from depth_node.frame_pipeline import Job
+    from depth_node.problems import Reporter
+
+    _, prediction, _ = tum
+    pipe = _pipeline(**{'lidar.enabled': False})
+    state = pipe.new_camera()
+    reporter = Reporter(lambda severity, line: None)
+
+    def sink(job, key, value):
+        if job.tag == 'broken':
+            raise ValueError('injected')
+
+    jobs = [Job(state, 'relative', _image(prediction, '32FC1', 40), tag='broken'),
+            Job(state, 'relative', _image(prediction, '32FC1', 41), tag='fine')]
+    result = pipe.run_batch(jobs, sink, reporter)
+    assert [j.tag for j, _ in result.finished] == ['fine']
+    assert reporter.counters.get('frame_errors') == 1
+    # stopping: the same error ends the batch quietly
+    jobs = [Job(state, 'relative', _image(prediction, '32FC1', 42), tag='broken')]
+    pipe.run_batch(jobs, sink, reporter, stopping=lambda: True)
+    assert reporter.counters.get('frame_errors') == 1

@@ -130,14 +130,14 @@ def test_configure_activate_deactivate_cleanup_shutdown(session, models):
 
     # unconfigured: no model, no topics
     assert manager.state() == 'unconfigured'
-    assert node._estimator is None
+    assert node.core.estimator is None
     assert _publishers(probe, f'{ns}/depth/relative') == 0
     assert probe.pub['image'].get_subscription_count() == 0
 
     # configure: model loaded and warmed up, publishers created, nothing subscribed yet
     assert manager.transition(Transition.TRANSITION_CONFIGURE)
     assert manager.state() == 'inactive'
-    estimator = node._estimator
+    estimator = node.core.estimator
     assert estimator is not None
     model_ref = weakref.ref(estimator)  # it holds the engine and the weights, any engine
     assert _publishers(probe, f'{ns}/depth/relative') == 1
@@ -162,19 +162,19 @@ def test_configure_activate_deactivate_cleanup_shutdown(session, models):
         stamps.append(_frame(probe, 200 + i))
         assert _counter(probe, 'frames_dropped_inactive', i + 1) == i + 1
     assert all(probe.wait_stamp('depth/relative', s, timeout=0.5) is None for s in stamps)
-    assert node._estimator is estimator
+    assert node.core.estimator is estimator
 
     # activate again: the same model serves at once
     assert manager.transition(Transition.TRANSITION_ACTIVATE)
     stamp = _frame(probe, 301)
     assert probe.wait_stamp('depth/relative', stamp) is not None
-    assert node._estimator is estimator
+    assert node.core.estimator is estimator
 
     # deactivate + cleanup: topics destroyed, model released
     assert manager.transition(Transition.TRANSITION_DEACTIVATE)
     assert manager.transition(Transition.TRANSITION_CLEANUP)
     assert manager.state() == 'unconfigured'
-    assert node._estimator is None
+    assert node.core.estimator is None
     del estimator
     gc.collect()
     assert model_ref() is None, 'the model is still referenced after cleanup'
@@ -188,10 +188,10 @@ def test_configure_activate_deactivate_cleanup_shutdown(session, models):
 
     # configure again after cleanup (QoS override parameters already declared), then shutdown
     assert manager.transition(Transition.TRANSITION_CONFIGURE)
-    assert node._estimator is not None
+    assert node.core.estimator is not None
     assert manager.transition(Transition.TRANSITION_INACTIVE_SHUTDOWN)
     assert manager.state() == 'finalized'
-    assert node._estimator is None
+    assert node.core.estimator is None
 
     assert manager.wait_events(16) == [
         ('unconfigured', 'configuring'), ('configuring', 'inactive'),
@@ -238,7 +238,7 @@ def test_failed_configure_stays_unconfigured_with_the_reason_then_recovers(sessi
     # shutdown straight from active
     assert manager.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
     assert manager.state() == 'finalized'
-    assert node._estimator is None
+    assert node.core.estimator is None
     assert manager.wait_events(8)[-2:] == [('active', 'shuttingdown'),
                                            ('shuttingdown', 'finalized')]
 

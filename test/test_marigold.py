@@ -95,7 +95,7 @@ def test_node_aligns_marigold_with_lidar_in_depth_space(session, marigold, frame
         'model.name': marigold, 'model.device': 'cpu', 'model.precision': 'fp32',
         'model.warmup': False, 'lidar.enabled': True, 'lidar.T_camera_lidar': eye,
         'lidar.smoothing': 0.0, 'cloud.enabled': False})
-    assert node._estimator.output_kind == 'relative_depth'
+    assert node.core.estimator.output_kind == 'relative_depth'
     probe = session.probe()
     assert probe.wait_subscribers('image') and probe.wait_subscribers('lidar/points')
     intr = intrinsics_from_fields(WIDTH, HEIGHT, K.ravel(), [0.0] * 5, 'plumb_bob',
@@ -108,7 +108,7 @@ def test_node_aligns_marigold_with_lidar_in_depth_space(session, marigold, frame
     probe.publish('image', image_msg(frame, 'rgb8', make_header('cam_optical', 1, 0)))
     rel = probe.wait_stamp('depth/relative', (1, 0))
     assert rel is not None, 'no depth/relative from Marigold'
-    prediction = node._estimator.predict(frame).depth
+    prediction = node.core.estimator.predict(frame).depth
     np.testing.assert_allclose(image_to_array(rel), prediction, rtol=1e-4, atol=1e-5)
     assert probe.wait_stamp('depth/image', (1, 0), timeout=1.0) is None
 

@@ -112,7 +112,7 @@ def test_node_publishes_relative_output_of_a_generic_model(session, slow_models,
     node = session.start_depth_node({'model.name': slow_models['chmv2'], 'model.device': 'cpu',
                                      'model.precision': 'fp32', 'model.warmup': False,
                                      'model.kind': 'relative_disparity'})
-    assert node._estimator.output_kind == 'relative_disparity' and node._is_metric is False
+    assert node.core.estimator.output_kind == 'relative_disparity' and node.core.is_metric is False
     probe = session.probe()
     assert probe.wait_subscribers('image')
     header = make_header('cam_optical', 5, 7)
@@ -120,6 +120,6 @@ def test_node_publishes_relative_output_of_a_generic_model(session, slow_models,
     rel = probe.wait_stamp('depth/relative', (5, 7))
     assert rel is not None, 'no depth/relative'
     assert rel.header.frame_id == 'cam_optical'
-    expected = node._estimator.predict(frame).depth
+    expected = node.core.estimator.predict(frame).depth
     np.testing.assert_allclose(image_to_array(rel), expected, rtol=1e-4, atol=1e-5)
     assert probe.wait_stamp('depth/image', (5, 7), timeout=1.0) is None

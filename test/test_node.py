@@ -51,7 +51,7 @@ def _send(node, probe, frame, sec, nanosec=0, encoding='rgb8', frame_id='cam_opt
 
 def test_relative_model_publishes_relative_depth_never_metres(session, models, tum):
     node, probe = _start(session, models['relative'])
-    assert node._is_metric is False
+    assert node.core.is_metric is False
     stamp = _send(node, probe, tum, 10, 123)
     rel = probe.wait_stamp('depth/relative', stamp)
     assert rel is not None, 'no depth/relative'
@@ -70,7 +70,7 @@ def test_relative_model_publishes_relative_depth_never_metres(session, models, t
 
 def test_metric_model_publishes_depth_info_and_cloud(session, models, kitti):
     node, probe = _start(session, models['metric'], **{'cloud.color': True})
-    assert node._is_metric is True
+    assert node.core.is_metric is True
     stamp = _send(node, probe, kitti, 20, 5, encoding='bgr8', frame_id='kitti_cam2_optical')
     depth_msg = probe.wait_stamp('depth/image', stamp)
     assert depth_msg is not None, 'no depth/image from a metric model'
@@ -125,7 +125,7 @@ def test_oversize_image_downscaled_with_matching_camera_info(session, models, tu
 
 def _prediction(node, rgb):
     """The node's own model on ``rgb``, without ROS: what its output for that image must be."""
-    return node._estimator.predict(np.ascontiguousarray(rgb)).depth
+    return node.core.estimator.predict(np.ascontiguousarray(rgb)).depth
 
 
 def _assert_colour_order_matters(node, rgb, expected):
@@ -264,7 +264,7 @@ def test_runtime_parameter_change_validated(session, models):
     results = node.set_parameters([Parameter('model.name', value='other')])
     assert not results[0].successful  # read-only
     results = node.set_parameters([Parameter('cloud.stride', value=4)])
-    assert results[0].successful and node._cfg['cloud.stride'] == 4
+    assert results[0].successful and node.core.cfg['cloud.stride'] == 4
 
 
 def test_metric_model_keeps_its_depth_when_lidar_has_no_fit(session, models, tum):
@@ -289,7 +289,7 @@ def test_metric_model_invalid_pixels_are_nan_or_zero(session, models, tum, encod
     depth (millimetres, rounded, in 16UC1)."""
     node, probe = _start(session, models['metric'],
                          **{'output.encoding': encoding, 'cloud.enabled': False})
-    estimator = node._estimator
+    estimator = node.core.estimator
     predict = estimator.predict
 
     def with_holes(rgb, *args, **kwargs):
@@ -321,7 +321,7 @@ def test_non_finite_network_output_is_nan_and_counted_on_diagnostics(session, mo
     from diagnostic_msgs.msg import DiagnosticStatus
 
     node, probe = _start(session, models['relative'], **{'diagnostics.period': 0.2})
-    engine = node._estimator.engine
+    engine = node.core.estimator.engine
     run = engine.run
 
     def overflowing(pixel_values):
@@ -366,7 +366,7 @@ def test_outputs_nobody_subscribes_are_not_built(session, models, tum):
     # a subscriber appears: the depth image is built and sent again
     listener = session.probe()
     deadline = time.monotonic() + 10
-    while node._cameras[0].pubs['depth'].get_subscription_count() == 0:
+    while node.core.cameras[0].pubs['depth'].get_subscription_count() == 0:
         assert time.monotonic() < deadline, 'the listener was never matched'
         time.sleep(0.02)
     stamp = _send(node, listener, tum, 95, 2)
@@ -384,13 +384,13 @@ def test_metric_cloud_is_built_with_the_forward_pass(session, models, kitti):
 
     node, probe = _start(session, models['metric'])
     calls = []
-    original = node._estimator.predict_points
+    original = node.core.estimator.predict_points
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get('stride'))
         return original(*args, **kwargs)
 
-    node._estimator.predict_points = spy
+    node.core.estimator.predict_points = spy
     for sec, stride in ((97, 2), (98, 3)):
         if stride != 2:
             from rclpy.parameter import Parameter
@@ -428,9 +428,9 @@ def test_frames_lost_before_the_callback_are_counted(session, models, tum):
     assert received + lost == burst, (received, lost)
 
     # the rule itself: a gap counts, a step back (another publisher, a restart) restarts
-    cam = node._cameras[0]
+    cam = node.core.cameras[0]
     cam.last_sequence = None
     start = node.counters.get('frames_lost_before_callback', 0)
     for seq in (5, 6, 9, 3, 4, None, 0, 7):
-        node._count_lost(cam, {'publication_sequence_number': seq})
+        node.core.count_lost(cam, {'publication_sequence_number': seq})
     assert node.counters['frames_lost_before_callback'] - start == 2 + 2

@@ -86,7 +86,7 @@ def test_same_size_frames_of_two_cameras_share_one_forward_pass(session, models,
         assert msg is not None, f'no {name}/depth/relative'
         assert msg.header.frame_id == f'{name}_optical'
         # the batched prediction is the camera's own frame's prediction
-        expected = node._estimator.predict(frame.image).depth
+        expected = node.core.estimator.predict(frame.image).depth
         np.testing.assert_allclose(image_to_array(msg), expected, rtol=1e-4, atol=1e-5)
     # neither camera's outputs leak onto the other's topics or the plain ones
     assert [m.header.frame_id for m in probes['front'].received['depth/relative']] == \
@@ -117,13 +117,13 @@ def test_batched_cameras_clouds_are_built_with_the_forward_pass(session, models,
 
     node, probes, _ = _start(session, {'model.name': models['metric']})
     calls = []
-    original = node._estimator.predict_batch
+    original = node.core.estimator.predict_batch
 
     def spy(images, *args, **kwargs):
         calls.append((len(images), kwargs.get('clouds')))
         return original(images, *args, **kwargs)
 
-    node._estimator.predict_batch = spy
+    node.core.estimator.predict_batch = spy
     front, rear = tum_pair
     for name, frame, sec in (('front', front, 31), ('rear', rear, 32)):
         _land_info(node, probes[name], name, frame, make_header(f'{name}_optical', sec, 0))

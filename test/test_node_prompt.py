@@ -74,8 +74,8 @@ def _expected_prompt(mm: np.ndarray, max_side: int = 32) -> np.ndarray:
 def test_rgbd_depth_prompt_pairing_holes_stale_and_missing(session, pda_folder, rgb):
     node, probe = _start(session, pda_folder)
     assert probe.wait_subscribers('prompt_depth'), 'node never subscribed prompt_depth'
-    est = node._estimator
-    assert est.takes_prompt and node._is_metric
+    est = node.core.estimator
+    assert est.takes_prompt and node.core.is_metric
 
     # missing: no prompt received yet -> no metric output, counted, said on depth/alignment
     probe.publish('image', image_msg(rgb, 'rgb8', make_header(FRAME, 10, 0)))
@@ -160,7 +160,7 @@ def test_lidar_prompt_through_ros(session, pda_folder):
         'lidar.enabled': True, 'lidar.T_camera_lidar': [float(v) for v in SCENE_T.ravel()],
         'cloud.stride': 4})
     assert probe.wait_subscribers('lidar/points')
-    assert node._cameras[0].aligner is None  # the prompt makes the output metric, no fit
+    assert node.core.cameras[0].aligner is None  # the prompt makes the output metric, no fit
     intr = intrinsics_from_fields(SCENE_W, SCENE_H, SCENE_K.ravel(), [0.0] * 5, 'plumb_bob',
                                   [0.0] * 12, [0.0] * 9)
     header = make_header(FRAME, 100, 0)
@@ -176,7 +176,7 @@ def test_lidar_prompt_through_ros(session, pda_folder):
     assert msg is not None and msg.header.frame_id == FRAME
     depth = image_to_array(msg)
     grid, projected = pr.lidar_prompt(scene.points_lidar, SCENE_T, intr, (SCENE_H, SCENE_W), 64)
-    expected = node._estimator.predict(rgb, prompt=grid).depth
+    expected = node.core.estimator.predict(rgb, prompt=grid).depth
     np.testing.assert_allclose(depth, expected, rtol=1e-5, atol=1e-5)
     assert depth.min() >= 2.0 - 1e-3 and depth.max() <= 6.0 + 1e-3
     values = status_values(probe.wait_stamp('depth/alignment', (100, 0)))

@@ -123,7 +123,7 @@ class Rig:
     def fresh_log(self) -> None:
         """Forget the log and the throttle, so the next bad message logs its own line."""
         self.log.clear()
-        self.node._throttle = Throttle(period=5.0)
+        self.node.core.reporter.throttle = Throttle(period=5.0)
 
     def count(self, key: str) -> int:
         return self.node.counters.get(key, 0)
@@ -207,8 +207,8 @@ def image_rig(session, model_dir, small):
     rig = Rig(session, '/rel_image', {'model.name': model_dir, **IMAGE_PARAMS},
               ('image', 'camera_info'))
     rgb, grey = small
-    rig.reference['rgb'] = rig.node._estimator.predict(rgb).depth
-    rig.reference['grey'] = rig.node._estimator.predict(
+    rig.reference['rgb'] = rig.node.core.estimator.predict(rgb).depth
+    rig.reference['grey'] = rig.node.core.estimator.predict(
         np.repeat(grey[..., None], 3, axis=2)).depth
     return rig
 
@@ -218,7 +218,7 @@ def compressed_rig(session, model_dir, small):
     rig = Rig(session, '/rel_compressed',
               {'model.name': model_dir, 'input.compressed': True, **IMAGE_PARAMS},
               ('image/compressed', 'camera_info'))
-    rig.reference['rgb'] = rig.node._estimator.predict(small[0]).depth
+    rig.reference['rgb'] = rig.node.core.estimator.predict(small[0]).depth
     return rig
 
 
@@ -365,7 +365,7 @@ def test_bad_frame_never_displaces_a_waiting_good_frame(image_rig, small):
     rig = image_rig
     rgb = small[0]
     entered, release = threading.Event(), threading.Event()
-    with held_forward(rig.node._estimator, entered, release):
+    with held_forward(rig.node.core.estimator, entered, release):
         a, b, c = next_stamp(), next_stamp(), next_stamp()
         received = rig.count('frames_received')
         dropped, bad = rig.count('frames_dropped'), rig.count('bad_image')
@@ -433,7 +433,7 @@ def test_corrupt_jpeg_displacing_a_waiting_frame_falls_back_to_it(compressed_rig
     entered, release = threading.Event(), threading.Event()
     png = encoded(rgb, 'PNG')
     jpeg = encoded(rgb, 'JPEG', quality=90)
-    with held_forward(rig.node._estimator, entered, release):
+    with held_forward(rig.node.core.estimator, entered, release):
         a, b, c = next_stamp(), next_stamp(), next_stamp()
         received = rig.count('frames_received')
         dropped, bad = rig.count('frames_dropped'), rig.count('bad_image')
@@ -455,7 +455,7 @@ def test_forward_failures_skip_frames_turn_diagnostics_error_and_recover(image_r
     rig = image_rig
     rgb = small[0]
     rig.fresh_log()
-    estimator = rig.node._estimator
+    estimator = rig.node.core.estimator
     predict = estimator.predict
     failures = {'left': 4}
 
@@ -497,7 +497,7 @@ def test_an_exception_after_the_forward_pass_skips_only_that_frame(image_rig, sm
     rig = image_rig
     rgb = small[0]
     rig.fresh_log()
-    frames = rig.node._frames
+    frames = rig.node.core.frames
 
     def broken(*args, **kwargs):
         raise ValueError('injected fault')
@@ -553,10 +553,10 @@ def test_configuration_error_before_any_topic_is_advertised(session, monkeypatch
 def test_runtime_change_refused_with_the_startup_message(session, lidar_rig, change):
     """``ros2 param set`` of a bad value on a running node is refused, the node keeps its
     configuration, and the reason is the message the same value gets at startup."""
-    before = dict(lidar_rig.node._cfg.values)
+    before = dict(lidar_rig.node.core.cfg.values)
     result = lidar_rig.node.set_parameters([Parameter(k, value=v) for k, v in change.items()])
     assert not result[0].successful
-    assert lidar_rig.node._cfg.values == before
+    assert lidar_rig.node.core.cfg.values == before
     if 'lidar.T_camera_lidar' in change and change['lidar.T_camera_lidar'] == [0.0] and \
             importlib.util.find_spec('tf2_ros') is not None:
         # with tf2 a node may start without extrinsics; this one started with them

@@ -1,0 +1,80 @@
+"""Load and warm up the model the ``model.*`` parameters name (ROS-free): the startup step
+of the node, the bag tool and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from depth_node import config as cfg
+
+
+@dataclass
+class LoadedModel:
+    """:func:`load_estimator`'s result: the estimator, log lines for the caller and timings."""
+
+    estimator: Any
+    notes: list[tuple[str, str]]  # (level 'info' | 'warning', text)
+    timings: dict[str, float]
+
+
+def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
+                   on_note: Optional[Callable[[str, str], None]] = None) -> LoadedModel:
+    """Load and warm up the model the ``model.*`` parameters name.
+
+    ``batches``: batch sizes to warm up (the node: 1 and its number of cameras).
+    ``on_note(level, text)`` receives each log line as it arises (level ``'info'`` or
+    ``'warning'``), so that a note made before a failure (the hub cannot be reached) is logged
+    before the error; the lines are also returned in :attr:`LoadedModel.notes`.
+
+    Raises
+    ------
+    depth_node.config.ConfigError
+        When the model cannot be loaded (the message says what to fix).
+    """
+    from depth_node.estimator import DepthEstimator, EstimatorError
+    from depth_node.hub import is_local_model, prepare_hub_access
+
+    c = config
+    name = c['model.name']
+    random_init = c['model.random_init'] or None
+    notes: list[tuple[str, str]] = []
+
+    def note_(level: str, text: str) -> None:
+        notes.append((level, text))
+        if on_note is not None:
+            on_note(level, text)
+
+    if not random_init:
+        note = prepare_hub_access(name, is_local=is_local_model(name))
+        if note:
+            note_('warning', note)
+    try:
+        t0 = time.perf_counter()
+        est = DepthEstimator(name, device=c['model.device'], precision=c['model.precision'],
+                             random_init=random_init, compile=c['model.compile'],
+                             cuda_graphs=c['model.cuda_graphs'], engine=c['model.engine'],
+                             input_size=c['model.input_size'], cache_dir=c['model.cache_dir'],
+                             threads=c['model.threads'],
+                             providers=[p for p in c['model.onnxruntime_providers'] if p],
+                             openvino_device=c['model.openvino_device'], kind=c['model.kind'],
+                             denoising_steps=c['model.denoising_steps'],
+                             ensemble_size=c['model.ensemble_size'])
+        load_s = time.perf_counter() - t0
+    except EstimatorError as exc:
+        raise cfg.ConfigError(str(exc)) from exc
+    if random_init:
+        note_('warning', f'model.random_init={random_init}: RANDOM WEIGHTS, the output is '
+                         'meaningless. Use this for pipeline smoke tests and timing only.')
+    warm_s = 0.0
+    if c['model.warmup']:
+        width, height = c['model.warmup_size']
+        # smaller batches are padded to one of the warmed sizes
+        warm_s = est.warmup(height, width, batches=tuple(sorted(set(batches))))
+    for note in est.startup_notes:  # engine; export / cache times
+        note_('info', note)
+    note_('info', f'model {random_init or name} on {est.device} ({est.dtype}), engine '
+                  f'{est.engine.name}, {est.output_kind.replace("_", " ")}; load '
+                  f'{load_s:.2f} s, warm-up {warm_s:.2f} s')
+    return LoadedModel(est, notes, {'model_load': load_s, 'warmup': warm_s})
