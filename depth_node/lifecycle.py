@@ -26,14 +26,15 @@ from rclpy.parameter import Parameter
 from rcl_interfaces.msg import SetParametersResult
 
 from depth_node import config as cfg
-from depth_node.node import declare_parameters, DepthCore, NODE_NAME, parameter_values
+from depth_node.node import (
+    declare_parameters, DepthCore, HoldsCore, NODE_NAME, parameter_values)
 from depth_node.runner import run_node
 
 DEACTIVATE_WAIT = 10.0
 """Seconds deactivate waits for a frame in the worker's hands to be finished and published."""
 
 
-class DepthLifecycleNode(LifecycleNode):
+class DepthLifecycleNode(HoldsCore, LifecycleNode):
     """``depth_node`` as a managed node; see the module docstring for the transitions.
 
     Attributes
@@ -55,16 +56,6 @@ class DepthLifecycleNode(LifecycleNode):
         self._configured = False
         self.configure_error = ''
         self.add_on_set_parameters_callback(self._on_set_parameters)
-
-    @property
-    def counters(self) -> dict[str, int]:
-        """Frame counters (:attr:`depth_node.node.DepthCore.counters`)."""
-        return self.core.counters
-
-    @property
-    def last_timings(self) -> dict[str, float]:
-        """The last frame's stage times, seconds."""
-        return self.core.last_timings
 
     # ------------------------------------------------------------ transitions
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -57,7 +57,7 @@ except ImportError:  # pragma: no cover - exercised where tf2_ros is absent (CI)
     TfBuffer = None
     TransformListener = None
 
-__all__ = ['DepthCore', 'DepthNode', 'EXIT_DEVICE_LOST', 'main', 'NODE_NAME']
+__all__ = ['DepthCore', 'DepthNode', 'HoldsCore', 'EXIT_DEVICE_LOST', 'main', 'NODE_NAME']
 
 NODE_NAME = 'depth_node'
 
@@ -563,7 +563,24 @@ class DepthCore:
         self._pub_diag.publish(DiagnosticArray(header=header, status=[status]))
 
 
-class DepthNode(Node):
+class HoldsCore:
+    """What :class:`DepthNode` and the lifecycle node show of their :class:`DepthCore`
+    (``self.core``): nothing but delegating properties."""
+
+    core: DepthCore
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Frame counters (:attr:`DepthCore.counters`)."""
+        return self.core.counters
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """The last frame's stage times, seconds."""
+        return self.core.last_timings
+
+
+class DepthNode(HoldsCore, Node):
     """Camera image in; depth image, relative depth, camera_info and point cloud out.
 
     Loads the model and starts serving in the constructor. The managed variant, configured and
@@ -584,16 +601,6 @@ class DepthNode(Node):
         self.core.create_inputs()
         self.core.start()
         self.core.log_ready()
-
-    @property
-    def counters(self) -> dict[str, int]:
-        """Frame counters (:attr:`DepthCore.counters`)."""
-        return self.core.counters
-
-    @property
-    def last_timings(self) -> dict[str, float]:
-        """The last frame's stage times, seconds."""
-        return self.core.last_timings
 
     def destroy_node(self) -> None:
         """Stop the worker (it finishes or abandons the frame in hand), then the node."""
