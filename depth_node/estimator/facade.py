@@ -68,6 +68,26 @@ from depth_node.hub import DEFAULT_MODEL
 logger = logging.getLogger('depth_node.estimator')
 
 
+def _first(prediction: Prediction) -> Prediction:
+    """A one-image :class:`Prediction` from a batch of one: ``depth``, ``sky`` and
+    ``confidence`` without their batch axis."""
+    prediction.depth = prediction.depth[0]
+    if prediction.sky is not None:
+        prediction.sky = prediction.sky[0]
+    if prediction.confidence is not None:
+        prediction.confidence = prediction.confidence[0]
+    return prediction
+
+
+def _focal_of(K: Any) -> tuple[float, float]:
+    """``(fx, fy)`` of a ``(3, 3)`` camera matrix (checked where it is used)."""
+    try:
+        K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    except (TypeError, ValueError) as exc:
+        raise EstimatorError(f'K must be a (3, 3) camera matrix in pixels, got {K!r}') from exc
+    return float(K[0, 0]), float(K[1, 1])
+
+
 class HostStageClock:
     """Stage times from ``time.perf_counter`` (CPU: each stage has finished when it returns).
 
@@ -204,6 +224,11 @@ class DepthEstimator:
     takes_prompt : bool
         Whether the model takes a metric depth prompt with each frame (Prompt Depth Anything,
         :mod:`depth_node.estimator.prompted`); without one a frame gets no output.
+    needs_focal : bool
+        Whether the model's metric scale needs the camera's focal lengths with each frame (a
+        plain ONNX card with ``focal_scale``: DA3 metric): ``focal=(fx, fy)`` of
+        :meth:`predict`, ``focals`` of :meth:`predict_batch`, ``K`` of :meth:`predict_points`;
+        without them a call raises :class:`EstimatorError`.
     startup_notes : list of str
         Lines for the startup log: engine choice and, per warmed-up shape, export / compile
         time on a cache miss or load time on a hit.
@@ -238,13 +263,16 @@ class DepthEstimator:
             resolve_dtype(precision, self.device, engine=engine_name)
         self._output_scale = 1.0
         checkpoint = card = None
+        self._card = None   # a plain ONNX model's card (model_card.OnnxModel)
+        self.needs_focal = False
         self.config = None  # the transformers config (None for a plain ONNX model)
         if onnx_model:
-            card = load_onnx_model(name)
+            card = self._card = load_onnx_model(name)
             recipe = card.recipe
             self.model_name, self.model_type = str(name), 'onnx'
             self.output_kind = card.output_kind
             self._output_scale = card.output_scale
+            self.needs_focal = card.focal_scale is not None
         else:
             checkpoint = load_checkpoint(name, random_init)
             self.config = checkpoint.model.config
@@ -300,7 +328,8 @@ class DepthEstimator:
         slow = self._slow
         self.engine = self.preprocessor = slow
         self.takes_prompt = slow.takes_prompt
-        self.postprocessor = self._checkpoint = self._recipe = None
+        self.postprocessor = self._checkpoint = self._recipe = self._card = None
+        self.needs_focal = False
         self.dtype, self.config = slow.input_dtype, slow.config
         self.model_name, self.model_type = slow.model_name, slow.model_type
         self.output_kind = slow.output_kind
@@ -394,7 +423,8 @@ class DepthEstimator:
     def _run(self, images: Sequence[np.ndarray], fx: Any,
              clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
              pad: bool = True,
-             prompts: Optional[Sequence[Optional[np.ndarray]]] = None) -> Prediction:
+             prompts: Optional[Sequence[Optional[np.ndarray]]] = None,
+             focals: Optional[Sequence[Any]] = None) -> Prediction:
         """:meth:`_run_locked`, one call at a time: an OpenVINO infer request, the CUDA staging
         buffer and captured CUDA graphs are not shared between threads, so calls from several
         threads (the node's worker and a tool or test) take turns."""
@@ -403,20 +433,66 @@ class DepthEstimator:
             if not self.takes_prompt and any(p is not None for p in prompts):
                 raise EstimatorError(f'{self.model_name} ({self.model_type}) takes no depth '
                                      'prompt; a prompt needs a Prompt Depth Anything model')
+        focals = self._check_focals(focals, len(images)) if self.needs_focal else None
         with self._lock:
-            return self._run_locked(images, fx, clouds, pad, prompts)
+            return self._run_locked(images, fx, clouds, pad, prompts, focals)
+
+    def _check_focals(self, focals: Optional[Sequence[Any]], count: int,
+                      ) -> list[tuple[float, float]]:
+        """``(fx, fy)`` in pixels per image, for a model that :attr:`needs_focal`.
+
+        Raises
+        ------
+        EstimatorError
+            None given, not one per image, or not two finite positive numbers each.
+        """
+        if isinstance(focals, (str, bytes)) or not isinstance(focals, (Sequence, np.ndarray)):
+            focals = None if focals is None else [focals]   # checked (and refused) below
+        if focals is None or any(f is None for f in focals):
+            raise EstimatorError(
+                f"{self.model_name} needs the camera's focal lengths for metric depth (its "
+                'card sets focal_scale): pass focal=(fx, fy) in pixels of the image given to '
+                'predict, focals=[(fx, fy), ...] to predict_batch, or K to predict_points')
+        focals = one_per_image('focals', focals, count)
+        checked = []
+        for focal in focals:
+            try:
+                pair = np.asarray(focal, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                pair = np.zeros(0)
+            if pair.size != 2 or not bool(np.all(np.isfinite(pair) & (pair > 0))):
+                raise EstimatorError(f'focal must be (fx, fy): two positive focal lengths in '
+                                     f'pixels of the image given, got {focal!r}')
+            checked.append((float(pair[0]), float(pair[1])))
+        return checked
+
+    def _focal_factors(self, focals: Sequence[tuple[float, float]], height: int, width: int,
+                       ) -> list[float]:
+        """What a :attr:`needs_focal` model's raw depth is multiplied by, per image:
+        ``focal_net / focal_scale``.
+
+        ``focals`` are ``(fx, fy)`` in pixels of the ``height`` x ``width`` image; they are
+        scaled to the network input as the image is resized (stretched: ``fx * W_net / W``,
+        ``fy * H_net / H``; letterboxed: both by the uniform scale, to the whole pixels of the
+        letterboxed image), and ``focal_net`` is their mean, in pixels at the network input.
+        """
+        res_h, res_w = self.preprocessor.resized_size(height, width)
+        scale = self._card.focal_scale
+        return [0.5 * (fx * res_w / width + fy * res_h / height) / scale for fx, fy in focals]
 
     @torch.inference_mode()
     def _run_locked(self, images: Sequence[np.ndarray], fx: Any,
                     clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
                     pad: bool = True,
-                    prompts: Optional[Sequence[Optional[np.ndarray]]] = None) -> Prediction:
+                    prompts: Optional[Sequence[Optional[np.ndarray]]] = None,
+                    focals: Optional[list[tuple[float, float]]] = None) -> Prediction:
         """Predict; with ``clouds`` (one dict of keyword arguments of
         :func:`depth_node.cloud.depth_to_points_tensor`, or None, per image) also back-project
         on the device. One copy back per output and one synchronisation per call.
 
         With ``pad`` the batch is padded to :meth:`padded_batch` with copies of the last image;
-        the padded outputs are dropped before postprocessing.
+        the padded outputs are dropped before postprocessing. ``focals``: checked ``(fx, fy)``
+        per image for a model that :attr:`needs_focal`.
         """
         if self._slow is not None:  # slow path: the model's own processor / pipeline
             result = self._slow.predict(images, fx, prompts=prompts)
@@ -431,29 +507,53 @@ class DepthEstimator:
         batch = self.padded_batch(count) if pad else count
         if batch > count:
             images = list(images) + [images[-1]] * (batch - count)
+        card = self._card
         with self._device_scope():
             clock = self._new_clock()
             clock.start()
             pixel_values = self.preprocessor.run(images, compute=True)
             clock.mark('preprocess')
+            extra: dict[str, torch.Tensor] = {}
             try:
-                depth, fov = self.engine.run(pixel_values)
+                if card is not None:  # outputs by role: depth, sky, confidence
+                    extra = self.engine.run_outputs(pixel_values)
+                    depth, fov = extra.pop('depth'), None
+                else:
+                    depth, fov = self.engine.run(pixel_values)
             except EstimatorError as exc:
                 if not self._auto:
                     raise
                 self._fall_back_to_torch(exc)
-                return self._run_locked(images[:count], fx, clouds)
+                return self._run_locked(images[:count], fx, clouds, prompts=prompts,
+                                        focals=focals)
             if batch > count:
                 depth = depth[:count]
                 fov = fov[:count] if fov is not None else None
+                extra = {role: t[:count] for role, t in extra.items()}
             clock.mark('forward')
             # frames whose raw output holds NaN or infinity (fp16 overflow), read back with
             # the depth
             bad = ~torch.isfinite(depth.reshape(count, -1)).all(dim=1)
             if self._output_scale != 1.0:
                 depth = depth.float() * self._output_scale
+            if focals is not None:
+                # per-image factors as host floats: no per-frame upload
+                factors = self._focal_factors(focals, height, width)
+                depth = depth.float()
+                depth = depth * factors[0] if count == 1 else torch.cat(
+                    [depth[i:i + 1] * f for i, f in enumerate(factors)])
             depth = self.postprocessor.run(depth, fov, height, width, fx)
-            outputs = [depth, bad]
+            sky = confidence = None
+            if 'sky' in extra:
+                # the logits resized like depth, thresholded at the image's size
+                logits = self.postprocessor.run(extra['sky'], None, height, width, None)
+                sky = logits < card.sky_threshold
+                depth = depth.masked_fill(sky, card.sky_depth)   # NaN or the cap, metres
+            if 'confidence' in extra:
+                confidence = self.postprocessor.run(extra['confidence'], None, height, width,
+                                                    None)
+            outputs = [depth, bad] + [t for t in (sky, confidence) if t is not None]
+            first_cloud = len(outputs)
             wanted = [i for i, c in enumerate(clouds or ()) if c is not None]
             if wanted:
                 from depth_node.cloud import depth_to_points_tensor
@@ -468,12 +568,19 @@ class DepthEstimator:
         non_finite = int(bad.sum())
         if non_finite:
             result = np.where(np.isfinite(result), result, np.float32(np.nan))
+        index = 2
+        sky_host = confidence_host = None
+        if sky is not None:
+            sky_host, index = hosts[index].numpy(), index + 1
+        if confidence is not None:
+            confidence_host = hosts[index].numpy()
         points = None
         if clouds is not None:
             points = [None] * count
-            for i, host in zip(wanted, hosts[2:]):
+            for i, host in zip(wanted, hosts[first_cloud:]):
                 points[i] = host.numpy()
-        return Prediction(depth=result, timings=timings, points=points, non_finite=non_finite)
+        return Prediction(depth=result, timings=timings, points=points, non_finite=non_finite,
+                          sky=sky_host, confidence=confidence_host)
 
     def close(self) -> None:
         """Release the engine (sessions, device memory); the estimator is unusable after."""
@@ -504,7 +611,8 @@ class DepthEstimator:
         return self._slow.prompt_tensor(list(prompts))
 
     def predict(self, rgb: np.ndarray, fx: Optional[float] = None,
-                prompt: Optional[np.ndarray] = None) -> Prediction:
+                prompt: Optional[np.ndarray] = None,
+                focal: Optional[tuple[float, float]] = None) -> Prediction:
         """Predict one frame.
 
         Parameters
@@ -515,6 +623,11 @@ class DepthEstimator:
             Horizontal focal length in pixels of this image. Used only by models whose metric
             scale depends on it (DepthPro, which otherwise uses its own FoV estimate); ignored
             by the others.
+        focal : (float, float), optional
+            ``(fx, fy)``: the camera's focal lengths in pixels of THIS image (``rgb``'s size,
+            e.g. ``K[0, 0]`` and ``K[1, 1]`` of its camera_info fitted to it). Required by a
+            model that :attr:`needs_focal` (a card with ``focal_scale``: DA3 metric), which
+            scales them to the network input itself; ignored by the others.
         prompt : np.ndarray, optional
             Models that :attr:`takes_prompt` only: ``(h, w)`` float32 metric depth of the same
             view, metres along the optical axis, any resolution (NaN or <= 0: no measurement;
@@ -525,16 +638,19 @@ class DepthEstimator:
         -------
         Prediction
             ``depth`` ``(H, W)`` float32: metres along the optical axis when :attr:`is_metric`,
-            else the relative output (``output_kind``); ``timings`` of the stages.
+            else the relative output (``output_kind``); ``timings`` of the stages; ``sky``
+            ``(H, W)`` bool and ``confidence`` ``(H, W)`` float32 where the model's card names
+            such outputs (else None).
 
         Raises
         ------
         EstimatorError
-            A prompt for a model that takes none, or a prompt with no valid value.
+            A prompt for a model that takes none, or a prompt with no valid value; no (or a
+            bad) ``focal`` for a model that :attr:`needs_focal`.
         """
-        prediction = self._run([rgb], fx, prompts=None if prompt is None else [prompt])
-        prediction.depth = prediction.depth[0]
-        return prediction
+        prediction = self._run([rgb], fx, prompts=None if prompt is None else [prompt],
+                               focals=None if focal is None else [focal])
+        return _first(prediction)
 
     def predict_points(self, rgb: np.ndarray, K: np.ndarray, stride: int = 1,
                        min_depth: float = 0.0, max_depth: float = float('inf'),
@@ -557,9 +673,12 @@ class DepthEstimator:
         -------
         Prediction
             ``depth`` ``(H, W)`` float32 metres along the optical axis, as :meth:`predict`
-            gives; ``points`` ``(ceil(H / stride), ceil(W / stride), 3)`` float32 in the camera
-            optical frame, metres, NaN where invalid: equal to ``depth_to_points(depth, K,
-            ...)``; ``timings`` gains ``'cloud'`` (back-projection and both copies back).
+            gives (a model that :attr:`needs_focal` takes its focal lengths from ``K``: sky
+            pixels NaN or capped as in ``depth``); ``points`` ``(ceil(H / stride),
+            ceil(W / stride), 3)`` float32 in the camera optical frame, metres, NaN where
+            invalid: equal to ``depth_to_points(depth, K, ...)``; ``timings`` gains
+            ``'cloud'`` (back-projection and both copies back); ``sky``, ``confidence`` as
+            :meth:`predict` gives.
 
         Raises
         ------
@@ -572,8 +691,9 @@ class DepthEstimator:
                                  'a cloud needs metric depth (align it first)')
         cloud = {'K': K, 'stride': stride, 'min_depth': min_depth, 'max_depth': max_depth}
         prediction = self._run([rgb], fx, clouds=[cloud],
-                               prompts=None if prompt is None else [prompt])
-        prediction.depth = prediction.depth[0]
+                               prompts=None if prompt is None else [prompt],
+                               focals=[_focal_of(K)] if self.needs_focal else None)
+        prediction = _first(prediction)
         prediction.points = prediction.points[0]
         return prediction
 
@@ -581,6 +701,7 @@ class DepthEstimator:
                       fx: Optional[float | Sequence[float]] = None,
                       clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
                       prompts: Optional[Sequence[Optional[np.ndarray]]] = None,
+                      focals: Optional[Sequence[tuple[float, float]]] = None,
                       ) -> Prediction:
         """Predict several same-size frames in one forward pass.
 
@@ -599,13 +720,18 @@ class DepthEstimator:
             device and copied back with the depth (metric models only).
         prompts : sequence of np.ndarray or None, optional
             Per image, its depth prompt or None, as ``prompt`` of :meth:`predict`.
+        focals : sequence of (float, float), optional
+            Per image, ``(fx, fy)`` in pixels of that image, as ``focal`` of :meth:`predict`
+            (required by a model that :attr:`needs_focal`; when left out and every image has a
+            cloud, each cloud's ``K`` gives them).
 
         Returns
         -------
         Prediction
             ``depth`` ``(B, H, W)`` float32: one prediction per image, as :meth:`predict`
             gives; ``timings`` of the whole batch; with ``clouds``, ``points`` is a list of
-            ``B`` arrays (None where no cloud was asked).
+            ``B`` arrays (None where no cloud was asked); ``sky`` ``(B, H, W)`` bool and
+            ``confidence`` ``(B, H, W)`` float32, or None, as :meth:`predict` gives.
 
         Raises
         ------
@@ -619,26 +745,37 @@ class DepthEstimator:
             if not self.is_metric and any(c is not None for c in clouds):
                 raise EstimatorError(f'{self.model_name} predicts relative disparity, not '
                                      'metres; a cloud needs metric depth (align it first)')
+        if focals is None and self.needs_focal and clouds is not None \
+                and all(c is not None for c in clouds):
+            focals = [_focal_of(c['K']) for c in clouds]
         if self.batch_independent or len(images) <= 1:
-            return self._run(images, fx, clouds, prompts=prompts)
+            return self._run(images, fx, clouds, prompts=prompts, focals=focals)
+        focals = one_per_image('focals', focals, len(images))
         if fx is None or np.ndim(fx) == 0:
-            focals = [fx] * len(images)
+            fxs = [fx] * len(images)
         else:
-            focals = list(fx)
-            if len(focals) != len(images):
+            fxs = list(fx)
+            if len(fxs) != len(images):
                 raise EstimatorError(f'fx must be one positive focal length (pixels) per image, '
                                      f'got {fx}')
         parts = [self._run([image], focal, None if clouds is None else [clouds[i]],
-                           prompts=None if prompts is None else [prompts[i]])
-                 for i, (image, focal) in enumerate(zip(images, focals))]
+                           prompts=None if prompts is None else [prompts[i]],
+                           focals=None if focals is None else [focals[i]])
+                 for i, (image, focal) in enumerate(zip(images, fxs))]
         timings: dict[str, float] = {}
         for part in parts:
             for stage, seconds in part.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
         points = None if clouds is None else [part.points[0] for part in parts]
+
+        def joined(name: str) -> Optional[np.ndarray]:
+            arrays = [getattr(part, name) for part in parts]
+            return None if arrays[0] is None else np.concatenate(arrays)
+
         return Prediction(depth=np.concatenate([part.depth for part in parts]), timings=timings,
                           points=points, non_finite=sum(part.non_finite for part in parts),
-                          no_prompt=sum(part.no_prompt for part in parts))
+                          no_prompt=sum(part.no_prompt for part in parts),
+                          sky=joined('sky'), confidence=joined('confidence'))
 
     def warmup(self, height: int, width: int, iterations: int = 2,
                batches: Sequence[int] = (1,)) -> float:
@@ -665,11 +802,14 @@ class DepthEstimator:
         if not self.batch_independent:
             sizes = [1]
         start = time.perf_counter()
+        # any focal length will do for a model that needs_focal
+        focals = [(float(width), float(width))] * max(sizes) if self.needs_focal else None
         for batch in sizes:
             self.prepare(int(height), int(width), batch=batch)
             for _ in range(max(1, int(iterations))):
                 self._run([frame] * batch, None, pad=False,
-                          prompts=None if prompt is None else [prompt] * batch)
+                          prompts=None if prompt is None else [prompt] * batch,
+                          focals=None if focals is None else focals[:batch])
             self._warm_batches.add(batch)
         return time.perf_counter() - start
 

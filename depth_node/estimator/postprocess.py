@@ -1,9 +1,10 @@
 """Postprocessing: the network's raw prediction -> ``(H, W)`` float32 at the image's size.
 
-Engine-agnostic and ROS-free: :class:`Postprocessor` crops the processor's padding, applies Depth
-Pro's focal-length scaling and upsamples with the mode the model's
-``post_process_depth_estimation`` uses (bicubic, ``align_corners=False`` for DPT, Depth Anything,
-GLPN and ZoeDepth; bilinear for DepthPro), then makes one device-to-host copy per output. On CUDA
+Engine-agnostic and ROS-free: :class:`Postprocessor` crops the processor's padding (DPT's centre
+pad, ZoeDepth's reflect pad, a plain ONNX card's letterbox), applies Depth Pro's focal-length
+scaling and upsamples with the mode the model's ``post_process_depth_estimation`` uses (bicubic,
+``align_corners=False`` for DPT, Depth Anything, GLPN and ZoeDepth; bilinear for DepthPro; what
+its card says for a plain ONNX model), then makes one device-to-host copy per output. On CUDA
 the upsampling is ``F.interpolate``; on the CPU the same resampling runs in its separable form
 (each axis's weights read back from ``F.interpolate`` itself, then one row-gathering weighted sum
 per axis): within a few float32 roundings of ``F.interpolate`` (1e-6 relative) and faster
@@ -21,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from depth_node.estimator.errors import EstimatorError
-from depth_node.estimator.recipe import (Recipe, centre_pad, input_size, resized_size,
-                                         zoe_pad)
+from depth_node.estimator.recipe import (Recipe, centre_pad, input_size, letterbox_pad,
+                                         resized_size, zoe_pad)
 
 logger = logging.getLogger('depth_node.estimator')
 
@@ -135,6 +136,8 @@ class Postprocessor:
             pad_h, pad_w = zoe_pad(height, width)
             depth = self.resize(depth, (height + 2 * pad_h, width + 2 * pad_w), 'bicubic',
                                 crop=(pad_h, height, pad_w, width))
+        elif recipe.letterbox:
+            depth = self._crop_letterbox(depth, height, width)
         elif recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
             depth = self._crop_dpt_pad(depth, height, width)
         if recipe.family == 'depth_pro':
@@ -201,6 +204,17 @@ class Postprocessor:
         y0, y1 = round(top * out_h / in_h), round((top + res_h) * out_h / in_h)
         x0, x1 = round(left * out_w / in_w), round((left + res_w) * out_w / in_w)
         return depth[..., y0:y1, x0:x1]
+
+    def _crop_letterbox(self, depth: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Keep the image's part of a letterboxed output (the padding scaled to the output
+        grid, which may be coarser than the network input)."""
+        top, _, left, _ = letterbox_pad(self.recipe, height, width)
+        res_h, res_w = resized_size(self.recipe, height, width)
+        in_h, in_w = self.recipe.size
+        out_h, out_w = depth.shape[-2:]
+        y0, y1 = round(top * out_h / in_h), round((top + res_h) * out_h / in_h)
+        x0, x1 = round(left * out_w / in_w), round((left + res_w) * out_w / in_w)
+        return depth[..., y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
 
     def _depth_pro_inverse(self, depth: torch.Tensor, fov: Optional[torch.Tensor], width: int,
                            fx: Any) -> torch.Tensor:

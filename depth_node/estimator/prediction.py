@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -32,6 +32,15 @@ class Prediction:
     no_prompt : int
         A model that takes a depth prompt (:attr:`DepthEstimator.takes_prompt`): how many of
         the frames had none; their ``depth`` is all NaN (no forward pass for them).
+    sky : np.ndarray or None
+        ``(H, W)`` bool (``(B, H, W)`` from ``predict_batch``) at the image's size: True where
+        the model's sky logits (resized like depth) are below the card's ``sky_threshold``;
+        those pixels are NaN in ``depth`` (or its ``sky_depth`` cap, metres). None when the
+        model's card names no ``sky`` output.
+    confidence : np.ndarray or None
+        ``(H, W)`` float32 (``(B, H, W)`` from ``predict_batch``): the model's raw depth
+        confidence output (DA3 ``depth_conf``: no unit, larger = more confident), cropped and
+        resized to the image like depth. None when the card names no ``confidence`` output.
     """
 
     depth: np.ndarray
@@ -39,3 +48,5 @@ class Prediction:
     points: Union[np.ndarray, list, None] = None
     non_finite: int = 0
     no_prompt: int = 0
+    sky: Optional[np.ndarray] = None
+    confidence: Optional[np.ndarray] = None

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.recipe import (TORCH_MODES, Recipe, centre_pad, input_size,
-                                         normalisation_table, resized_size, zoe_pad)
+                                         letterbox_pad, normalisation_table, resized_size,
+                                         zoe_pad)
 
 logger = logging.getLogger('depth_node.estimator')
 
@@ -129,7 +130,7 @@ class Preprocessor:
         return size
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        """Size after the resize step only (before a DPT centre pad)."""
+        """Size after the resize step only (before a DPT centre pad or a letterbox pad)."""
         return resized_size(self.recipe, height, width)
 
     def check_images(self, images: Sequence[np.ndarray]) -> tuple[int, int]:
@@ -299,7 +300,12 @@ class Preprocessor:
             table = self._table_compute if compute else self._table_flat
             x = self._lookup(self._resize_uint8(images, self.resized_size(height, width)),
                              table, channels_last=self.channels_last)
-            if recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
+            if recipe.letterbox:
+                # zeros after normalisation (the mean colour with ImageNet mean / std, black
+                # for a graph that normalises inside itself: mean 0, std 1)
+                top, bottom, left, right = letterbox_pad(recipe, height, width)
+                x = F.pad(x, (left, right, top, bottom), value=0.0)
+            elif recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
                 top, bottom = centre_pad(x.shape[-2], recipe.size_divisor)
                 left, right = centre_pad(x.shape[-1], recipe.size_divisor)
                 x = F.pad(x, (left, right, top, bottom), value=0.0)

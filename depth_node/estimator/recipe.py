@@ -31,6 +31,11 @@ class Recipe:
     ``size_divisor``, rescale, optional normalise), ``'zoedepth'`` (rescale, reflect pad, float
     resize with ``align_corners=True``, normalise) and ``'depth_pro'`` (rescale and normalise,
     then float bilinear resize to a fixed size).
+
+    ``letterbox`` (``'dpt'`` with a fixed ``size``, plain ONNX cards with ``keep_aspect: true``):
+    the image is scaled uniformly to fit inside ``size`` (:func:`letterbox_size`) and centred
+    on it, the border padded with zeros after normalisation (:func:`letterbox_pad`); the
+    outputs are cropped back to the image's part before they are resized to the image.
     """
 
     family: str
@@ -47,6 +52,7 @@ class Recipe:
     do_pad: bool
     size_divisor: Optional[int]
     upsample: str
+    letterbox: bool = False
 
 
 _IMAGENET_DEFAULT = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -174,11 +180,33 @@ def normalisation_table(recipe: Recipe) -> np.ndarray:
     return np.ascontiguousarray(table, dtype=np.float32)
 
 
+def letterbox_size(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """``(height, width)`` of an image of ``height`` x ``width`` scaled uniformly by
+    ``min(size[0] / height, size[1] / width)`` to fit inside ``size``, rounded to whole pixels
+    (at least 1, at most ``size``)."""
+    scale = min(size[0] / height, size[1] / width)
+    return (min(size[0], max(1, round(height * scale))),
+            min(size[1], max(1, round(width * scale))))
+
+
+def letterbox_pad(recipe: Recipe, height: int, width: int) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` pixels of zero padding around the letterboxed image of
+    ``height`` x ``width`` (centred; an odd remainder goes to the bottom / right); all zero when
+    ``recipe`` does not letterbox."""
+    if not recipe.letterbox:
+        return 0, 0, 0, 0
+    in_h, in_w = letterbox_size(height, width, recipe.size)
+    extra_h, extra_w = recipe.size[0] - in_h, recipe.size[1] - in_w
+    return extra_h // 2, extra_h - extra_h // 2, extra_w // 2, extra_w - extra_w // 2
+
+
 def resized_size(recipe: Recipe, height: int, width: int) -> tuple[int, int]:
     """``(height, width)`` in pixels after the processor's resize step only (before a DPT
-    centre pad), for an image of ``height`` x ``width``."""
+    centre pad or a letterbox pad), for an image of ``height`` x ``width``."""
     if not recipe.do_resize:
         return height, width
+    if recipe.letterbox:
+        return letterbox_size(height, width, recipe.size)
     if recipe.family == 'dpt':
         return keep_aspect_resize_shape(height, width, recipe)
     if recipe.family == 'glpn':
@@ -197,7 +225,7 @@ def input_size(recipe: Recipe, height: int, width: int, name: str = 'the model',
     """Network input ``(height, width)`` in pixels for an image of ``height`` x ``width``.
 
     Padding added by the processor is included (ZoeDepth reflect pad before resizing, DPT
-    ``do_pad`` after).
+    ``do_pad`` or a letterbox after).
 
     Raises
     ------
@@ -210,6 +238,8 @@ def input_size(recipe: Recipe, height: int, width: int, name: str = 'the model',
     if out_h < 1 or out_w < 1:
         raise EstimatorError(f'image {width}x{height} is too small for {name} '
                              f'(it would be resized to {out_w}x{out_h})')
+    if recipe.letterbox:
+        return recipe.size
     if recipe.family == 'dpt' and recipe.do_pad and recipe.size_divisor:
         out_h += sum(centre_pad(out_h, recipe.size_divisor))
         out_w += sum(centre_pad(out_w, recipe.size_divisor))

@@ -35,6 +35,32 @@ class FixedOnnx:
 #: Where an ONNX engine gets its file for a shape.
 OnnxSource = Union[OnnxExporter, FixedOnnx]
 
+_INPUT_DTYPES = {'float32': torch.float32, 'float16': torch.float16}
+
+
+def graph_input_dtype(source: OnnxSource) -> Optional[torch.dtype]:
+    """The dtype a plain ONNX model's graph takes (float16 for a half-precision export), None
+    for an export of ours (the engine decides)."""
+    if isinstance(source, FixedOnnx):
+        return _INPUT_DTYPES[source.model.input_type]
+    return None
+
+
+def as_bhw(output: torch.Tensor, name: str, where: str) -> torch.Tensor:
+    """``(B, h, w)`` of a ``(B, h, w)`` or ``(B, 1, h, w)`` output (a view, no copy).
+
+    Raises
+    ------
+    EstimatorError
+        Any other layout.
+    """
+    if output.ndim == 4 and output.shape[1] == 1:
+        return output[:, 0]
+    if output.ndim == 3:
+        return output
+    raise EstimatorError(f"output '{name}' of {where} has shape {tuple(output.shape)}; "
+                         'expected (B, H, W) or (B, 1, H, W)')
+
 
 class OnnxEngine(Engine):
     """An engine that compiles one ONNX file per input shape (ONNX Runtime, OpenVINO, TensorRT).
@@ -83,20 +109,45 @@ class OnnxEngine(Engine):
 
     def run(self, pixel_values: torch.Tensor,
             ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        outputs = self.run_outputs(pixel_values)
+        return outputs['depth'], outputs.get('fov')
+
+    def run_outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(B, 3, h, w)`` network input -> the outputs by role, on :attr:`device`.
+
+        A plain ONNX model (:class:`FixedOnnx`): each role its card names (``'depth'``, and
+        ``'sky'``, ``'confidence'`` where given), picked by output name, ``(B, h', w')``
+        whether the graph gives ``(B, h', w')`` or ``(B, 1, h', w')``. An export of ours:
+        ``'depth'`` (the first output) and, for Depth Pro, ``'fov'`` (the second).
+        """
         shape = tuple(pixel_values.shape)
         if shape not in self._compiled:
             line = self.prepare(shape)
             if line:
                 logger.info('%s', line)
-        outputs = self._infer(self._compiled[shape], pixel_values)
-        depth = outputs[0]
-        fov = outputs[1] if len(outputs) > 1 else None
-        return depth, fov
+        compiled = self._compiled[shape]
+        outputs = self._infer(compiled, pixel_values)
+        if not isinstance(self.source, FixedOnnx):
+            return {'depth': outputs[0], 'fov': outputs[1] if len(outputs) > 1 else None}
+        by_name = dict(zip(self._output_names(compiled), outputs))
+        model = self.source.model
+        picked = {}
+        for role, name in model.outputs.items():
+            if name not in by_name:
+                raise EstimatorError(
+                    f"{self.name} gives no output '{name}' for {model.path.name} (its outputs: "
+                    f"{', '.join(by_name)}); fix outputs in the model card")
+            picked[role] = as_bhw(by_name[name], name, model.path.name)
+        return picked
 
     def _compile(self, path: Path, entry: CacheEntry, shape: tuple[int, ...]) -> Any:
         raise NotImplementedError
 
     def _infer(self, compiled: Any, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _output_names(self, compiled: Any) -> list[str]:
+        """The names of the outputs :meth:`_infer` returns, in its order."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,11 @@ import numpy as np
 import torch
 
 from depth_node.estimator.engines.base import EngineOptions
-from depth_node.estimator.engines.onnx_base import OnnxEngine, OnnxSource
+from depth_node.estimator.engines.onnx_base import OnnxEngine, OnnxSource, graph_input_dtype
 from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.export import CacheEntry
 
+logger = logging.getLogger('depth_node.estimator')
 _NP = {torch.float32: np.float32, torch.float16: np.float16}
 
 
@@ -32,7 +34,10 @@ class OnnxRuntimeEngine(OnnxEngine):
     On the CPU provider the input is a float32 NumPy view of the CPU tensor (no copy). On CUDA
     (CUDA or TensorRT provider first) input and output stay on the device through I/O binding
     with torch tensors. Precision: fp32 on the CPU (ONNX Runtime's CPU provider has no fast bf16
-    path); fp16 on CUDA runs an fp16 export (CUDA provider) or TensorRT's fp16 mode.
+    path); fp16 on CUDA runs an fp16 export (CUDA provider) or TensorRT's fp16 mode. A plain
+    ONNX model (exported elsewhere) runs in its graph's own precision on the CPU and CUDA
+    providers (its input dtype is the graph's: an fp32 graph stays fp32, with a warning when
+    fp16 was asked for); the TensorRT provider's fp16 mode casts it.
     """
 
     name = 'onnxruntime'
@@ -71,6 +76,18 @@ class OnnxRuntimeEngine(OnnxEngine):
         # TensorRT casts an fp32 graph itself; the CUDA provider runs an fp16 export.
         self.input_dtype = torch.float16 if dtype == torch.float16 and not trt_fp16 \
             else torch.float32
+        graph_dtype = graph_input_dtype(source)
+        if graph_dtype is not None:  # a plain ONNX model: feed what its graph takes
+            if graph_dtype != self.input_dtype and not trt_fp16:
+                logger.warning('%s takes %s input: ONNX Runtime runs it as exported (%s), not '
+                               "in precision '%s' (TensorRT's fp16 mode casts an fp32 graph: "
+                               'TensorrtExecutionProvider or model.engine tensorrt)',
+                               source.path.name, str(graph_dtype).replace('torch.', ''),
+                               'fp16' if graph_dtype == torch.float16 else 'fp32',
+                               self.precision)
+            self.input_dtype = graph_dtype
+            if not trt_fp16:
+                self.precision = 'fp16' if graph_dtype == torch.float16 else 'fp32'
         self.providers = providers
         self._provider_options = []
         for p in providers:
@@ -99,6 +116,9 @@ class OnnxRuntimeEngine(OnnxEngine):
                                        provider_options=self._provider_options)
         outputs = [o.name for o in session.get_outputs()]
         return session, session.get_inputs()[0].name, outputs
+
+    def _output_names(self, compiled: Any) -> list[str]:
+        return compiled[2]
 
     def _infer(self, compiled: Any, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         session, input_name, output_names = compiled

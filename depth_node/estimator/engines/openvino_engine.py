@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from depth_node.estimator.engines.base import EngineOptions
-from depth_node.estimator.engines.onnx_base import FixedOnnx, OnnxEngine, OnnxSource
+from depth_node.estimator.engines.onnx_base import (FixedOnnx, OnnxEngine, OnnxSource,
+                                                    graph_input_dtype)
 from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.export import CacheEntry, write_atomic
 
@@ -72,7 +73,8 @@ class OpenVinoEngine(OnnxEngine):
                 f"OpenVINO device '{self.ov_device}' is not available here (found: "
                 f"{', '.join(available) or 'none'}); set model.openvino_device to one of them")
         self.device = torch.device('cpu')   # OpenVINO takes and returns host memory
-        self.input_dtype = torch.float32
+        # float32 (OpenVINO casts to the precision hint), or what a plain ONNX graph takes
+        self.input_dtype = graph_input_dtype(source) or torch.float32
         self.precision = {torch.float32: 'fp32', torch.bfloat16: 'bf16',
                           torch.float16: 'fp16'}[dtype]
         # No CACHE_DIR: OpenVINO writes its blobs in place, and a node killed mid-write (or a
@@ -101,7 +103,7 @@ class OpenVinoEngine(OnnxEngine):
             try:
                 compiled = self._core.import_model(blob.read_bytes(), self.ov_device,
                                                    self._config)
-                return compiled.create_infer_request(), len(compiled.outputs)
+                return compiled.create_infer_request(), self._names(compiled)
             except Exception as exc:  # noqa: BLE001 - a stale or damaged blob: compile again
                 logger.warning('compiled OpenVINO model %s does not load (%s: %s); compiling '
                                'it again', blob, type(exc).__name__, exc)
@@ -112,12 +114,24 @@ class OpenVinoEngine(OnnxEngine):
             data = compiled.export_model()
             data = data.getvalue() if hasattr(data, 'getvalue') else bytes(data)  # BytesIO
             write_atomic(blob, lambda tmp: tmp.write_bytes(data))
-        return compiled.create_infer_request(), len(compiled.outputs)
+        return compiled.create_infer_request(), self._names(compiled)
+
+    def _names(self, compiled: Any) -> list[str]:
+        """Each output's name: the ONNX graph's name where OpenVINO keeps several."""
+        graph = self.source.model.output_names if isinstance(self.source, FixedOnnx) else ()
+        names = []
+        for output in compiled.outputs:
+            held = output.get_names()
+            names.append(next((n for n in graph if n in held), None) or output.get_any_name())
+        return names
+
+    def _output_names(self, compiled: Any) -> list[str]:
+        return compiled[1]
 
     def _infer(self, compiled: Any, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        request, n_outputs = compiled
-        x = pixel_values.to(torch.float32).contiguous().numpy()
+        request, names = compiled
+        x = pixel_values.to(self.input_dtype).contiguous().numpy()
         request.infer({0: x})
         # The output tensors are reused by the next infer: copy them out.
         return [torch.from_numpy(np.array(request.get_output_tensor(i).data, copy=True))
-                for i in range(n_outputs)]
+                for i in range(len(names))]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from depth_node.estimator.engines.base import EngineOptions
-from depth_node.estimator.engines.onnx_base import OnnxEngine, OnnxSource
+from depth_node.estimator.engines.onnx_base import OnnxEngine, OnnxSource, graph_input_dtype
 from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.export import CacheEntry, write_atomic
 
@@ -44,7 +44,8 @@ class TensorRtEngine(OnnxEngine):
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self.device = device
-        self.input_dtype = torch.float32
+        # float32 (BuilderFlag.FP16 casts inside), or what a plain ONNX graph takes
+        self.input_dtype = graph_input_dtype(source) or torch.float32
         if dtype == torch.bfloat16:
             raise EstimatorError("model.engine tensorrt runs 'fp16' or 'fp32'")
         self.precision = 'fp16' if dtype == torch.float16 else 'fp32'
@@ -95,11 +96,14 @@ class TensorRtEngine(OnnxEngine):
             buffers.append(torch.empty(tuple(engine.get_tensor_shape(n)), dtype=dtype,
                                        device=self.device))
             context.set_tensor_address(n, buffers[-1].data_ptr())
-        return engine, context, inputs[0], buffers
+        return engine, context, inputs[0], buffers, outputs
+
+    def _output_names(self, compiled: Any) -> list[str]:
+        return compiled[4]
 
     def _infer(self, compiled: Any, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        engine, context, input_name, buffers = compiled
-        x = pixel_values.to(torch.float32).contiguous()
+        engine, context, input_name, buffers, _ = compiled
+        x = pixel_values.to(self.input_dtype).contiguous()
         context.set_tensor_address(input_name, x.data_ptr())
         stream = torch.cuda.current_stream(self.device)
         if not context.execute_async_v3(stream.cuda_stream):
