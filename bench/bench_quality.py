@@ -86,6 +86,7 @@ from depth_node.camera_info import Intrinsics  # noqa: E402
 from depth_node.demo import simulated_lidar  # noqa: E402
 from depth_node.evaluate import write_json  # noqa: E402
 from depth_node.lidar import prepare_points, project_points  # noqa: E402
+from depth_node.quality.edges import _dilate  # noqa: E402
 from depth_node.sample_data import frame_folders, load_frame  # noqa: E402
 
 DEFAULT_OUT = REPO / 'bench' / 'results' / 'quality.json'
@@ -183,7 +184,7 @@ class Scene:
         self.beam = np.zeros(self.gt.shape, dtype=bool)
         self.beam[np.rint(beam_uv[:, 1]).astype(np.int64),
                   np.rint(beam_uv[:, 0]).astype(np.int64)] = True
-        self.near = q._dilate(gt_discontinuities(self.true), K_NEAR)
+        self.near = _dilate(gt_discontinuities(self.true), K_NEAR)
 
     def predict(self, k: int, phase, rng: np.random.Generator,
                 scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
