@@ -122,7 +122,8 @@ def robust_range(values: np.ndarray) -> Optional[tuple[float, float]]:
     return _robust_range(np.asarray(values, dtype=np.float32))
 
 
-def add_colorbar(rgb: np.ndarray, vmin: float, vmax: float, metric: bool) -> np.ndarray:
+def add_colorbar(rgb: np.ndarray, vmin: float, vmax: float, metric: bool,
+                 labels: Optional[tuple[str, str, str]] = None) -> np.ndarray:
     """Append a legend strip under a colourized image: the turbo scale from near (red, left) to
     far (blue, right), labelled with the range in metres, or "relative, near = red" for
     relative depth (no unit; the ends are only near and far).
@@ -135,6 +136,8 @@ def add_colorbar(rgb: np.ndarray, vmin: float, vmax: float, metric: bool) -> np.
         The range it was colourized with (metres when ``metric``).
     metric : bool
         True for depth in metres (``vmin`` near), False for relative inverse depth.
+    labels : tuple of str, optional
+        ``(left, right, title)`` instead of the depth words (e.g. a confidence picture).
 
     Returns
     -------
@@ -158,7 +161,9 @@ def add_colorbar(rgb: np.ndarray, vmin: float, vmax: float, metric: bool) -> np.
         font = ImageFont.load_default(size=font_px)
     except TypeError:  # Pillow < 10.1: fixed-size bitmap font
         font = ImageFont.load_default()
-    if metric:
+    if labels is not None:
+        left, right, title = labels
+    elif metric:
         left, right, title = f'{vmin:.2f} m', f'{vmax:.2f} m', 'depth (metres), near = red'
     else:
         left, right, title = 'near', 'far', 'relative depth (no unit), near = red'

@@ -230,6 +230,38 @@ PARAMS: tuple[ParamSpec, ...] = (
               read_only=False),
     ParamSpec('cloud.color', False, 'Add a packed rgb field from the camera image.',
               read_only=False),
+    ParamSpec('cloud.min_confidence', 0.0, 'depth/points: points whose depth/confidence is '
+              'below this become NaN (organized cloud) or are left out (unorganized); '
+              '0 = off. Needs a confidence.* cue.', read_only=False, min=0.0, max=1.0),
+    # depth quality: flying pixels, confidence, temporal stability
+    ParamSpec('filter.edges', True, 'Flying pixels: metric depth on or next to a depth '
+              'discontinuity (a jump of more than filter.edge_threshold to a 3x3 neighbour, '
+              'relative to depth) becomes NaN in depth/image and depth/points. Relative '
+              'output keeps every pixel (depth/confidence says where).', read_only=False),
+    ParamSpec('filter.edge_threshold', 0.04, 'The flying-pixel jump: the spread of log depth '
+              'in a 3x3 window (about the relative depth step). 0.04 removes 98 % of '
+              'the pixels more than 10 % off near silhouettes and keeps 99.9 % of the correct '
+              'ones away from them (bench/bench_quality.py).', read_only=False, min=0.005,
+              max=2.0),
+    ParamSpec('confidence.discontinuity', True, 'depth/confidence cue: low on and next to '
+              'depth discontinuities (where the network smooths across silhouettes); '
+              'scale-free.', read_only=False),
+    ParamSpec('confidence.lidar', True, 'depth/confidence cue, with lidar.enabled: agreement '
+              'of the fitted depth with the LiDAR points, spread over the image (neutral far '
+              'from any point).', read_only=False),
+    ParamSpec('confidence.temporal', True, "depth/confidence cue: agreement with the camera's "
+              'previous output after removing the global change (low where the scene moved '
+              'or the network flickers).', read_only=False),
+    ParamSpec('confidence.model', True, "depth/confidence cue: the model's own confidence "
+              'output, where it has one (Depth Anything 3 exports with depth_conf).',
+              read_only=False),
+    ParamSpec('temporal.enabled', False, 'Without LiDAR or a depth prompt: hold the '
+              'per-frame scale (metric output; scale and shift for relative output) steady '
+              'across frames, robustly fitted to the previous output and smoothed; a '
+              'persistent change is followed within a few frames, a scene cut resets it.',
+              read_only=False),
+    ParamSpec('temporal.smoothing', 0.8, 'temporal.enabled: weight of the past in the '
+              'smoothed scale (0 = no smoothing).', read_only=False, min=0.0, max=0.99),
     # LiDAR
     ParamSpec('lidar.enabled', False, "Make relative depth metric (or correct metric depth) "
               "with the LiDAR scans on 'lidar/points'."),
@@ -398,6 +430,10 @@ def cross_check(values: dict[str, Any], no_tf2: str = '') -> list[str]:
     errors = []
     if values['cloud.max_depth'] <= values['cloud.min_depth']:
         errors.append('cloud.max_depth must be greater than cloud.min_depth')
+    cues = ('discontinuity', 'lidar', 'temporal', 'model')
+    if values['cloud.min_confidence'] > 0 and not any(values[f'confidence.{c}'] for c in cues):
+        errors.append('cloud.min_confidence gates depth/points by depth/confidence, but every '
+                      'confidence.* cue is off: switch one on or set cloud.min_confidence 0')
     device = values['model.device']
     if not (device in ('auto', 'cpu', 'cuda') or
             (device.startswith('cuda:') and device[5:].isdigit())):

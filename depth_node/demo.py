@@ -4,7 +4,8 @@
 in-process, publishes each frame's image, camera_info and LiDAR scan with rclpy (real DDS), and
 writes, per frame: ``<frame>_depth.png`` (colorized metric depth, or ``<frame>_relative.png``
 relative depth when no metric fit exists, each with a colour bar: the range in metres, or
-"relative, near = red"), ``<frame>_cloud.ply`` (the published cloud, with colour) and
+"relative, near = red"), ``<frame>_confidence.png`` (``depth/confidence``, low = red),
+``<frame>_cloud.ply`` (the published cloud, with colour) and
 ``timings.json`` (per-stage times of the node, median over ``--repeat`` runs).
 
 Frames without a LiDAR scan but with dense ground truth (TUM RGB-D) get a simulated 64-beam
@@ -176,7 +177,8 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
     pub_lidar = player.create_publisher(PointCloud2, 'lidar/points', 1)
     collector = _Collector()
     for topic, mtype in (('depth/image', Image), ('depth/relative', Image),
-                         ('depth/points', PointCloud2), ('depth/alignment', DiagnosticStatus)):
+                         ('depth/confidence', Image), ('depth/points', PointCloud2),
+                         ('depth/alignment', DiagnosticStatus)):
         player.create_subscription(mtype, topic, collector.callback(topic), 5)
     spinner = BackgroundExecutor(node.context)
     spinner.add(node)
@@ -269,6 +271,22 @@ def _save_picture(path: Path, values: np.ndarray, metric: bool) -> dict[str, Any
             'valid_fraction': valid}
 
 
+def _save_confidence(path: Path, confidence: np.ndarray) -> dict[str, Any]:
+    """Write ``depth/confidence`` ((H, W) in [0, 1], NaN invalid) as a picture beside the depth
+    picture: low (red) to high (blue), with its colour bar; return what it shows."""
+    from PIL import Image as PILImage
+
+    from depth_node.colormap import add_colorbar, colorize
+
+    rgb = add_colorbar(colorize(confidence, 0.0, 1.0), 0.0, 1.0, metric=False,
+                       labels=('0 (low)', '1 (high)', 'depth/confidence, low = red'))
+    PILImage.fromarray(rgb).save(path)
+    finite = np.isfinite(confidence)
+    return {'file': path.name, 'valid_fraction': float(finite.mean()),
+            'median': float(np.median(confidence[finite])) if finite.any() else None,
+            'below_0.5': float((confidence[finite] < 0.5).mean()) if finite.any() else None}
+
+
 def _write_frame(out: Path, name: str, frame: Any, collector: _Collector, stamp: Any,
                  status: Any, lidar_kind: str, runs: list, write_ply: Any,
                  image_to_array: Any, cloud_to_array: Any, evaluate: Any) -> dict:
@@ -289,6 +307,10 @@ def _write_frame(out: Path, name: str, frame: Any, collector: _Collector, stamp:
         if rel is not None:
             record['picture'] = _save_picture(out / f'{name}_relative.png',
                                               image_to_array(rel), metric=False)
+    conf = collector.get('depth/confidence', stamp)
+    if conf is not None:
+        record['confidence'] = _save_confidence(out / f'{name}_confidence.png',
+                                                image_to_array(conf))
     cloud = collector.get('depth/points', stamp)
     if cloud is not None:
         xyz = cloud_to_array(cloud).reshape(-1, 3)

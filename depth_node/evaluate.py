@@ -20,6 +20,7 @@ Command line (also ``python -m depth_node.evaluate``)::
     depth_node-eval --pred pred.npy --gt gt.png [--pred-kind depth|disparity] [--oracle]
                     [--cap 80 | --preset indoor|outdoor] [--min-depth 0.001] [--json out.json]
     depth_node-eval --pred pred.npy --frame ../shared/data/real/kitti_object/000000
+    depth_node-eval --pred depth.npy --gt gt.png --confidence conf.npy   # + AUSE of the confidence
 
 Inputs may be ``.npy`` (float), 16-bit ``.png`` (scaled by ``--gt-scale`` / ``--pred-scale``,
 default 0.001 m per unit, 0 = invalid), ``.tif``/``.tiff`` (float32 or 16-bit) or ``.pfm``.
@@ -33,7 +34,7 @@ import math
 from pathlib import Path
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -439,6 +440,33 @@ def _format_table(metrics: dict) -> str:
     return '\n'.join(lines)
 
 
+def confidence_report(pred: np.ndarray, gt: np.ndarray, confidence: np.ndarray,
+                      mask: np.ndarray, steps: int = 100) -> dict[str, Any]:
+    """How well ``confidence`` ((H, W), higher = more trusted, any range; a saved
+    ``depth/confidence``) orders the absolute relative error of ``pred`` against ``gt`` (metres)
+    on ``mask`` (the valid ground truth where the prediction is usable): the sparsification
+    curve, the oracle's, AUSE and the AUSE of a constant confidence (pixels removed at random),
+    and their ratio (below 1: the confidence helps; 0: it orders errors perfectly)."""
+    from depth_node.quality import ause, sparsification
+
+    if confidence.shape != pred.shape:
+        raise EvaluationError(f'confidence is {confidence.shape[1]}x{confidence.shape[0]} but '
+                              f'the prediction is {pred.shape[1]}x{pred.shape[0]}')
+    with np.errstate(invalid='ignore', divide='ignore'):
+        use = mask & np.isfinite(pred) & (pred > 0) & np.isfinite(confidence)
+        error = np.where(use, np.abs(pred - gt) / gt, np.nan)
+    if use.sum() < 2:
+        raise EvaluationError('fewer than 2 pixels have ground truth, a prediction and a '
+                              'finite confidence')
+    fractions, curve, oracle = sparsification(error, confidence, steps)
+    constant = ause(error, np.ones_like(confidence), steps)
+    value = ause(error, confidence, steps)
+    return {'ause': value, 'ause_constant': constant,
+            'ause_ratio': value / constant if constant > 0 else float('nan'),
+            'pixels': int(use.sum()), 'fractions': fractions.tolist(),
+            'sparsification': curve.tolist(), 'oracle': oracle.tolist()}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='depth_node-eval',
@@ -463,6 +491,9 @@ def _parser() -> argparse.ArgumentParser:
                         help='metres per unit of 16-bit ground truth (default 0.001)')
     parser.add_argument('--pred-scale', type=float, default=0.001,
                         help='metres per unit of a 16-bit prediction (default 0.001)')
+    parser.add_argument('--confidence', help='a per-pixel confidence of the prediction (a saved '
+                        'depth/confidence: .npy, .tif, .pfm): its sparsification curve and AUSE '
+                        'against the absolute relative error, beside a constant confidence\'s')
     parser.add_argument('--json', help='write the result as JSON to this file')
     return parser
 
@@ -501,6 +532,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pred = oracle_scale_depth(pred, gt, eval_mask)
             alignment = 'median scaling (oracle)'
         metrics = compute_metrics(pred, gt, args.min_depth, max_depth)
+        confidence = None
+        if args.confidence:
+            conf = load_map(args.confidence, 1.0)
+            confidence = confidence_report(pred, gt, conf, eval_mask)
     except EvaluationError as exc:
         print(f'depth_node-eval: error: {exc}', file=sys.stderr)
         return 2
@@ -508,11 +543,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'{" (" + gt_source + ")" if args.frame else ""}')
     print(f'valid gt in ({args.min_depth:g}, {max_depth:g}] m, alignment: {alignment}')
     print(_format_table(metrics))
+    if confidence is not None:
+        print(f'confidence {args.confidence}: AUSE {confidence["ause"]:.4f} against '
+              f'{confidence["ause_constant"]:.4f} for a constant confidence (ratio '
+              f'{confidence["ause_ratio"]:.3f}; 0 = the oracle), {confidence["pixels"]} pixels')
     if args.json:
         report = {
             'pred': str(args.pred), 'gt': str(args.frame or args.gt), 'gt_source': gt_source,
             'pred_kind': args.pred_kind, 'alignment': alignment, 'min_depth': args.min_depth,
-            'max_depth': max_depth, 'metrics': metrics,
+            'max_depth': max_depth, 'metrics': metrics, 'confidence': confidence,
         }
         try:
             write_json(args.json, report)

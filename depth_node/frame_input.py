@@ -83,6 +83,8 @@ class Frame:
     points: Optional[np.ndarray] = None
     prompt: Optional[pr.PromptCheck] = None  # with prompt.source: its depth prompt
     prompt_points: int = 0  # LiDAR points projected for the prompt
+    focal: Optional[tuple[float, float]] = None  # (fx, fy) pixels of rgb: a needs_focal model
+    confidence: Optional[np.ndarray] = None  # the model's own (H, W) confidence, if it has one
 
     @property
     def stamp(self) -> float:

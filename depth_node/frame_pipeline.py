@@ -42,6 +42,7 @@ from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
 from depth_node.colormap import colorize
 from depth_node.frame_input import (  # noqa: F401 - the frame's arrival, re-exported
     Frame, FrameDecoder, INPUT_TOPICS, read_camera_info, read_scan, Scan, stamp_to_sec)
+from depth_node.frame_quality import assess, QualityState, stabilize
 from depth_node.image_codec import ImageDecodeError
 from depth_node.lidar import LidarError, prepare_points, projection_counts
 from depth_node.outputs import alignment_status, image_encoding, OUTPUTS  # noqa: F401
@@ -72,6 +73,7 @@ class CameraState:
     aligner: Optional[Aligner] = None
     last_alignment: Optional[Alignment] = None
     name: str = ''
+    quality: QualityState = field(default_factory=QualityState)
 
     def topic(self, name: str) -> str:
         """Topic ``name`` of this camera (``<camera>/name`` with ``input.cameras``)."""
@@ -197,6 +199,7 @@ class FramePipeline:
             'relative_depth' if config['input.relative_kind'] == 'depth'
             else 'relative_disparity')
         self.decoder = FrameDecoder(config, estimator)
+        self.needs_focal = bool(getattr(estimator, 'needs_focal', False))
         self.prompt_source = config['prompt.source']
         if estimator is not None:
             why = pr.setup_error(bool(getattr(estimator, 'takes_prompt', False)),
@@ -245,6 +248,8 @@ class FramePipeline:
         if self.prompt_source:  # the prompt goes into the network with the image
             for job in ready:
                 self.pair_prompt(job.frame, job.camera, job.prompts(), job.scans(), lookup_tf)
+        if self.needs_focal:  # its output is metric only with the camera's focal lengths
+            ready = [job for job in ready if self._pair_focal(job, reporter)]
         timer.mark('decode')
         if self.estimator is not None:
             by_size: dict[tuple[int, int], list[Job]] = {}
@@ -297,6 +302,26 @@ class FramePipeline:
         except Exception as exc:  # noqa: BLE001 - one frame must never stop the caller
             reporter.report(Problem('frame_error', f'{type(exc).__name__}: {exc}'))
         return None
+
+    def _pair_focal(self, job: Job, reporter: Reporter) -> bool:
+        """Set the frame's focal lengths (pixels of its network input image) from its camera's
+        camera_info, for a model whose card sets ``focal_scale``; False (the frame skipped,
+        reported ``no_focal``) without a camera_info that fits."""
+        frame = job.frame
+        height, width = frame.rgb.shape[:2]
+        try:
+            intr = self.intrinsics(job.camera, frame.src_w, frame.src_h, width, height)
+        except CameraInfoError as exc:
+            intr, why = None, f'its camera_info does not fit the image: {exc}'
+        else:
+            why = f'no {job.camera.topic("camera_info")} received yet'
+        if intr is None:
+            reporter.report(Problem(
+                'no_focal', f'frame skipped: {why}; the model (focal_scale in its card) needs '
+                            'the focal length to give metres'), job.camera.name)
+            return False
+        frame.focal = (float(intr.K[0, 0]), float(intr.K[1, 1]))
+        return True
 
     def _forward_jobs(self, group: Sequence[Job], reporter: Reporter) -> ForwardResult:
         """:meth:`forward` over same-size jobs, its failure or non-finite output reported."""
@@ -482,7 +507,12 @@ class FramePipeline:
             # a prompt model's frame without a usable prompt gets no forward (NaN, no output)
             prompts = [f.prompt.prompt if f.prompt is not None else None for f in frames]
             one = {'prompt': prompts[0]} if self.prompt_source else {}
+            many = {'prompts': prompts} if self.prompt_source else {}
+            if self.needs_focal:  # the focal lengths make its output metric (run_batch set them)
+                one['focal'] = frames[0].focal
+                many['focals'] = [f.focal for f in frames]
             if len(frames) == 1 and clouds[0] is not None:
+                one.pop('focal', None)  # predict_points takes it from K
                 result = self.estimator.predict_points(frames[0].rgb, **clouds[0], **one)
                 predictions, points = [result.depth], [result.points]
             elif len(frames) == 1:
@@ -490,14 +520,17 @@ class FramePipeline:
                 predictions, points = [result.depth], [None]
             else:
                 result = self.estimator.predict_batch(
-                    [f.rgb for f in frames], clouds=clouds if any(clouds) else None,
-                    **({'prompts': prompts} if self.prompt_source else {}))
+                    [f.rgb for f in frames], clouds=clouds if any(clouds) else None, **many)
                 predictions, points = list(result.depth), result.points or [None] * len(frames)
+            confidence = getattr(result, 'confidence', None)
+            confidences = ([None] * len(frames) if confidence is None else
+                           [confidence] if len(frames) == 1 else list(confidence))
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
             return ForwardResult(error=exc)
-        for frame, prediction, xyz in zip(frames, predictions, points):
+        for frame, prediction, xyz, conf in zip(frames, predictions, points, confidences):
             frame.prediction = prediction
             frame.points = xyz
+            frame.confidence = conf
         return ForwardResult(timings=dict(result.timings), non_finite=result.non_finite)
 
     # ------------------------------------------------------------ after it
@@ -531,10 +564,17 @@ class FramePipeline:
         height, width = prediction.shape
         if self.prompt_source and not self._report_prompt(frame, emit):
             return out  # no usable depth prompt: no metric output (said in alignment)
-        if not self.is_metric and c['output.relative'] and 'relative' in wanted:
-            # first: whatever happens to the metric path, the prediction itself is served
-            emit('relative', prediction)
-            timer.mark('publish_relative')
+        # temporal.enabled holds the scale where neither LiDAR nor a depth prompt does
+        temporal = state.aligner is None and not self.prompt_source
+        relative = None
+        if not self.is_metric:
+            relative = prediction
+            if temporal:  # relative output: scale and shift
+                relative = self._stabilize(state, prediction, frame, True, emit)
+            if c['output.relative'] and 'relative' in wanted:
+                # first: whatever happens to the metric path, the prediction itself is served
+                emit('relative', relative)
+                timer.mark('publish_relative')
         try:
             intr = self.intrinsics(state, frame.src_w, frame.src_h, width, height)
         except CameraInfoError as exc:
@@ -545,12 +585,26 @@ class FramePipeline:
             emit('problem', Problem('no_camera_info', 'no camera_info received yet'))
 
         metric: Optional[np.ndarray] = None
+        lidar_points = None
         if state.aligner is not None:
-            metric = self._align(frame, state, intr, scan, lookup_tf, emit)
+            metric, lidar_points = self._align(frame, state, intr, scan, lookup_tf, emit)
             timer.mark('alignment')
-        if metric is None and self.is_metric and wanted & {'depth', 'points', 'colored'}:
+        if metric is None and self.is_metric and wanted & {'depth', 'points', 'colored',
+                                                           'confidence'}:
             # a metric model's own depth; LiDAR only refines it (depth/alignment says whether)
             metric = np.where(prediction > 0, prediction, np.float32(np.nan))
+            if temporal:  # metric output: scale only
+                metric = self._stabilize(state, metric, frame, False, emit)
+        cloud = c['cloud.enabled'] and intr is not None and 'points' in wanted
+        shown = metric if metric is not None else relative
+        checked = None
+        if shown is not None:  # flying pixels out of metric depth; the confidence
+            checked = assess(c, state.quality, shown, metric is not None,
+                             'confidence' in wanted,
+                             cloud and metric is not None and c['cloud.min_confidence'] > 0,
+                             lidar_points, frame.confidence)
+            metric = checked.depth if metric is not None else None
+            timer.mark('quality')
 
         if metric is not None and 'depth' in wanted:
             emit('depth', depth_to_uint16_mm(metric) if c['output.encoding'] == '16UC1'
@@ -559,16 +613,27 @@ class FramePipeline:
                 metric is not None or self.is_metric or c['output.relative']):
             # with every depth-like image (depth/image, depth/relative): its header, its size
             emit('info', intr)
+        if checked is not None and checked.confidence is not None:
+            emit('confidence', checked.confidence)
         if metric is not None:
             timer.mark('publish_depth')
-            if c['cloud.enabled'] and intr is not None and 'points' in wanted:
-                emit('points', self._cloud(metric, intr, frame))
+            if cloud:
+                emit('points', self._cloud(metric, intr, frame, checked.removed))
                 timer.mark('cloud')
         if 'colored' in wanted:
-            shown = metric if metric is not None else prediction
-            emit('colored', colorize(shown, invert=metric is None))
+            emit('colored', colorize(shown if shown is not None else prediction,
+                                     invert=metric is None))
             timer.mark('colored')
         return out
+
+    def _stabilize(self, state: CameraState, values: np.ndarray, frame: Frame, shift: bool,
+                   emit: Sink) -> np.ndarray:
+        """:func:`depth_node.frame_quality.stabilize`; a reset after the first frame (a scene
+        cut) is reported once (``temporal_reset``)."""
+        values, info = stabilize(self.config, state.quality, values, frame.stamp, shift)
+        if info is not None and info.reset and info.reason != 'first frame':
+            emit('problem', Problem('temporal_reset', info.reason))
+        return values
 
     def _report_prompt(self, frame: Frame, emit: Sink) -> bool:
         """Emit ``alignment`` (a :class:`depth_node.prompt.PromptReport`) for the frame's
@@ -586,8 +651,10 @@ class FramePipeline:
                                     f'no metric depth for this frame: {check.reason}'))
         return ok
 
-    def _cloud(self, depth: np.ndarray, intr: Intrinsics, frame: Frame) -> Any:
-        """The packed cloud of ``depth`` (the points built with the forward when they fit)."""
+    def _cloud(self, depth: np.ndarray, intr: Intrinsics, frame: Frame,
+               removed: Optional[np.ndarray] = None) -> Any:
+        """The packed cloud of ``depth`` (the points built with the forward when they fit);
+        the points of ``removed`` pixels ((H, W) bool: flying, low confidence) NaN."""
         c = self.config
         stride = c['cloud.stride']
         xyz = frame.points
@@ -595,6 +662,10 @@ class FramePipeline:
         if xyz is None or xyz.shape != expected:  # none, or cloud.stride changed since
             xyz = depth_to_points(depth, intr.K, stride=stride, min_depth=c['cloud.min_depth'],
                                   max_depth=c['cloud.max_depth'])
+        elif removed is not None:
+            xyz = xyz.copy()  # built with the forward, before the pixels were removed
+        if removed is not None:
+            xyz[removed[::stride, ::stride]] = np.nan
         colors = None
         rgb = frame.rgb
         if c['cloud.color'] and rgb is not None and rgb.shape[:2] == depth.shape:
@@ -603,8 +674,9 @@ class FramePipeline:
 
     def _align(self, frame: Frame, state: CameraState, intr: Optional[Intrinsics],
                scan: Optional[Scan], lookup_tf: Optional[Callable],
-               emit: Sink) -> Optional[np.ndarray]:
-        """Fit the prediction to the LiDAR scan; emit the report; the metric depth or None."""
+               emit: Sink) -> tuple[Optional[np.ndarray], Optional[tuple]]:
+        """Fit the prediction to the LiDAR scan; emit the report. The metric depth (or None) and
+        the projected scan it was fitted to (``(uv, z)``: pixels, metres; None without one)."""
         c = self.config
         header, prediction = frame.header, frame.prediction
         uv = z = None
@@ -640,4 +712,4 @@ class FramePipeline:
             (int(header.stamp.sec), int(header.stamp.nanosec))))
         if alignment.state == 'no_fit':
             emit('problem', Problem('no_fit', f'no metric depth for this frame: {reason}'))
-        return alignment.depth
+        return alignment.depth, (None if z is None else (uv, z))

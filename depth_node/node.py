@@ -238,6 +238,8 @@ class DepthCore:
             logger.fatal(line)
         elif severity == 'error':
             logger.error(line)
+        elif severity == 'info':
+            logger.info(line)
         else:
             logger.warning(line)
 

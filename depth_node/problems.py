@@ -50,10 +50,10 @@ class ProblemKind:
     """One kind of problem.
 
     ``counter``: the counter it adds ``n`` to ('' none); ``per_camera``: also to
-    ``<counter>.<camera>`` with ``input.cameras``. ``severity``: ``warning``, ``error``,
+    ``<counter>.<camera>`` with ``input.cameras``. ``severity``: ``info``, ``warning``, ``error``,
     ``fatal`` or '' (counted, never logged). ``once``: logged once per camera instead of at most
-    every :data:`THROTTLE_S` (``throttle`` names the group sharing that period; default the
-    key). ``line``: the log line, formatted with ``text``, ``count`` (the counter now), ``n``,
+    every :data:`THROTTLE_S` (``throttle`` names the group sharing that period; default the key).
+    ``line``: the log line, formatted with ``text``, ``count`` (the counter now), ``n``,
     ``in_a_row`` (forward failures in a row) and ``topic`` (the input topic concerned).
     ``diagnostics``: a new count turns ``/diagnostics`` WARN for :data:`PROBLEM_HOLD` s.
     """
@@ -83,6 +83,11 @@ PROBLEMS: dict[str, ProblemKind] = {k.key: k for k in (
                 'depth/camera_info or LiDAR projection until it arrives',
                 per_camera=True, once=True),
     ProblemKind('no_fit', '', 'warning', '{text}'),
+    ProblemKind('temporal_reset', 'temporal_resets', 'info',
+                'temporal.enabled: the scale starts afresh at this frame ({text})',
+                per_camera=True),
+    ProblemKind('no_focal', 'frames_without_focal', 'warning', '{text}', diagnostics=True,
+                per_camera=True),
     ProblemKind('lidar_unpaired', 'lidar_unpaired', '', ''),
     ProblemKind('prompt_missing', 'prompt_missing', 'warning', _PROMPT, per_camera=True,
                 throttle='prompt'),
@@ -111,7 +116,7 @@ DIAGNOSTIC_COUNTERS = frozenset(k.counter for k in PROBLEMS.values() if k.diagno
 """The counters whose change turns ``/diagnostics`` WARN."""
 
 Log = Callable[[str, str], None]
-"""``log(severity, line)``: ``warning``, ``error`` or ``fatal``."""
+"""``log(severity, line)``: ``info``, ``warning``, ``error`` or ``fatal``."""
 
 
 class Reporter:

@@ -119,7 +119,8 @@ def test_metric_depth_matches_the_lidar_with_the_dataset_calibration(tmp_path, c
     src = write_bag(tmp_path / 'in', frames, storage, relative=True)
     code, summary, err = _run(capsys, src, tmp_path / 'out', '--storage', storage,
                               '-p', 'input.mode:=relative_depth', '-p', 'lidar.enabled:=true',
-                              '-p', _T_param(T0), '-p', 'lidar.smoothing:=0.0', '--points')
+                              '-p', _T_param(T0), '-p', 'lidar.smoothing:=0.0', '--points',
+                              '-p', 'filter.edges:=false')  # compared with the LiDAR per pixel
     assert code == 0, err
     assert _frames_line(summary) == {'frames read': 4, 'processed': 4,
                                      'with metric depth': 4}, summary
@@ -154,6 +155,31 @@ def test_metric_depth_matches_the_lidar_with_the_dataset_calibration(tmp_path, c
         assert [t for t, _ in out[topic]] == [t for t, _ in src_msgs[topic]], topic
     assert set(out) == {IMAGE_TOPIC, INFO_TOPIC, LIDAR_TOPIC, '/depth/image', '/depth/relative',
                         '/depth/camera_info', '/depth/points', '/depth/alignment'}
+
+
+def test_confidence_is_written_on_request_with_the_input_stamps(tmp_path, capsys, lidar_frames):
+    """--confidence writes depth/confidence (the output table's on-request flag): one per frame,
+    at the image's receive time, with its header, 32FC1 in [0, 1], NaN where depth/image is;
+    flying pixels removed from depth/image by default (filter.edges)."""
+    T0, data = lidar_frames
+    frames = [BagFrame(rel, f.intrinsics(), scan) for f, rel, scan, _ in data[:2]]
+    src = write_bag(tmp_path / 'in', frames, 'mcap', relative=True)
+    code, summary, err = _run(capsys, src, tmp_path / 'out', '--confidence', '--no-copy',
+                              '-p', 'input.mode:=relative_depth', '-p', 'lidar.enabled:=true',
+                              '-p', _T_param(T0))
+    assert code == 0, err
+    out = read_bag(tmp_path / 'out')
+    assert set(out) == {'/depth/image', '/depth/relative', '/depth/camera_info',
+                        '/depth/confidence', '/depth/alignment'}
+    pairs = zip(out['/depth/confidence'], out['/depth/image'])
+    for i, ((t, conf), (_, depth)) in enumerate(pairs):
+        assert t == bag_time_of(i)
+        assert conf.header.stamp == depth.header.stamp and conf.header.frame_id == CAMERA_FRAME
+        assert (conf.encoding, conf.height, conf.width) == ('32FC1', depth.height, depth.width)
+        c, d = image_array(conf), image_array(depth)
+        assert np.array_equal(np.isfinite(c), np.isfinite(d))
+        assert 0 <= np.nanmin(c) and np.nanmax(c) <= 1 and np.nanmin(c) < np.nanmax(c)
+    assert len(out['/depth/confidence']) == 2
 
 
 # ------------------------------------------------------------ images through the network

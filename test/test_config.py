@@ -111,10 +111,31 @@ def test_launch_description_builds_where_launch_is_installed():
     ('input.batch_wait', -0.1, 'input.batch_wait must be >= 0'),
     ('model.device', 'gpu', "model.device must be 'auto'"),
     ('output.encoding', 'mono8', 'output.encoding must be one of'),
+    ('cloud.min_confidence', 1.5, 'cloud.min_confidence must be <= 1.0'),
+    ('cloud.min_confidence', -0.1, 'cloud.min_confidence must be >= 0.0'),
+    ('filter.edges', 'yes', 'filter.edges must be a bool'),
+    ('filter.edge_threshold', 0.0, 'filter.edge_threshold must be >= 0.005'),
+    ('filter.edge_threshold', float('nan'), 'filter.edge_threshold must be finite'),
+    ('confidence.discontinuity', 1, 'confidence.discontinuity must be a bool'),
+    ('confidence.lidar', 'on', 'confidence.lidar must be a bool'),
+    ('confidence.temporal', 0, 'confidence.temporal must be a bool'),
+    ('confidence.model', None, 'confidence.model must be a bool'),
+    ('temporal.enabled', 'true', 'temporal.enabled must be a bool'),
+    ('temporal.smoothing', 1.0, 'temporal.smoothing must be <= 0.99'),
+    ('temporal.smoothing', -0.5, 'temporal.smoothing must be >= 0.0'),
 ])
 def test_bad_values_refused_with_reason(name, value, fragment):
     with pytest.raises(cfg.ConfigError, match=re.escape(fragment)):
         cfg.validate_values({name: value})
+
+
+def test_confidence_gate_needs_a_cue():
+    cues = {f'confidence.{c}': False for c in ('discontinuity', 'lidar', 'temporal', 'model')}
+    with pytest.raises(cfg.ConfigError, match='every confidence.* cue is off: switch one on'):
+        cfg.validate_values({'cloud.min_confidence': 0.5, **cues})
+    cues['confidence.lidar'] = True
+    config = cfg.validate_values({'cloud.min_confidence': 0.5, **cues})
+    assert config['cloud.min_confidence'] == 0.5
 
 
 def test_depth_limits_cross_checked():
@@ -186,3 +207,15 @@ def test_runtime_change_applies_or_refuses_restart_parameters():
 def test_check_each_leaves_cross_rules_to_validate():
     assert cfg.check_each({'cloud.stride': 0, 'cloud.max_depth': 0.01, 'unknown': 1}) == [
         'cloud.stride must be >= 1, got 0']
+
+
+def test_nav2_parameter_file_is_valid_and_gates_the_cloud():
+    """config/nav2.yaml: every name a parameter, every value valid, read as the node and the bag
+    tool read a parameter file; it turns on what a costmap needs."""
+    from depth_node.bag import read_params_file
+
+    values = read_params_file(ROOT / 'config' / 'nav2.yaml')
+    assert set(values) <= set(cfg.PARAMS_BY_NAME), set(values) - set(cfg.PARAMS_BY_NAME)
+    config = cfg.validate_values(values)
+    assert config['filter.edges'] and config['cloud.min_confidence'] > 0
+    assert config['temporal.enabled'] and config['cloud.max_depth'] <= 10.0

@@ -88,4 +88,10 @@ def test_demo_default_frames_pictures_and_summary(tmp_path, capsys):
         assert picture['unit'] == 'm' and picture['file'].endswith('_depth.png')
         legend = rgb[height:]
         assert np.array_equal(legend[3, width // 50], TURBO_LUT[255])
+        # the confidence picture beside it: same size, its own bar
+        conf = record['confidence']
+        assert conf['file'] == f'{name}_confidence.png' and 0 < conf['valid_fraction'] <= 1
+        assert 0.0 <= conf['median'] <= 1.0
+        with Image.open(out / conf['file']) as im:
+            assert im.size == (width, rgb.shape[0])
     assert 'picture: ' in capsys.readouterr().out

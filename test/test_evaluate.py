@@ -407,3 +407,27 @@ def test_cli_frame_with_lidar(real_data, tmp_path):
     assert metrics['coverage'] == 1.0
     assert metrics['abs_rel'] == pytest.approx(0.1, abs=1e-5)
     assert metrics['delta1'] == 1.0
+
+
+def test_cli_scores_a_confidence_by_ause(tmp_path, capsys):
+    """--confidence: a confidence that knows where the prediction is wrong has a small AUSE
+    against a constant's; an inverted one a larger; the curve goes to the JSON."""
+    gt = smooth_map() * 3.0
+    rng = np.random.default_rng(0)
+    error = np.abs(rng.normal(0.0, 0.1, gt.shape))
+    np.save(tmp_path / 'gt.npy', gt)
+    np.save(tmp_path / 'pred.npy', gt * (1 + error))
+    ratios = {}
+    for name, conf in (('good', 1.0 / (1.0 + error)), ('inverted', error)):
+        np.save(tmp_path / f'{name}.npy', conf.astype(np.float32))
+        out = tmp_path / f'{name}.json'
+        assert main(['--pred', str(tmp_path / 'pred.npy'), '--gt', str(tmp_path / 'gt.npy'),
+                     '--confidence', str(tmp_path / f'{name}.npy'), '--json', str(out)]) == 0
+        report = json.loads(out.read_text())['confidence']
+        assert len(report['sparsification']) == len(report['oracle']) == 100
+        ratios[name] = report['ause_ratio']
+    assert ratios['good'] < 0.05 and ratios['inverted'] > 1.5, ratios
+    assert 'AUSE' in capsys.readouterr().out
+    np.save(tmp_path / 'small.npy', np.ones((2, 2), np.float32))
+    assert main(['--pred', str(tmp_path / 'pred.npy'), '--gt', str(tmp_path / 'gt.npy'),
+                 '--confidence', str(tmp_path / 'small.npy')]) == 2

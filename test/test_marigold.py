@@ -94,7 +94,8 @@ def test_node_aligns_marigold_with_lidar_in_depth_space(session, marigold, frame
     node = session.start_depth_node({
         'model.name': marigold, 'model.device': 'cpu', 'model.precision': 'fp32',
         'model.warmup': False, 'lidar.enabled': True, 'lidar.T_camera_lidar': eye,
-        'lidar.smoothing': 0.0, 'cloud.enabled': False})
+        'lidar.smoothing': 0.0, 'cloud.enabled': False,
+        'filter.edges': False})  # compared with the fit pixel for pixel
     assert node.core.estimator.output_kind == 'relative_depth'
     probe = session.probe()
     assert probe.wait_subscribers('image') and probe.wait_subscribers('lidar/points')

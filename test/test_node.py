@@ -271,8 +271,9 @@ def test_metric_model_keeps_its_depth_when_lidar_has_no_fit(session, models, tum
     """With LiDAR on but no scan, a metric model's own depth is still published; the
     alignment status says there was no LiDAR correction."""
     eye = [float(v) for v in np.eye(4).ravel()]
-    node, probe = _start(session, models['metric'],
-                         **{'lidar.enabled': True, 'lidar.T_camera_lidar': eye})
+    node, probe = _start(session, models['metric'], **{
+        'lidar.enabled': True, 'lidar.T_camera_lidar': eye,
+        'filter.edges': False})  # compared with the raw prediction pixel for pixel
     stamp = _send(node, probe, tum, 90)
     assert status_values(probe.wait_stamp('depth/alignment', stamp))['state'] == 'no_fit'
     msg = probe.wait_stamp('depth/image', stamp)
@@ -287,8 +288,9 @@ def test_metric_model_invalid_pixels_are_nan_or_zero(session, models, tum, encod
     """Where a metric model's output is no depth (zero, negative or NaN rows, injected into its
     prediction), depth/image is NaN in 32FC1 and 0 in 16UC1; elsewhere it is the model's
     depth (millimetres, rounded, in 16UC1)."""
-    node, probe = _start(session, models['metric'],
-                         **{'output.encoding': encoding, 'cloud.enabled': False})
+    node, probe = _start(session, models['metric'], **{
+        'output.encoding': encoding, 'cloud.enabled': False,
+        'filter.edges': False})  # compared with the raw prediction pixel for pixel
     estimator = node.core.estimator
     predict = estimator.predict
 

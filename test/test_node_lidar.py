@@ -51,7 +51,7 @@ def _start(session, **params):
     base = {'input.mode': 'relative_depth', 'lidar.enabled': True,
             'lidar.T_camera_lidar': [float(v) for v in T_CAMERA_LIDAR.ravel()],
             'lidar.smoothing': 0.0, 'lidar.max_fit_age': 1.0, 'cloud.stride': 2,
-            'cloud.max_depth': 10.0}
+            'cloud.max_depth': 10.0, 'filter.edges': False}  # compared pixel for pixel
     base.update(params)
     node = session.start_depth_node(base)
     probe = session.probe()

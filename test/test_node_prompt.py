@@ -52,7 +52,7 @@ def _depth_mm(low: float, high: float, holes: float = 0.0, seed: int = 0) -> np.
 def _start(session, folder, **params):
     base = {'model.name': folder, 'model.device': 'cpu', 'model.precision': 'fp32',
             'model.warmup': False, 'prompt.source': 'depth_image', 'prompt.max_side': 32,
-            'prompt.min_coverage': 0.3}
+            'prompt.min_coverage': 0.3, 'filter.edges': False}  # compared pixel for pixel
     base.update(params)
     node = session.start_depth_node(base)
     probe = session.probe()

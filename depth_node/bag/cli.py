@@ -50,8 +50,7 @@ class Options:
     every: int = 1
     copy: bool = True
     overwrite: bool = False
-    colored: bool = False
-    points: bool = False
+    outputs: set = field(default_factory=set)  # the on-request outputs asked for (--points)
     progress: Optional[bool] = None  # None: a bar on a terminal, plain lines otherwise
 
 
@@ -105,7 +104,7 @@ def run(options: Options, result: Optional[dict] = None) -> int:
     if options.start < 0 or (options.duration is not None and options.duration <= 0):
         raise BagError('--start must be >= 0 and --duration > 0 (seconds)')
     config = node_config(options.params_file, options.params)
-    if options.points and not config['cloud.enabled']:
+    if 'points' in options.outputs and not config['cloud.enabled']:
         raise BagError('--points needs cloud.enabled:=true')
     typestore = get_typestore(Stores.ROS2_JAZZY)
     prepare_output(options.output, options.overwrite, options.input, remove=False)
@@ -137,9 +136,8 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
     pipeline = FramePipeline(config, estimator)
     state = pipeline.new_camera(0)
     builder = MessageBuilder(typestore)
-    # every output but those written on request only (--points, --colored)
-    asked = {'--points': options.points, '--colored': options.colored}
-    wanted = frozenset(o.key for o in OUTPUTS if not o.bag_option or asked[o.bag_option])
+    # every output but those written on request only (--points, --colored, --confidence)
+    wanted = frozenset(o.key for o in OUTPUTS if not o.bag_option or o.key in options.outputs)
 
     bag_start = reader.start_time
     start = bag_start + int(options.start * 1e9) if options.start else None
@@ -311,14 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--no-copy', dest='copy', action='store_false',
                         help='write only the outputs, not the input topics')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing OUTPUT')
-    parser.add_argument('--colored', action='store_true', help='also write depth/colored')
-    parser.add_argument('--points', action='store_true', help='also write depth/points')
+    for out in OUTPUTS:  # the outputs written on request: --colored, --points, --confidence
+        if out.bag_option:
+            parser.add_argument(out.bag_option, dest='outputs', action='append_const',
+                                const=out.key, help=f'also write {out.topic}')
+    parser.set_defaults(outputs=[])
     return parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Options:
     """The :class:`Options` of a command line (``-h`` exits 0, a bad one 2)."""
     ns = build_parser().parse_args(argv)
+    ns.outputs = set(ns.outputs)
     return Options(**vars(ns))
 
 

@@ -52,4 +52,4 @@ class Log:
                 print(line, file=sys.stderr, flush=True)
 
     def severity(self, severity: str, line: str) -> None:
-        self(line if severity == 'warning' else f'{severity.upper()}: {line}')
+        self(line if severity in ('info', 'warning') else f'{severity.upper()}: {line}')
