@@ -447,6 +447,9 @@ def median_ms(fn: Callable, repeats: int = TIMING_REPEATS) -> float:
     return float(np.median(samples))
 
 
+NODE_STEP = 'node step (frame_quality.stabilize + assess, as finish runs them)'
+
+
 def cost_section(scene: Scene, rng: np.random.Generator) -> dict:
     pred, _ = scene.predict(11, (0.3, 1.1), rng)
     frames = [pred * np.float32(math.exp(JITTER * rng.standard_normal())) for _ in range(4)]
@@ -491,6 +494,21 @@ def cost_section(scene: Scene, rng: np.random.Generator) -> dict:
         return q.combine_confidence({'edge': e, 'lidar': li, 'temporal': t}, depth=o)
 
     ms['chain (all of the above, per frame)'] = median_ms(chain)
+
+    # what the node runs per frame: FramePipeline.finish calls these two (every cue on, the
+    # cloud gated, temporal.enabled; metric depth with a LiDAR fit)
+    from depth_node import config as cfg
+    from depth_node.frame_quality import assess, QualityState, stabilize
+
+    config = cfg.validate_values({'temporal.enabled': True, 'cloud.min_confidence': 0.5})
+    state = QualityState()
+
+    def node_step():
+        clock[0] += 0.033
+        o, _ = stabilize(config, state, frames[int(clock[0] / 0.033) % 4], clock[0], False)
+        return assess(config, state, o, True, True, True, (uv, z))
+
+    ms[NODE_STEP] = median_ms(node_step)
     ms['angle mask (candidate, not in chain)'] = median_ms(
         lambda: q.flying_pixel_mask(out, method='angle', K=scene.K))
     return {'ms': ms, 'n_points': int(z.size), 'load_average': loadavg()}
@@ -529,8 +547,8 @@ def targets_of(flying: dict, conf: dict, temporal: dict, cost: dict) -> list[dic
                                       and not temporal['cut']['resets_after']
                                       and not temporal['cut']['resets_before']
                                       and not s['static_resets'])}]
-    total = cost['ms']['chain (all of the above, per frame)']
-    t.append({'target': 'cost: whole chain per 640x480 frame, ms', 'value': total,
+    total = cost['ms'][NODE_STEP]
+    t.append({'target': 'cost: the node\'s quality step per 640x480 frame, ms', 'value': total,
               'limit': TARGET_MS, 'pass': total <= TARGET_MS})
     return t
 

@@ -186,7 +186,7 @@ def _run(node: Any, folders: list[Path], out: Path, args: argparse.Namespace, lo
     time.sleep(1.0)  # discovery
 
     summary = {'model': args.random_init or args.model, 'random_weights': bool(args.random_init),
-               'startup_s': getattr(node, 'startup_timings', {}), 'frames': {}}
+               'startup_s': node.core.startup_timings, 'frames': {}}
     evaluate = _optional_evaluate()
     t_sec = 1_700_000_000
     try:

@@ -572,7 +572,8 @@ class FramePipeline:
             if temporal:  # relative output: scale and shift
                 relative = self._stabilize(state, prediction, frame, True, emit)
             if c['output.relative'] and 'relative' in wanted:
-                # first: whatever happens to the metric path, the prediction itself is served
+                # first: whatever happens to the metric path, the prediction is served (held
+                # steady by temporal.enabled)
                 emit('relative', relative)
                 timer.mark('publish_relative')
         try:
@@ -595,6 +596,7 @@ class FramePipeline:
             metric = np.where(prediction > 0, prediction, np.float32(np.nan))
             if temporal:  # metric output: scale only
                 metric = self._stabilize(state, metric, frame, False, emit)
+                frame.points = None  # built with the forward from the unscaled depth
         cloud = c['cloud.enabled'] and intr is not None and 'points' in wanted
         shown = metric if metric is not None else relative
         checked = None
@@ -602,7 +604,8 @@ class FramePipeline:
             checked = assess(c, state.quality, shown, metric is not None,
                              'confidence' in wanted,
                              cloud and metric is not None and c['cloud.min_confidence'] > 0,
-                             lidar_points, frame.confidence)
+                             lidar_points if metric is not None else None,  # metres to metres
+                             frame.confidence)
             metric = checked.depth if metric is not None else None
             timer.mark('quality')
 

@@ -67,7 +67,9 @@ def assess(config: Any, state: QualityState, depth: np.ndarray, metric: bool,
            want_confidence: bool, want_gate: bool, lidar: Optional[tuple] = None,
            model_confidence: Optional[np.ndarray] = None) -> Assessment:
     """Flying pixels and confidence of one frame's depth-like image ``depth`` ((H, W) float32,
-    metres when ``metric``, else the relative prediction; a new array this may modify).
+    metres when ``metric``, else the relative prediction). Flying pixels are written into it
+    as NaN, in place: metric depth is always a fresh array (the LiDAR fit's, the stabiliser's
+    or ``np.where``'s); relative output is never filtered, so the prediction is not touched).
 
     ``filter.edges`` makes flying pixels NaN in metric depth (relative output keeps every pixel:
     its confidence says where they are). The confidence is computed when ``want_confidence``

@@ -27,13 +27,22 @@ class FrameMailbox(Generic[T]):
     """
 
     def __init__(self, cameras: int) -> None:
-        if cameras < 1:
-            raise ValueError(f'FrameMailbox: cameras must be at least 1, got {cameras}')
-        self._pending: list[Optional[T]] = [None] * cameras
-        self._displaced: list[Optional[T]] = [None] * cameras
+        self._pending: list[Optional[T]] = []
+        self._displaced: list[Optional[T]] = []
         self._cv = threading.Condition()
         self.idle = threading.Event()
         self.idle.set()
+        self.reset(cameras)
+
+    def reset(self, cameras: int) -> None:
+        """Empty the mailbox and give it ``cameras`` slots (a new configuration); a blocked
+        :meth:`take` goes on waiting on the new slots."""
+        if cameras < 1:
+            raise ValueError(f'FrameMailbox: cameras must be at least 1, got {cameras}')
+        with self._cv:
+            self._pending = [None] * cameras
+            self._displaced = [None] * cameras
+            self._cv.notify_all()
 
     def put(self, camera: int, item: T) -> bool:
         """Leave ``item`` for camera index ``camera``; True when it displaced a waiting frame

@@ -170,7 +170,8 @@ class DepthCore:
         self.timer = StageTimer()
         self.last_timings: dict[str, float] = {}
         self.lock = threading.Lock()  # camera_info, scans and prompts between threads
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # set: no serving (until start(), and after stop_worker())
+        self.stop.set()
         self.closed = False  # destroyed: serve() returns for good
         self.exit_code = 0  # EXIT_DEVICE_LOST after a sticky CUDA error
         self.inference_thread = ''  # name of the thread running the forward passes
@@ -211,6 +212,7 @@ class DepthCore:
         c = self.cfg = cfg.validate_values(values,
                                            cfg.TF2_NOT_INSTALLED if TfBuffer is None else '')
         self.reporter.per_camera = bool(c['input.cameras'])
+        self.reporter.reset()  # failures in a row, once-per-camera lines: a fresh start
         self.scans = deque(maxlen=c['lidar.scan_buffer'])
         self.estimator = None
         if c['input.mode'] == 'image':
@@ -224,7 +226,7 @@ class DepthCore:
             raise
         self.cameras = [_Camera(name, i, self.frames.new_aligner(), c['prompt.buffer'])
                         for i, name in enumerate(c.cameras)]
-        self.mailbox = FrameMailbox(len(self.cameras))
+        self.mailbox.reset(len(self.cameras))  # the same mailbox: a waiting take() sees it
         self._tf_buffer = None
         if c['lidar.enabled'] and c.T_camera_lidar is None:
             self._tf_buffer = TfBuffer()  # validate_values made sure tf2_ros is there
@@ -454,7 +456,7 @@ class DepthCore:
         model was warmed up on. Between a lifecycle cleanup and the next configure it idles.
         """
         while not self.closed and self.node.context.ok():
-            if self.stop.is_set():  # stopped (lifecycle cleanup): wait for the next start
+            if self.stop.is_set():  # not started yet, or cleaned up: wait for the next start
                 time.sleep(0.05)
                 continue
             self._work()

@@ -68,7 +68,7 @@ OUTPUTS: tuple[Output, ...] = (
     Output('depth', 'depth/image', IMAGE, 'image', 'depth is metric',
            '32FC1 metres along optical z, NaN invalid; or 16UC1 millimetres, 0 invalid'),
     Output('relative', 'depth/relative', IMAGE, 'image', 'relative model, `output.relative`',
-           '32FC1 raw prediction, no unit', encoding='32FC1'),
+           '32FC1 prediction (held steady with `temporal.enabled`), no unit', encoding='32FC1'),
     Output('info', 'depth/camera_info', CAMERA_INFO, 'camera_info',
            'with every depth-like image', 'the camera_info of the depth image itself'),
     Output('points', 'depth/points', POINT_CLOUD, 'cloud',

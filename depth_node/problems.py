@@ -146,6 +146,13 @@ class Reporter:
         if self.per_camera and camera:
             self.counters.add(f'{name}.{camera}', n)
 
+    def reset(self) -> None:
+        """A new configuration: the failures in a row and the once-logged lines start afresh
+        (the counters go on)."""
+        self.in_a_row = 0
+        with self._lock:
+            self._once.clear()
+
     def forward_ok(self) -> None:
         """A forward pass succeeded: the failures in a row start again from 0."""
         self.in_a_row = 0

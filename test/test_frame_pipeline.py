@@ -214,3 +214,47 @@ def test_run_batch_reports_an_error_finishing_a_frame_and_goes_on(tum):
     jobs = [Job(state, 'relative', _image(prediction, '32FC1', 42), tag='broken')]
     pipe.run_batch(jobs, sink, reporter, stopping=lambda: True)
     assert reporter.counters.get('frame_errors') == 1
+
+
+def test_a_stabilised_metric_cloud_is_the_published_depth_not_the_forwards_points(tum):
+    """temporal.enabled rescales a metric model's depth after the forward pass: the cloud built
+    with the forward (on the model's device, from the unscaled depth) must not be published."""
+    from depth_node.cloud import depth_to_points
+    from depth_node.frame_input import Frame
+
+    frame_data, _, _ = tum
+    gt = frame_data.depth_gt
+    true = np.where(np.isfinite(gt), gt, np.nanmedian(gt)).astype(np.float32)
+    pipe = _pipeline(**{'lidar.enabled': False, 'temporal.enabled': True,
+                        'filter.edges': False})
+    pipe.is_metric, pipe.output_kind = True, 'metric_depth'  # as with a metric model
+    state = pipe.new_camera()
+    state.intrinsics = frame_data.intrinsics()
+    for sec, factor in ((1, 1.0), (2, 1.0), (3, 1.1)):  # a 10 % flicker on the third frame
+        depth = true * np.float32(factor)
+        frame = Frame('image', _header(sec), rgb=np.zeros((*depth.shape, 3), np.uint8),
+                      src_w=depth.shape[1], src_h=depth.shape[0], prediction=depth,
+                      points=depth_to_points(depth, frame_data.K, stride=4, min_depth=0.1,
+                                             max_depth=10.0))
+        out = pipe.finish(frame, state, {'depth', 'points'}, lambda key, value: None)
+    published = out.values['depth']
+    assert np.nanmedian(published / true) < 1.05  # the flicker is held
+    xyz = np.frombuffer(out.values['points'].data.tobytes(), np.float32).reshape(-1, 3)
+    expected = depth_to_points(published, frame_data.K, stride=4, min_depth=0.1, max_depth=10.0)
+    np.testing.assert_allclose(xyz, expected.reshape(-1, 3), rtol=1e-6)
+
+
+def test_no_lidar_fit_leaves_the_lidar_cue_out_of_a_relative_confidence(tum):
+    """Without a fit the output is relative: the LiDAR points (metres) are not compared with
+    it; the confidence is the other cues' (here none: all ones where the input is valid)."""
+    frame_data, prediction, scan = tum
+    pipe = _pipeline(**{'lidar.min_points': 10 ** 6, 'confidence.discontinuity': False,
+                        'confidence.temporal': False})
+    state = pipe.new_camera()
+    state.intrinsics = frame_data.intrinsics()
+    frame = pipe.decode('relative', _image(prediction, '32FC1', 50))
+    out = pipe.finish(frame, state, {'relative', 'confidence'}, lambda key, value: None,
+                      scan=(frame.stamp, 'cam', scan))
+    assert not out.metric and 'no_fit' in [p.key for p in out.problems]
+    conf = out.values['confidence']
+    assert np.nanmin(conf) == 1.0, np.nanmedian(conf)

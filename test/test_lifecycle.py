@@ -281,3 +281,32 @@ def test_autostart_entry_point_serves_and_stops_on_sigint(session, models):
     assert proc.returncode == 0, out
     assert 'Traceback' not in out, out
     assert 'configured: input image' in out and 'active: processing frames' in out, out
+
+
+def test_entry_point_without_autostart_waits_for_its_manager(session, models):
+    """As Nav2 runs it: started unconfigured (serving on the main thread waits for a
+    configuration instead of failing), configured and activated by the manager, serves, stops on
+    SIGINT with code 0 and no traceback."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    proc = subprocess.Popen(
+        _entry_point() + ['--ros-args', '-p', f'model.name:={models["relative"]}',
+                          '-p', 'model.device:=cpu', '-r', '__ns:=/lc_manual'],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL)
+    try:
+        probe = session.probe(namespace='/lc_manual')
+        manager = Manager(session, '/lc_manual', timeout=90.0)  # the process imports torch
+        time.sleep(0.5)  # the main thread serves, unconfigured, meanwhile
+        assert proc.poll() is None, 'the unconfigured node exited'
+        assert manager.state() == 'unconfigured'
+        assert manager.transition(Transition.TRANSITION_CONFIGURE)
+        assert manager.transition(Transition.TRANSITION_ACTIVATE)
+        assert probe.wait_subscribers('image', timeout=20.0)
+        stamp = _frame(probe, 12)
+        served = probe.wait_stamp('depth/relative', stamp) is not None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = output_or_kill(proc)[0]
+    assert served, out
+    assert proc.returncode == 0, out
+    assert 'Traceback' not in out, out

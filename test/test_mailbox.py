@@ -71,3 +71,19 @@ def test_drop_all_names_the_cameras_that_had_a_frame():
 def test_needs_a_camera():
     with pytest.raises(ValueError, match='cameras'):
         FrameMailbox(0)
+
+
+def test_a_take_waiting_across_a_reset_gets_the_new_slots_frames():
+    """A new configuration resets the mailbox while the inference thread waits in take(): the
+    frames put afterwards reach it (a replaced mailbox would leave it waiting forever)."""
+    box = FrameMailbox(1)
+    taken = []
+    taker = threading.Thread(target=lambda: taken.extend(box.take(_never, poll=0.01)))
+    taker.start()
+    time.sleep(0.05)
+    box.reset(2)
+    box.put(1, 'after')
+    taker.join(2.0)
+    assert taken == [(1, 'after', None)]
+    with pytest.raises(ValueError, match='cameras'):
+        box.reset(0)

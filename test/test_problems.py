@@ -152,3 +152,14 @@ def test_alignment_is_advertised_only_with_lidar_or_a_prompt():
                                  'lidar.T_camera_lidar': np.eye(4).ravel().tolist()})
     assert 'alignment' not in {o.key for o in output_topics(plain)}
     assert 'alignment' in {o.key for o in output_topics(lidar)}
+
+
+def test_reset_starts_the_failures_and_once_lines_afresh_but_keeps_counting():
+    reporter, lines = _reporter()
+    for _ in range(3):
+        reporter.report(Problem('forward_failed', 'RuntimeError: out of memory'))
+    reporter.report(Problem('no_camera_info'), '', 'camera_info')
+    reporter.reset()  # a new configuration (lifecycle cleanup, configure)
+    assert reporter.in_a_row == 0 and reporter.counters.get('forward_failures') == 3
+    reporter.report(Problem('no_camera_info'), '', 'camera_info')
+    assert sum('camera_info received yet' in line for _, line in lines) == 2

@@ -134,6 +134,10 @@ def _process(options: Options, config: cfg.NodeConfig, topics: Topics, reader: A
         except cfg.ConfigError as exc:
             raise BagError(f'configuration error: {exc}') from exc
     pipeline = FramePipeline(config, estimator)
+    if pipeline.needs_focal and topics.camera_info is None:
+        raise BagError('the model needs the focal length (focal_scale in its card) and the bag '
+                       'has no CameraInfo topic: record the camera_info, or name it with '
+                       '--camera-info-topic')
     state = pipeline.new_camera(0)
     builder = MessageBuilder(typestore)
     # every output but those written on request only (--points, --colored, --confidence)
@@ -277,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='Parameters are the node\'s (name, type, restart/runtime, default):\n'
                f'{parameter_summary()}\n\nExit codes: 0 done, 1 the input could not be read '
                'to its end (OUTPUT holds what was processed), 2 usage or configuration error, '
-               '130 interrupted (OUTPUT holds what was processed).')
+               '3 the GPU became unusable (OUTPUT holds what was processed), 130 interrupted '
+               '(OUTPUT holds what was processed).')
     parser.add_argument('input', type=Path, metavar='INPUT',
                         help='a ROS 2 bag: its folder, or an .mcap or .db3 file')
     parser.add_argument('output', type=Path, metavar='OUTPUT',

@@ -120,8 +120,9 @@ def summary(options: Any, topics: Any, stats: Stats, written: Counter, wall: flo
     g = stats.get
     processed = g('frames_processed')
     skipped = {'bad image': g('bad_image'), 'forward failed': g('forward_failures'),
-               'frame error': g('frame_errors'), f'left out by --every {options.every}':
-               g('skipped_every')}
+               'frame error': g('frame_errors'),
+               'no camera_info for the focal length': g('frames_without_focal'),
+               f'left out by --every {options.every}': g('skipped_every')}
     lines = [f'[{PROG}] summary',
              f'  input: {options.input} ({topics.kind} frames on {topics.image}, camera_info '
              f'{topics.camera_info or "none"}, LiDAR {topics.lidar or "off"})',
