@@ -118,3 +118,12 @@ def test_the_models_own_confidence_on_depth_confidence(session, tmp_path):
     expected = quality.normalize_model_confidence(raw)
     np.testing.assert_allclose(image_to_array(msg), expected, rtol=1e-5, atol=1e-6)
     assert np.ptp(expected) > 0.05  # a confidence that says something
+
+
+def test_focal_scaling_without_a_cloud_too(session, metric_model):
+    """cloud.enabled false: the forward is predict(focal=...) instead of predict_points(K)."""
+    node, probe = _start(session, metric_model, **{'cloud.enabled': False})
+    stamp = _send(node, probe, _sky_image(), 50, _intr(610.0, 455.0))
+    depth = image_to_array(probe.wait_stamp('depth/image', stamp))
+    expected = raw_depth(200) * 0.5 * (610.0 * NET_W / WIDTH + 455.0 * NET_H / HEIGHT) / 300
+    np.testing.assert_allclose(depth[210:], expected, rtol=1e-5)
