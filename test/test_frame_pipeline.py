@@ -131,7 +131,7 @@ def test_one_camera_model_for_camera_info_cloud_and_lidar(tum, monkeypatch):
     """A camera_info for twice the image size: depth/camera_info, the cloud and the LiDAR
     projection all get the same fitted camera model (pixel centres to pixel centres), which
     is the image's own calibration again."""
-    from depth_node import frame_pipeline
+    from depth_node import frame_finish  # where the LiDAR is projected
     from depth_node.cloud import depth_to_points
 
     frame_data, prediction, scan = tum
@@ -139,8 +139,8 @@ def test_one_camera_model_for_camera_info_cloud_and_lidar(tum, monkeypatch):
     state = pipe.new_camera()
     state.intrinsics = frame_data.intrinsics().scaled(1280, 960)
     used = []
-    original = frame_pipeline.prepare_points
-    monkeypatch.setattr(frame_pipeline, 'prepare_points',
+    original = frame_finish.prepare_points
+    monkeypatch.setattr(frame_finish, 'prepare_points',
                         lambda pts, T, camera, *a, **k: used.append(camera) or
                         original(pts, T, camera, *a, **k))
     msg = _image(prediction, '32FC1', 8)

@@ -496,16 +496,18 @@ def test_forward_failures_skip_frames_turn_diagnostics_error_and_recover(image_r
         del estimator.predict
 
 
-def test_an_exception_after_the_forward_pass_skips_only_that_frame(image_rig, small):
+def test_an_exception_after_the_forward_pass_skips_only_that_frame(image_rig, small, monkeypatch):
+    from depth_node import frame_finish
+
     rig = image_rig
     rgb = small[0]
     rig.fresh_log()
-    frames = rig.node.core.frames
 
     def broken(*args, **kwargs):
         raise ValueError('injected fault')
 
-    frames.intrinsics = broken  # the first step after the forward pass and depth/relative
+    # the first step after the forward pass and depth/relative
+    monkeypatch.setattr(frame_finish, 'fitted_intrinsics', broken)
     try:
         stamp = next_stamp()
         before = rig.count('frame_errors')
@@ -515,7 +517,7 @@ def test_an_exception_after_the_forward_pass_skips_only_that_frame(image_rig, sm
         served_right(rig, stamp, rig.reference['rgb'])
         assert 'ValueError: injected fault' in rig.log.matching('frame skipped')[0]
     finally:
-        del frames.intrinsics
+        monkeypatch.undo()
     good = next_stamp()
     rig.probe.publish('image', raw(rgb, 'rgb8', good))
     served_right(rig, good, rig.reference['rgb'])
