@@ -53,7 +53,7 @@ setup(
         'onnx': ['onnx>=1.15'],
         'onnxruntime': ['onnx>=1.15', 'onnxruntime>=1.17'],
         'openvino': ['onnx>=1.15', 'openvino>=2024.0'],
-        'tensorrt': ['onnx>=1.15', 'tensorrt>=10.0'],
+        'tensorrt': ['onnx>=1.15', 'tensorrt>=10.0,<11'],  # the version gate's range
         'engines': ['onnx>=1.15', 'onnxruntime>=1.17', 'openvino>=2024.0'],
         # Marigold depth checkpoints (diffusers pipeline); model.ensemble_size > 1 also needs
         # scipy (not installed by scripts/setup.sh: see TESTING.md).

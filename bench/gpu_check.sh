@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The prepared GPU check: the gpu tests, then the GPU benchmarks, in under 8 minutes on one GPU.
+# The prepared GPU check: the gpu tests, the engines' checks (issue 24), then the GPU benchmarks,
+# in under 10 minutes on one GPU (the later benchmarks are skipped when time runs short).
 #
 #   bash bench/gpu_check.sh            # writes to $OUT, or bench/results/gpu_check/
 #
@@ -87,9 +88,32 @@ step() {  # step NAME SECONDS COMMAND...: run with a hard timeout, log to $OUT_D
 
 # 1. the gpu tests (parity, CUDA graphs, threads, capture failure, precision per family)
 step pytest_gpu 270 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider test/test_gpu.py \
-  --junitxml="$OUT_DIR/pytest_gpu.xml"
+  -k 'not test_engine_' --junitxml="$OUT_DIR/pytest_gpu.xml"
 grep -E '^(PASSED|FAILED|SKIPPED|ERROR)|passed|failed|skipped' "$OUT_DIR/pytest_gpu.log" \
   | tail -n 20 >> "$SUMMARY"
+
+# 1b. the engines (issue 24): the startup self-check per GPU engine and precision (its errors,
+# printed with -s, are the GPU figures of the README's tolerance table), TensorRT with dynamic
+# shapes, I/O dtypes, its own stream, plans keyed under the cache, cuda:1, ONNX Runtime's
+# TensorRT provider cache and CUDA provider. TensorRT and onnxruntime-gpu are not installed
+# from here (no network on the device): carry their wheels in .whl/ (bench/gpu_carry.sh).
+step pytest_gpu_engines 200 "$PY" -m pytest -m gpu -q -s -rs -p no:cacheprovider \
+  test/test_gpu.py -k test_engine_ --junitxml="$OUT_DIR/pytest_gpu_engines.xml"
+grep -E 'self-check|vs onnxruntime|passed|failed|skipped' "$OUT_DIR/pytest_gpu_engines.log" \
+  | cut -c1-300 | tail -n 30 >> "$SUMMARY"
+
+# 1c. the self-check on V2-Small (random weights) at 640x480 as depth_node-export runs it, per
+# GPU engine in fp16 (TensorRT builds V2-Small in about a minute or two)
+for engine in onnxruntime tensorrt; do
+  if "$PY" -c "import $engine" >/dev/null 2>&1; then
+    step "export_selfcheck_$engine" 150 "$PY" -m depth_node.export_tool \
+      --random-init depth-anything-v2-small --engines "$engine" --device cuda \
+      --precision fp16 --sizes 640x480
+    grep -E 'self-check' "$OUT_DIR/export_selfcheck_$engine.log" | cut -c1-300 >> "$SUMMARY"
+  else
+    note "-- export_selfcheck_$engine: $engine is not installed here"
+  fi
+done
 
 # 2. the measurements: latency per mode and precision, 3 cameras dropping frames, precision
 step bench_gpu 200 "$PY" bench/bench_gpu.py --quick --frames 3000 --out "$OUT_DIR/bench_gpu.json"

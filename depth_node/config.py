@@ -154,6 +154,16 @@ PARAMS: tuple[ParamSpec, ...] = (
               'device, else CPU.', item_type='string'),
     ParamSpec('model.openvino_device', 'CPU',
               "OpenVINO device: 'CPU', 'GPU' (Intel GPU), 'NPU', 'AUTO'."),
+    ParamSpec('model.verify', True,
+              'Engine self-check at startup: one seeded input through the engine and a '
+              'reference (torch fp32; ONNX Runtime on the CPU for a plain ONNX model), per '
+              'compiled input shape; beyond model.verify_tolerance the node refuses to start '
+              'naming the engine, its version, the device and the fix (with model.precision '
+              "auto a failing fp16 / bf16 engine runs in fp32 instead). Costs one reference "
+              'forward pass at the warm-up size (logged).'),
+    ParamSpec('model.verify_tolerance', 0.0,
+              'Largest mean relative error the self-check accepts; 0 = per precision (fp32 '
+              '5e-3, fp16 3e-2, bf16 8e-2: README "Inference engines").', min=0.0, max=1.0),
     ParamSpec('model.kind', '',
               "What the model outputs, overriding its config: 'metric_depth' (metres along the "
               "optical axis), 'relative_disparity' (larger = nearer), 'relative_depth' (larger "

@@ -7,8 +7,13 @@ engine, into ``model.cache_dir`` (the same cache, with the same keys, the node r
         --sizes 640x480 1280x720 --precision auto
     depth_node-export --model ~/models/da2s --engines tensorrt --device cuda --precision fp16
 
-ROS-free. Exit code 0 when every engine is ready for every size, 2 on a configuration error
-(unknown model, engine not installed), 1 when an export or compile failed.
+Each engine runs the node's startup self-check (``model.verify``) on each size it compiles:
+its output on a seeded input against torch fp32 (ONNX Runtime on the CPU for a plain ONNX
+model); ``--no-verify`` skips it.
+
+ROS-free. Exit code 0 when every engine is ready for every size (and passed its self-check), 2
+on a configuration error (unknown model, engine not installed, an unusable cache folder), 1 when
+an export or compile failed or an engine failed its self-check.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument('--openvino-device', default='CPU')
     ap.add_argument('--providers', nargs='*', default=[],
                     help='ONNX Runtime execution providers in order')
+    ap.add_argument('--no-verify', dest='verify', action='store_false',
+                    help='skip the self-check against the reference (model.verify false)')
+    ap.add_argument('--verify-tolerance', type=float, default=0.0,
+                    help='model.verify_tolerance (0: per precision)')
     return ap.parse_args(argv)
 
 
@@ -63,7 +72,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  random_init=args.random_init, engine=engine,
                                  input_size=args.input_size, cache_dir=args.cache_dir,
                                  providers=args.providers,
-                                 openvino_device=args.openvino_device)
+                                 openvino_device=args.openvino_device, verify=args.verify,
+                                 verify_tolerance=args.verify_tolerance)
         except EstimatorError as exc:
             print(f'depth_node-export: {engine}: {exc}', file=sys.stderr)
             return 2

@@ -31,9 +31,12 @@ def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
     Raises
     ------
     depth_node.config.ConfigError
-        When the model cannot be loaded (the message says what to fix).
+        When the model cannot be loaded, or its engine cannot be built, warmed up or fails its
+        self-check (``model.verify``); the message says what to fix. An error that leaves the
+        GPU unusable (:func:`depth_node.estimator.device.is_device_lost`) is raised as it is.
     """
     from depth_node.estimator import DepthEstimator, EstimatorError
+    from depth_node.estimator.device import error_text, is_device_lost
     from depth_node.hub import is_local_model, prepare_hub_access
 
     c = config
@@ -60,7 +63,9 @@ def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
                              providers=[p for p in c['model.onnxruntime_providers'] if p],
                              openvino_device=c['model.openvino_device'], kind=c['model.kind'],
                              denoising_steps=c['model.denoising_steps'],
-                             ensemble_size=c['model.ensemble_size'])
+                             ensemble_size=c['model.ensemble_size'],
+                             verify=c['model.verify'],
+                             verify_tolerance=c['model.verify_tolerance'])
         load_s = time.perf_counter() - t0
     except EstimatorError as exc:
         raise cfg.ConfigError(str(exc)) from exc
@@ -68,13 +73,32 @@ def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
         note_('warning', f'model.random_init={random_init}: RANDOM WEIGHTS, the output is '
                          'meaningless. Use this for pipeline smoke tests and timing only.')
     warm_s = 0.0
-    if c['model.warmup']:
-        width, height = c['model.warmup_size']
-        # smaller batches are padded to one of the warmed sizes
-        warm_s = est.warmup(height, width, batches=tuple(sorted(set(batches))))
-    for note in est.startup_notes:  # engine; export / cache times
+    try:
+        if c['model.warmup']:
+            width, height = c['model.warmup_size']
+            # smaller batches are padded to one of the warmed sizes
+            warm_s = est.warmup(height, width, batches=tuple(sorted(set(batches))))
+        elif est.verifies:  # the engine is built and checked at startup all the same
+            width, height = c['model.warmup_size']
+            est.prepare(height, width)
+    except Exception as exc:  # noqa: BLE001 - any engine error: one line, exit 2
+        for note in est.startup_notes:
+            note_('info', note)
+        est.close()
+        if is_device_lost(exc):
+            raise
+        what = str(exc) if isinstance(exc, EstimatorError) else \
+            f'{type(exc).__name__}: {error_text(exc)}'
+        raise cfg.ConfigError(f'{est.engine.describe()} failed at startup (warm-up at '
+                              f"{c['model.warmup_size'][0]}x{c['model.warmup_size'][1]}): "
+                              f'{what}') from exc
+    for note in est.startup_notes:  # engine; export / cache times; self-check
         note_('info', note)
+    verify_s = est.verify_seconds
     note_('info', f'model {random_init or name} on {est.device} ({est.dtype}), engine '
                   f'{est.engine.name}, {est.output_kind.replace("_", " ")}; load '
-                  f'{load_s:.2f} s, warm-up {warm_s:.2f} s')
-    return LoadedModel(est, notes, {'model_load': load_s, 'warmup': warm_s})
+                  f'{load_s:.2f} s, warm-up {warm_s:.2f} s'
+                  + ('' if not verify_s else f' (self-check {verify_s:.2f} s of it)'
+                     if warm_s else f', self-check {verify_s:.2f} s'))
+    return LoadedModel(est, notes, {'model_load': load_s, 'warmup': warm_s,
+                                    'verify': verify_s})

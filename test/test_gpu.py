@@ -14,7 +14,13 @@ with random weights (``random_init``) or from ``tiny_models``; the frames are th
 - a forced capture failure followed by correct frames on the default stream, and other shapes
   keeping their graphs;
 - per family fp16 and bf16 against fp32: no non-finite values, relative error within a stated
-  bound.
+  bound;
+- the engines of issue 24 (``test_engine_*``, a step of their own in ``gpu_check.sh``): the
+  startup self-check on each GPU engine and precision (its printed errors are the GPU column of
+  the README's tolerances), TensorRT with a dynamic-shape ONNX (profile, outputs sized from the
+  context, plans under the cache keyed by file and shape, its own stream), an fp16-input graph's
+  dtypes, ``cuda:1``, ONNX Runtime's TensorRT provider cache per model, a plain fp32 ONNX with
+  precision auto on the CUDA provider (symbolic output shapes).
 
 The CPU-testable logic of the same path is in ``test_gpu_path.py``.
 """
@@ -311,3 +317,130 @@ def test_stage_timings_come_from_events(frames):
     assert set(prediction.timings) == {'preprocess', 'forward', 'postprocess', 'cloud'}
     assert all(0 < t < 1.0 for t in prediction.timings.values()), prediction.timings
     assert prediction.points.shape == (240, 320, 3)
+
+
+# ------------------------------------------------------------------ engines (issue 24)
+# Named test_engine_*: bench/gpu_check.sh runs them in a step of their own (TensorRT builds).
+
+
+def _self_checks(est: DepthEstimator) -> list[str]:
+    return [n for n in est.startup_notes if n.startswith('self-check')]
+
+
+def _needs(engine: str) -> None:
+    """Skip unless ``engine`` can run on CUDA here."""
+    if engine == 'tensorrt':
+        pytest.importorskip('tensorrt')
+    if engine == 'onnxruntime':
+        ort = pytest.importorskip('onnxruntime')
+        if 'CUDAExecutionProvider' not in ort.get_available_providers():
+            pytest.skip(f'onnxruntime {ort.__version__} has no CUDA provider')
+
+
+@pytest.mark.parametrize('engine, precision', [
+    ('torch', 'fp16'), ('torch', 'bf16'), ('onnxruntime', 'fp32'), ('onnxruntime', 'fp16'),
+    ('tensorrt', 'fp32'), ('tensorrt', 'fp16')])
+def test_engine_self_check_passes_on_the_gpu(engine, precision, tiny, tmp_path):
+    """Each GPU engine passes its startup self-check; the printed errors (TF32 in fp32) are the
+    GPU column of the README's tolerance table."""
+    from depth_node.estimator.device import cuda_has_native_bf16
+
+    _needs(engine)
+    if precision == 'bf16' and not cuda_has_native_bf16(torch.device('cuda')):
+        pytest.skip('no native bf16 on this GPU')
+    for kind in ('depth_anything', 'depth_anything_metric'):
+        est = DepthEstimator(tiny(kind), device='cuda', precision=precision, engine=engine,
+                             cache_dir=str(tmp_path))
+        est.warmup(480, 640, iterations=1, batches=(1, 2))
+        lines = _self_checks(est)
+        print(f'{kind}: ' + ' | '.join(lines))
+        assert lines and all('mean relative error' in line for line in lines), est.startup_notes
+        assert est.engine.name == engine and est.engine.precision == precision
+
+
+def test_engine_tensorrt_dynamic_onnx_builds_per_shape_and_matches_the_cpu(tmp_path):
+    """A dynamic-shape ONNX (short_side card) builds with a profile at each camera's input
+    shape, outputs sized from the context; the plans live under model.cache_dir keyed by the
+    file and shape, nothing beside the model."""
+    _needs('tensorrt')
+    from test_engine_defects import write_model
+
+    model = write_model(tmp_path / 'm' / 'model.onnx', dynamic=True)
+    cache = tmp_path / 'cache'
+    trt = DepthEstimator(str(model), device='cuda', precision='fp32', engine='tensorrt',
+                         cache_dir=str(cache))
+    cpu = DepthEstimator(str(model), device='cpu', precision='fp32', engine='onnxruntime')
+    for h, w in ((480, 640), (720, 1280)):
+        image = np.random.default_rng(h).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        got, want = trt.predict(image).depth, cpu.predict(image).depth
+        print(f'{w}x{h}: tensorrt fp32 vs onnxruntime CPU {_rel_error(got, want):.2e}')
+        assert _rel_error(got, want) < 5e-3
+    assert len(list(cache.glob('onnx-*/tensorrt-*.plan'))) == 2
+    assert sorted(p.name for p in model.parent.iterdir()) == ['model.onnx', 'model.yaml']
+    assert trt.engine._stream is not None
+    assert trt.engine._stream.cuda_stream != torch.cuda.default_stream().cuda_stream
+
+
+def test_engine_tensorrt_half_input_graph_reads_its_dtypes(tmp_path):
+    """An fp16-input, fp16-output graph (a DA3 export in half): the input is fed fp16 and the
+    outputs read as fp16, picked by name (sky before depth in the graph)."""
+    _needs('tensorrt')
+    import yaml
+
+    from test_da3 import METRIC_CARD, write_da3_graph
+
+    path = write_da3_graph(tmp_path / 'da3' / 'model.onnx', outputs=('sky', 'depth'), half=True)
+    (path.parent / 'depth_node_model.yaml').write_text(yaml.safe_dump(METRIC_CARD))
+    trt = DepthEstimator(str(path), device='cuda', precision='fp16', engine='tensorrt',
+                         cache_dir=str(tmp_path / 'c'))
+    trt.warmup(480, 640, iterations=1)
+    plan = next(iter(trt.engine._compiled.values()))
+    assert plan.input_dtype == torch.float16 and plan.output_names == ['sky', 'depth']
+    print(' | '.join(_self_checks(trt)))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs two GPUs')
+@pytest.mark.parametrize('engine', ['tensorrt', 'onnxruntime'])
+def test_engine_on_the_second_gpu(engine, tiny, frames, tmp_path):
+    """On cuda:1 the TensorRT plan is built and loaded there, and ONNX Runtime's providers get
+    device_id 1: the output equals the CPU's within the fp32 bound."""
+    _needs(engine)
+    name = tiny('depth_anything')
+    est = DepthEstimator(name, device='cuda:1', precision='fp32', engine=engine,
+                         cache_dir=str(tmp_path))
+    want = DepthEstimator(name, device='cpu', precision='fp32').predict(frames['640x480']).depth
+    got = est.predict(frames['640x480']).depth
+    assert _rel_error(got, want) < 5e-3
+
+
+def test_engine_onnxruntime_trt_provider_cache_is_per_model(tiny, frames, tmp_path):
+    """Relative and metric models through ONNX Runtime's TensorRT provider: each its own
+    engine cache folder, each output right (they would load each other's engine with one
+    shared folder)."""
+    ort = pytest.importorskip('onnxruntime')
+    if 'TensorrtExecutionProvider' not in ort.get_available_providers():
+        pytest.skip('no TensorrtExecutionProvider')
+    providers = ['TensorrtExecutionProvider', 'CUDAExecutionProvider']
+    for kind in ('depth_anything', 'depth_anything_metric'):
+        est = DepthEstimator(tiny(kind), device='cuda', precision='fp32', engine='onnxruntime',
+                             providers=providers, cache_dir=str(tmp_path))
+        want = DepthEstimator(tiny(kind), device='cpu', precision='fp32')
+        image = frames['640x480']
+        assert _rel_error(est.predict(image).depth, want.predict(image).depth) < 5e-3
+    assert len(list(tmp_path.glob('*/onnxruntime-*-trt'))) == 2
+
+
+def test_engine_onnxruntime_cuda_plain_fp32_onnx_with_auto_precision(tmp_path):
+    """A plain fp32 ONNX model on the CUDA provider with precision auto: fed fp32 (no
+    InvalidArgument), a dynamic graph's symbolic output allocated by ONNX Runtime."""
+    _needs('onnxruntime')
+    from test_engine_defects import write_model
+
+    for dynamic in (False, True):
+        model = write_model(tmp_path / f'm{dynamic}' / 'model.onnx', dynamic=dynamic)
+        gpu = DepthEstimator(str(model), device='cuda', precision='auto', engine='onnxruntime',
+                             providers=['CUDAExecutionProvider'])
+        cpu = DepthEstimator(str(model), device='cpu', precision='fp32', engine='onnxruntime')
+        image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+        for _ in range(2):   # the second run binds a torch tensor of the learnt shape
+            assert _rel_error(gpu.predict(image).depth, cpu.predict(image).depth) < 5e-3

@@ -202,19 +202,30 @@ def error_text(exc: BaseException) -> str:
                     if line.strip() and not line.strip().lower().startswith(_TORCH_CUDA_HINTS))
 
 
+#: Modules whose exception types carry CUDA errors without deriving from ``RuntimeError``.
+_RUNTIME_MODULES = ('onnxruntime', 'tensorrt')
+
+
+def _runtime_error_type(exc: BaseException) -> bool:
+    """Whether ``exc`` is an inference runtime's own error type (ONNX Runtime, TensorRT)."""
+    return isinstance(exc, Exception) and \
+        type(exc).__module__.split('.')[0] in _RUNTIME_MODULES
+
+
 def is_device_lost(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it was raised from) is a sticky CUDA error
     (:data:`STICKY_CUDA_ERRORS`): the process must restart to use the GPU again.
 
-    ``torch.AcceleratorError`` (torch 2.8 and later) and ``RuntimeError`` are read by message,
-    since both also carry recoverable errors (out of memory, a bad argument, an operation not
-    permitted while capturing a CUDA graph); torch's hint lines are not read
-    (:func:`error_text`).
+    ``torch.AcceleratorError`` (torch 2.8 and later), ``RuntimeError`` and the errors of ONNX
+    Runtime and TensorRT (``onnxruntime...Fail``, ``EPFail``, ``RuntimeException``: not
+    ``RuntimeError`` subclasses) are read by message, since all also carry recoverable errors
+    (out of memory, a bad argument, an operation not permitted while capturing a CUDA graph);
+    torch's hint lines are not read (:func:`error_text`).
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, RuntimeError):
+        if isinstance(exc, RuntimeError) or _runtime_error_type(exc):
             text = error_text(exc).lower()
             if any(marker in text for marker in STICKY_CUDA_ERRORS):
                 return True

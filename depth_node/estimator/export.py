@@ -53,6 +53,36 @@ def default_cache_dir() -> Path:
     return Path(base) / 'depth_node'
 
 
+def check_cache_dir(path: Path) -> None:
+    """Refuse a ``model.cache_dir`` the ONNX engines cannot use: a file, a folder that cannot be
+    created, or one that cannot be written (exports and compiled engines are written there,
+    also for a plain ONNX model on TensorRT). The folder is created when missing.
+
+    Raises
+    ------
+    EstimatorError
+        Naming the folder, what is wrong and what to set instead.
+    """
+    fix = (f'point model.cache_dir at a folder this user can write (created when missing), '
+           f'or leave it empty for {default_cache_dir()}; fill a shared cache ahead of time '
+           'with depth_node-export')
+    if path.exists() and not path.is_dir():
+        raise EstimatorError(f"model.cache_dir '{path}' is a file, not a folder: {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EstimatorError(f"model.cache_dir '{path}' cannot be created "
+                             f'({exc.strerror or exc}): {fix}') from exc
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write-probe.', suffix='.tmp', dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EstimatorError(f"model.cache_dir '{path}' is not writable "
+                             f'({exc.strerror or exc}): the ONNX engines write exports and '
+                             f'compiled engines there; {fix}') from exc
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's content, remembered per (path, size, mtime) for the process."""
     stat = path.stat()

@@ -39,7 +39,9 @@ Anything (:mod:`depth_node.estimator.prompted`) takes a metric depth prompt with
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import replace
+import math
 import logging
 import threading
 import time
@@ -50,11 +52,12 @@ import numpy as np
 import torch
 
 from depth_node.estimator.device import resolve_device, resolve_dtype
-from depth_node.estimator.engines import EngineOptions, make_onnx_engine, resolve_engine
+from depth_node.estimator.engines import (EngineOptions, engine_available, make_onnx_engine,
+                                          resolve_engine)
 from depth_node.estimator.engines.onnx_base import FixedOnnx
 from depth_node.estimator.engines.torch_engine import TorchEngine
 from depth_node.estimator.errors import EstimatorError, one_per_image
-from depth_node.estimator.export import OnnxExporter, default_cache_dir
+from depth_node.estimator.export import OnnxExporter, check_cache_dir, default_cache_dir
 from depth_node.estimator.loading import load_checkpoint
 from depth_node.estimator.model_card import is_onnx_model, load_onnx_model
 from depth_node.estimator.postprocess import Postprocessor
@@ -63,6 +66,8 @@ from depth_node.estimator.preprocess import Preprocessor
 from depth_node.estimator.recipe import make_recipe, with_short_side
 from depth_node.estimator.slow_base import check_kind
 from depth_node.estimator.slow_path import open_slow_path
+from depth_node.estimator.verify import (EngineCheck, OnnxRuntimeReference, Reference,
+                                         TorchReference)
 from depth_node.hub import DEFAULT_MODEL
 
 logger = logging.getLogger('depth_node.estimator')
@@ -201,6 +206,18 @@ class DepthEstimator:
         a fast path whose config does not say.
     denoising_steps, ensemble_size : int
         Marigold checkpoints only (:mod:`depth_node.estimator.marigold`); 0 = its default.
+    verify : bool
+        The engine self-check (:mod:`depth_node.estimator.verify`): before an engine's first
+        frame (warm-up included) at each input shape it compiles, one seeded input runs through
+        it and through a reference (torch fp32; ONNX Runtime on the CPU for a plain ONNX model),
+        and an output beyond the tolerance raises :class:`EstimatorError` naming the engine,
+        its version, the device and the fix. With ``precision='auto'`` an ONNX engine or torch
+        in fp16 / bf16 that fails is run in fp32 instead (warned), with ``engine='auto'`` an
+        ONNX engine that fails falls back to torch. What it did and its time go to
+        :attr:`startup_notes`.
+    verify_tolerance : float
+        The self-check's bound on the mean relative error; 0 = per precision
+        (:data:`depth_node.estimator.verify.TOLERANCES`).
 
     Attributes
     ----------
@@ -231,7 +248,9 @@ class DepthEstimator:
         without them a call raises :class:`EstimatorError`.
     startup_notes : list of str
         Lines for the startup log: engine choice and, per warmed-up shape, export / compile
-        time on a cache miss or load time on a hit.
+        time on a cache miss or load time on a hit, and each self-check with its time.
+    verify_seconds : float
+        Seconds the self-checks took so far.
     """
 
     def __init__(self, name: str = DEFAULT_MODEL, device: str = 'auto', precision: str = 'auto',
@@ -240,8 +259,16 @@ class DepthEstimator:
                  upsample: str = 'auto', cuda_graphs: bool = False, engine: str = 'torch',
                  input_size: int = 0, cache_dir: str = '', threads: int = 0,
                  providers: Sequence[str] = (), openvino_device: str = 'CPU', kind: str = '',
-                 denoising_steps: int = 0, ensemble_size: int = 0) -> None:
+                 denoising_steps: int = 0, ensemble_size: int = 0, verify: bool = True,
+                 verify_tolerance: float = 0.0) -> None:
         self.device = resolve_device(device)
+        if not (isinstance(verify_tolerance, (int, float)) and math.isfinite(verify_tolerance)
+                and verify_tolerance >= 0):
+            raise EstimatorError(f'verify_tolerance must be a number >= 0 (0 = per precision), '
+                                 f'got {verify_tolerance!r}')
+        self._verify, self._verify_tolerance = bool(verify), float(verify_tolerance)
+        self._check: Optional[EngineCheck] = None
+        self._checks: list[EngineCheck] = []
         if upsample not in ('auto', 'bilinear', 'bicubic'):
             raise EstimatorError(
                 f"upsample '{upsample}' is not understood; use 'auto', 'bilinear' or 'bicubic'")
@@ -282,6 +309,7 @@ class DepthEstimator:
         self.output_kind = check_kind(kind) or self.output_kind  # model.kind overrides
         self.is_metric = self.output_kind == 'metric_depth'
         self.dtype = resolve_dtype(precision, self.device, self.model_type, engine_name)
+        self._precision_auto = str(precision).strip().lower() == 'auto'
         # ZoeDepth with several bin sets (NK) picks one by a vote summed over the batch: a frame's
         # depth would depend on the other frames of its batch.
         bins = getattr(getattr(getattr(checkpoint, 'model', None), 'config', None),
@@ -296,29 +324,29 @@ class DepthEstimator:
                                 openvino_device=openvino_device,
                                 compile=bool(compile), cuda_graphs=bool(cuda_graphs))
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self._checkpoint, self._channels_last = checkpoint, channels_last
+        self._torch_options = options
+        self._onnx_source = None
+        fp32_copy = None
         if engine_name == 'torch':
+            fp32_copy = self._fp32_copy(checkpoint.model)
             self.engine = TorchEngine(checkpoint.model, self.device, self.dtype, options,
                                       channels_last=channels_last)
         else:
             if compile or cuda_graphs:
                 logger.warning('model.compile and model.cuda_graphs are for the torch engine; '
                                'ignored with %s', engine_name)
-            source = (FixedOnnx(card) if card is not None
-                      else OnnxExporter(checkpoint, self.cache_dir))
-            self.engine = make_onnx_engine(engine_name, source, self.cache_dir, self.device,
-                                           self.dtype, options)
-            if isinstance(source, OnnxExporter):
-                source.dtype = self.engine.input_dtype
-                if source.dtype == torch.float16:
-                    source.device = self.engine.device  # fp16 traces on the GPU
+            check_cache_dir(self.cache_dir)
+            self._onnx_source = (FixedOnnx(card, self.cache_dir) if card is not None
+                                 else OnnxExporter(checkpoint, self.cache_dir))
+            self.engine = self._new_onnx_engine(engine_name, self.dtype)
         self._backend = preprocess_backend
-        self._checkpoint, self._channels_last = checkpoint, channels_last
-        self._torch_options = options
         # 'auto' falls back to torch when the model does not export (or compile) for an engine.
         self._auto = str(engine).strip().lower() == 'auto' and checkpoint is not None \
             and engine_name != 'torch'
         self._stage_parts()
         self.startup_notes = [f'engine {self.engine.describe()} ({why})']
+        self._new_check(fp32_copy)
         logger.info('depth model %s (%s, %s) on %s, engine %s, preprocessing %s',
                     self.model_name, self.model_type, self.output_kind, self.device,
                     self.engine.describe(), self.preprocessor.backend)
@@ -356,16 +384,156 @@ class DepthEstimator:
         self.postprocessor = Postprocessor(self._recipe, self.engine.device, name=self.model_name)
 
     def _fall_back_to_torch(self, exc: Exception) -> None:
-        """``engine='auto'``: the ONNX engine failed to build; run the model in torch."""
+        """``engine='auto'``: the ONNX engine failed to build (or its self-check); run the
+        model in torch."""
         line = (f'{self.engine.name} could not build this model ({exc}); model.engine auto falls '
                 'back to torch')
         logger.warning('%s', line)
         self.startup_notes.append(line)
         self.engine.close()
         self._auto = False
+        fp32_copy = self._fp32_copy(self._checkpoint.model)
         self.engine = TorchEngine(self._checkpoint.model, self.device, self.dtype,
                                   self._torch_options, channels_last=self._channels_last)
         self._stage_parts()
+        self._new_check(fp32_copy)
+
+    # ------------------------------------------------------------------ the self-check
+
+    def _new_onnx_engine(self, engine_name: str, dtype: torch.dtype) -> Any:
+        """An ONNX engine over :attr:`_onnx_source` in ``dtype`` (the export follows the
+        engine's input dtype and, for fp16, its device)."""
+        source = self._onnx_source
+        engine = make_onnx_engine(engine_name, source, self.cache_dir, self.device, dtype,
+                                  self._torch_options)
+        if isinstance(source, OnnxExporter):
+            source.dtype = engine.input_dtype
+            # fp16 traces on the GPU
+            source.device = engine.device if source.dtype == torch.float16 else \
+                torch.device('cpu')
+        return engine
+
+    def _fp32_copy(self, model: torch.nn.Module) -> Optional[torch.nn.Module]:
+        """A copy of the fp32 weights for the self-check of torch in fp16 / bf16 (the engine
+        casts the model in place); None when none is needed."""
+        if not self._verify or self.dtype == torch.float32:
+            return None
+        return copy.deepcopy(model)
+
+    def _new_check(self, fp32_copy: Optional[torch.nn.Module] = None) -> None:
+        """The self-check of the engine just made (None with ``verify`` off); see
+        :mod:`depth_node.estimator.verify` for what each engine is compared with."""
+        if self._check is not None:
+            self._check.release()
+        self._check = None
+        if not self._verify:
+            return
+        engine, plain = self.engine, self._card is not None
+        reference: Optional[Reference] = None
+        why = ''
+        if isinstance(engine, TorchEngine):
+            if engine.precision == 'fp32':
+                why = 'torch fp32 is the reference itself'
+            elif fp32_copy is None:
+                why = 'no fp32 copy of the weights was kept'
+            else:
+                reference = TorchReference(fp32_copy, engine.device, owned=True)
+        elif plain:
+            if engine.name == 'onnxruntime' and engine.device.type == 'cpu':
+                why = 'ONNX Runtime on the CPU is the reference itself'
+            elif not engine_available('onnxruntime'):
+                why = ("no reference: ONNX Runtime is not installed (pip install "
+                       "'depth_node[onnxruntime]')")
+            else:
+                from depth_node.estimator.engines.onnxruntime_engine import import_onnxruntime
+
+                reference = OnnxRuntimeReference(self._card, import_onnxruntime())
+        else:
+            reference = TorchReference(self._checkpoint.model, engine.device, owned=False,
+                                       with_fov=self._onnx_source.with_fov)
+        self._check = EngineCheck(engine, self._engine_outputs, reference, self._recipe,
+                                  why_none=why, tolerance=self._verify_tolerance,
+                                  per_shape=not isinstance(engine, TorchEngine),
+                                  plain_onnx=plain)
+        self._checks.append(self._check)
+
+    @property
+    def verify_seconds(self) -> float:
+        return sum(check.seconds for check in self._checks)
+
+    @property
+    def verifies(self) -> bool:
+        """Whether the engine has a self-check (``verify`` on, not the slow path)."""
+        return self._check is not None
+
+    def _engine_outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The engine's raw outputs by role for the self-check, copied to the CPU in fp32."""
+        x = pixel_values.to(self.engine.device)
+        if self._card is not None:
+            outputs = dict(self.engine.run_outputs(x))
+        else:
+            depth, fov = self.engine.run(x)
+            outputs = {'depth': depth, 'fov': fov}
+        return {role: t.detach().float().cpu() for role, t in outputs.items() if t is not None}
+
+    def _note(self, line: str) -> None:
+        self.startup_notes.append(line)
+        logger.info('%s', line)
+
+    def _ensure_checked(self, shape: tuple[int, ...]) -> None:
+        """Run the self-check at ``shape`` when it is due (inside the lock); an engine that
+        fails it is replaced where the settings allow (:meth:`_recover`), else the error is
+        raised (and raised again for this shape without a second check)."""
+        for _ in range(4):  # the engine, then at most fp32 and torch
+            check = self._check
+            if check is None or not check.needed(shape):
+                return
+            try:
+                with self._device_scope(), torch.inference_mode():
+                    line = check.check(shape)
+            except EstimatorError as exc:
+                if not self._recover(exc):
+                    raise
+                with torch.inference_mode():
+                    line = self.engine.prepare(shape)
+                if line:
+                    self._note(line)
+                continue
+            if line:
+                self._note(line)
+            return
+
+    def _recover(self, exc: EstimatorError) -> bool:
+        """After a failed self-check: with ``precision='auto'`` run the engine in fp32, with
+        ``engine='auto'`` fall back to torch; False when neither applies."""
+        engine = self.engine
+        if self._precision_auto and self.dtype != torch.float32:
+            fp32_model = None
+            if isinstance(engine, TorchEngine):   # the copy kept for the check
+                reference = self._check.reference if self._check is not None else None
+                if isinstance(reference, TorchReference) and reference.owned:
+                    fp32_model, reference.model = reference.model, None
+            if fp32_model is not None or (not isinstance(engine, TorchEngine)
+                                          and self._onnx_source is not None):
+                line = (f'{engine.describe()} failed its self-check ({exc}); model.precision '
+                        'auto runs it in fp32 instead')
+                logger.warning('%s', line)
+                self.startup_notes.append(line)
+                engine.close()
+                self.dtype = torch.float32
+                if fp32_model is not None:
+                    self.engine = TorchEngine(fp32_model, self.device, torch.float32,
+                                              self._torch_options,
+                                              channels_last=self._channels_last)
+                else:
+                    self.engine = self._new_onnx_engine(engine.name, torch.float32)
+                self._stage_parts()
+                self._new_check()
+                return True
+        if self._auto:
+            self._fall_back_to_torch(exc)
+            return True
+        return False
 
     # ------------------------------------------------------------------ properties
 
@@ -502,11 +670,12 @@ class DepthEstimator:
                                  for i, c in enumerate(clouds)]
             return result
         height, width = self.preprocessor.check_images(images)
-        self.preprocessor.input_size(height, width)
+        in_h, in_w = self.preprocessor.input_size(height, width)
         count = len(images)
         batch = self.padded_batch(count) if pad else count
         if batch > count:
             images = list(images) + [images[-1]] * (batch - count)
+        self._ensure_checked((batch, 3, in_h, in_w))  # before the clock: not a frame's time
         card = self._card
         with self._device_scope():
             clock = self._new_clock()
@@ -584,6 +753,8 @@ class DepthEstimator:
 
     def close(self) -> None:
         """Release the engine (sessions, device memory); the estimator is unusable after."""
+        if self._check is not None:
+            self._check.release()
         self.engine.close()
 
     @torch.inference_mode()
@@ -815,16 +986,24 @@ class DepthEstimator:
 
     def prepare(self, height: int, width: int, batch: int = 1) -> None:
         """Have the engine ready for ``batch`` frames of ``height`` x ``width`` (export and
-        compile, or load from the cache); what it did goes to :attr:`startup_notes`."""
+        compile, or load from the cache) and run its self-check there (``verify``); what it did
+        goes to :attr:`startup_notes`.
+
+        Raises
+        ------
+        EstimatorError
+            The engine cannot be built, or fails its self-check (see ``verify``).
+        """
         in_h, in_w = self.input_size(height, width)
-        try:
-            with self._lock:
-                line = self.engine.prepare((int(batch), 3, in_h, in_w))
-        except EstimatorError as exc:
-            if not self._auto:
-                raise
-            self._fall_back_to_torch(exc)
-            line = None
-        if line:
-            self.startup_notes.append(line)
-            logger.info('%s', line)
+        shape = (int(batch), 3, in_h, in_w)
+        with self._lock:
+            try:
+                line = self.engine.prepare(shape)
+            except EstimatorError as exc:
+                if not self._auto:
+                    raise
+                self._fall_back_to_torch(exc)
+                line = None
+            if line:
+                self._note(line)
+            self._ensure_checked(shape)

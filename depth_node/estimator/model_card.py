@@ -89,6 +89,9 @@ class OnnxModel:
         Sky logits below it are sky (with a ``'sky'`` output).
     sky_depth : float
         What sky pixels become: NaN, or a depth cap in metres.
+    external_data : tuple of str
+        The files holding its external weights (a model over protobuf's 2 GB limit), relative
+        to the model's folder.
     """
 
     path: Path
@@ -103,6 +106,7 @@ class OnnxModel:
     focal_scale: Optional[float] = None
     sky_threshold: float = 0.0
     sky_depth: float = math.nan
+    external_data: tuple = ()
 
 
 def is_onnx_model(name: str) -> bool:
@@ -144,7 +148,7 @@ def load_onnx_model(name: str) -> OnnxModel:
         raise EstimatorError(f'could not read the model card {card_path}: {exc}') from exc
     if not isinstance(card, dict):
         raise EstimatorError(f'model card {card_path} must be a mapping of fields')
-    input_name, input_shape, input_type, output_shapes = _onnx_graph(path)
+    input_name, input_shape, input_type, output_shapes, external = _onnx_graph(path)
     output_names = tuple(output_shapes)
     recipe, kind, scale = parse_card(card, str(card_path), input_shape)
     outputs, focal_scale, sky_threshold, sky_depth = parse_output_fields(
@@ -160,13 +164,15 @@ def load_onnx_model(name: str) -> OnnxModel:
     return OnnxModel(path=path, recipe=recipe, output_kind=kind, output_scale=scale,
                      input_shape=input_shape, input_name=input_name, input_type=input_type,
                      output_names=output_names, outputs=outputs, focal_scale=focal_scale,
-                     sky_threshold=sky_threshold, sky_depth=sky_depth)
+                     sky_threshold=sky_threshold, sky_depth=sky_depth,
+                     external_data=external)
 
 
-def _onnx_graph(path: Path) -> tuple[str, tuple, str, dict]:
+def _onnx_graph(path: Path) -> tuple[str, tuple, str, dict, tuple]:
     """The network's input name, ``(B, 3, H, W)`` shape (None where dynamic) and element type
-    (``'float16'`` or ``'float32'``), and its outputs in order: name -> shape (None where the
-    graph does not say its rank; None for a dynamic dimension)."""
+    (``'float16'`` or ``'float32'``), its outputs in order: name -> shape (None where the
+    graph does not say its rank; None for a dynamic dimension), and the files of its external
+    weights (relative to its folder)."""
     try:
         import onnx
         model = onnx.load(str(path), load_external_data=False)
@@ -194,7 +200,10 @@ def _onnx_graph(path: Path) -> tuple[str, tuple, str, dict]:
             if tensor.HasField('shape') else None
     if not outputs:
         raise EstimatorError(f'{path} has no outputs')
-    return inputs[0].name, shape, 'float16' if half else 'float32', outputs
+    external = sorted({e.value for tensor in model.graph.initializer
+                       if tensor.data_location == onnx.TensorProto.EXTERNAL
+                       for e in tensor.external_data if e.key == 'location'})
+    return inputs[0].name, shape, 'float16' if half else 'float32', outputs, tuple(external)
 
 
 def _field(card: dict, key: str, where: str, default: Any = None) -> Any:

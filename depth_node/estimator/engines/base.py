@@ -60,9 +60,12 @@ class Engine(ABC):
         Whether the input should be laid out channels-last in memory.
     precision : str
         ``'fp32'``, ``'fp16'`` or ``'bf16'``: what the engine computes in.
+    version : str
+        The runtime's version (torch, ONNX Runtime, OpenVINO, TensorRT), for messages.
     """
 
     name: str = ''
+    version: str = ''
     device: torch.device = torch.device('cpu')
     input_dtype: torch.dtype = torch.float32
     channels_last: bool = False

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from depth_node.estimator.engines.base import EngineOptions
-from depth_node.estimator.engines.onnx_base import (FixedOnnx, OnnxEngine, OnnxSource,
-                                                    graph_input_dtype)
+from depth_node.estimator.engines.onnx_base import (CorruptFile, FixedOnnx, OnnxEngine,
+                                                    OnnxSource, graph_input_dtype)
 from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.export import CacheEntry, write_atomic
 
@@ -63,6 +63,7 @@ class OpenVinoEngine(OnnxEngine):
         super().__init__(source, cache_dir)
         ov = import_openvino()
         self._ov = ov
+        self.version = ov.get_version().split('-')[0]
         self._core = ov.Core()
         self.ov_device = options.openvino_device or 'CPU'
         available = self._core.available_devices
@@ -88,6 +89,9 @@ class OpenVinoEngine(OnnxEngine):
         return (f'openvino {self._ov.get_version().split("-")[0]} {self.precision} on '
                 f'{self.ov_device}')
 
+    def _keyed_entries(self) -> bool:
+        return False   # nothing is written for a plain ONNX model (no blob)
+
     def _blob_name(self) -> str:
         """The compiled model's file in a cache entry: OpenVINO version, device, precision,
         threads and the CPU (a blob holds kernels for the ISA it was compiled on)."""
@@ -108,7 +112,10 @@ class OpenVinoEngine(OnnxEngine):
                 logger.warning('compiled OpenVINO model %s does not load (%s: %s); compiling '
                                'it again', blob, type(exc).__name__, exc)
                 blob.unlink(missing_ok=True)
-        model = self._core.read_model(str(path))
+        try:
+            model = self._core.read_model(str(path))
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's error types
+            raise CorruptFile(f'{type(exc).__name__}: {exc}') from exc
         compiled = self._core.compile_model(model, self.ov_device, self._config)
         if blob is not None:
             data = compiled.export_model()

@@ -306,6 +306,7 @@ class TorchEngine(Engine):
                  channels_last: Optional[bool] = None) -> None:
         cuda = device.type == 'cuda'
         self.device = device
+        self.version = torch.__version__
         self.input_dtype = dtype
         self.precision = _NAMES[dtype]
         if options.cuda_graphs and not cuda:
