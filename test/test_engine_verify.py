@@ -274,10 +274,10 @@ def test_plain_onnx_models_are_checked_against_onnx_runtime_on_the_cpu(tmp_path,
 
 @needs_engines
 def test_plain_onnx_without_onnx_runtime_says_there_is_no_reference(tmp_path, monkeypatch):
-    import depth_node.estimator.facade as facade
+    import depth_node.estimator.verify as verify
 
     model = str(write_model(tmp_path / 'm' / 'model.onnx'))
-    monkeypatch.setattr(facade, 'engine_available', lambda name: name != 'onnxruntime')
+    monkeypatch.setattr(verify, 'engine_available', lambda name: name != 'onnxruntime')
     est = DepthEstimator(model, device='cpu', precision='fp32', engine='openvino')
     est.prepare(240, 320)
     assert any('no reference: ONNX Runtime is not installed' in n for n in est.startup_notes)

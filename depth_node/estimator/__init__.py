@@ -3,7 +3,9 @@
 The package's parts, each found by name: :mod:`.device` (device and precision),
 :mod:`.loading` (checkpoints), :mod:`.model_card` (plain ONNX models), :mod:`.recipe` (what the
 image processor does), :mod:`.preprocess`, :mod:`.engines` (torch, onnxruntime, openvino,
-tensorrt), :mod:`.export` (ONNX export and its cache), :mod:`.postprocess`, the slow path for
+tensorrt), :mod:`.export` (ONNX export and its cache), :mod:`.postprocess`, :mod:`.engine_setup`
+(the engine in use: built, checked by :mod:`.verify`, replaced on failure), :mod:`.focal` (focal
+lengths for ``focal_scale`` models), :mod:`.clock` (stage times), the slow path for
 models without a fast path (:mod:`.slow_path` picks one of :mod:`.generic`, :mod:`.prompted`,
 :mod:`.marigold`, all built on :mod:`.slow_base`), :class:`Prediction` (:mod:`.prediction`) and
 the facade :class:`DepthEstimator` (:mod:`.facade`) that the node, the demo and the benchmarks

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -53,6 +54,14 @@ def resolve_device(device: str) -> torch.device:
             f"device '{device}' asked for, but only {count} CUDA device(s) are visible "
             f'(cuda:0..cuda:{count - 1}); check CUDA_VISIBLE_DEVICES')
     return torch.device('cuda', index)
+
+
+def device_scope(device: torch.device) -> Any:
+    """``torch.cuda.device(device)`` on CUDA, so that nothing in a call falls on the thread's
+    current device when the work is for another ``cuda:N``; a no-op context elsewhere."""
+    if device.type == 'cuda':
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _cpuinfo_flags(path: str = '/proc/cpuinfo') -> frozenset[str]:

@@ -14,6 +14,9 @@ module              what it does
 ``engines``         torch, onnxruntime, openvino, tensorrt: each only runs the network
 ``export``          per-shape ONNX export and the on-disk cache of exports and engines
 ``postprocess``     raw prediction -> ``(H, W)`` float32 at the image's size
+``engine_setup``    the engine in use: built, self-checked (``verify``), replaced on failure
+``focal``           focal lengths for a model whose metric scale needs them (``focal_scale``)
+``clock``           stage times: CUDA events on CUDA, ``perf_counter`` elsewhere
 ==================  ==========================================================================
 
 Pre- and postprocessing are the same for every engine; an engine takes the network input and
@@ -38,8 +41,6 @@ Anything (:mod:`depth_node.estimator.prompted`) takes a metric depth prompt with
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from dataclasses import replace
 import math
 import logging
@@ -51,13 +52,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from depth_node.estimator.device import resolve_device, resolve_dtype
-from depth_node.estimator.engines import (EngineOptions, engine_available, make_onnx_engine,
-                                          resolve_engine)
-from depth_node.estimator.engines.onnx_base import FixedOnnx
-from depth_node.estimator.engines.torch_engine import TorchEngine
+from depth_node.estimator.clock import HostStageClock, stage_clock
+from depth_node.estimator.device import device_scope, resolve_device, resolve_dtype
+from depth_node.estimator.engine_setup import EngineSetup
+from depth_node.estimator.engines import EngineOptions, resolve_engine
 from depth_node.estimator.errors import EstimatorError, one_per_image
-from depth_node.estimator.export import OnnxExporter, check_cache_dir, default_cache_dir
+from depth_node.estimator.export import default_cache_dir
+from depth_node.estimator.focal import check_focals, focal_factors, focal_of, scale_by_focals
 from depth_node.estimator.loading import load_checkpoint
 from depth_node.estimator.model_card import is_onnx_model, load_onnx_model
 from depth_node.estimator.postprocess import Postprocessor
@@ -66,8 +67,7 @@ from depth_node.estimator.preprocess import Preprocessor
 from depth_node.estimator.recipe import make_recipe, with_short_side
 from depth_node.estimator.slow_base import check_kind
 from depth_node.estimator.slow_path import open_slow_path
-from depth_node.estimator.verify import (EngineCheck, OnnxRuntimeReference, Reference,
-                                         TorchReference)
+from depth_node.estimator.verify import EngineCheck
 from depth_node.hub import DEFAULT_MODEL
 
 logger = logging.getLogger('depth_node.estimator')
@@ -82,72 +82,6 @@ def _first(prediction: Prediction) -> Prediction:
     if prediction.confidence is not None:
         prediction.confidence = prediction.confidence[0]
     return prediction
-
-
-def _focal_of(K: Any) -> tuple[float, float]:
-    """``(fx, fy)`` of a ``(3, 3)`` camera matrix (checked where it is used)."""
-    try:
-        K = np.asarray(K, dtype=np.float64).reshape(3, 3)
-    except (TypeError, ValueError) as exc:
-        raise EstimatorError(f'K must be a (3, 3) camera matrix in pixels, got {K!r}') from exc
-    return float(K[0, 0]), float(K[1, 1])
-
-
-class HostStageClock:
-    """Stage times from ``time.perf_counter`` (CPU: each stage has finished when it returns).
-
-    The interface :meth:`DepthEstimator._run` times with: :meth:`start`, :meth:`mark` after each
-    stage, :meth:`synchronize` once (here nothing to wait for), then :meth:`timings`.
-    """
-
-    def __init__(self) -> None:
-        self._marks: list[tuple[str, float]] = []
-
-    def start(self) -> None:
-        self._marks = [('', time.perf_counter())]
-
-    def mark(self, stage: str) -> None:
-        self._marks.append((stage, time.perf_counter()))
-
-    def synchronize(self) -> None:
-        """Nothing to wait for on the CPU."""
-
-    def timings(self) -> dict[str, float]:
-        """Seconds per stage, between consecutive marks."""
-        return {stage: t - self._marks[i][1] for i, (stage, t) in enumerate(self._marks[1:])}
-
-
-class CudaStageClock(HostStageClock):
-    """Stage times from CUDA events recorded on the current stream of ``device``.
-
-    Marks cost no synchronisation; :meth:`synchronize` waits for the stream once, after which
-    the events are read. An event measures the stream's timeline: a stage's time includes the
-    host time spent issuing it while the device waited. One clock times one call.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        super().__init__()
-        self.device = device
-        self._recorded: list[tuple[str, Any]] = []
-
-    def _record(self, stage: str) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(torch.cuda.current_stream(self.device))
-        self._recorded.append((stage, event))
-
-    def start(self) -> None:
-        self._recorded = []
-        self._record('')
-
-    def mark(self, stage: str) -> None:
-        self._record(stage)
-
-    def synchronize(self) -> None:
-        torch.cuda.current_stream(self.device).synchronize()
-
-    def timings(self) -> dict[str, float]:
-        return {stage: self._recorded[i][1].elapsed_time(event) * 1e-3
-                for i, (stage, event) in enumerate(self._recorded[1:])}
 
 
 class DepthEstimator:
@@ -267,8 +201,7 @@ class DepthEstimator:
             raise EstimatorError(f'verify_tolerance must be a number >= 0 (0 = per precision), '
                                  f'got {verify_tolerance!r}')
         self._verify, self._verify_tolerance = bool(verify), float(verify_tolerance)
-        self._check: Optional[EngineCheck] = None
-        self._checks: list[EngineCheck] = []
+        self._engines: Optional[EngineSetup] = None   # None on the slow path
         if upsample not in ('auto', 'bilinear', 'bicubic'):
             raise EstimatorError(
                 f"upsample '{upsample}' is not understood; use 'auto', 'bilinear' or 'bicubic'")
@@ -308,8 +241,7 @@ class DepthEstimator:
             self.output_kind = 'metric_depth' if checkpoint.is_metric else 'relative_disparity'
         self.output_kind = check_kind(kind) or self.output_kind  # model.kind overrides
         self.is_metric = self.output_kind == 'metric_depth'
-        self.dtype = resolve_dtype(precision, self.device, self.model_type, engine_name)
-        self._precision_auto = str(precision).strip().lower() == 'auto'
+        dtype = resolve_dtype(precision, self.device, self.model_type, engine_name)
         # ZoeDepth with several bin sets (NK) picks one by a vote summed over the batch: a frame's
         # depth would depend on the other frames of its batch.
         bins = getattr(getattr(getattr(checkpoint, 'model', None), 'config', None),
@@ -324,29 +256,18 @@ class DepthEstimator:
                                 openvino_device=openvino_device,
                                 compile=bool(compile), cuda_graphs=bool(cuda_graphs))
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self._checkpoint, self._channels_last = checkpoint, channels_last
-        self._torch_options = options
-        self._onnx_source = None
-        fp32_copy = None
-        if engine_name == 'torch':
-            fp32_copy = self._fp32_copy(checkpoint.model)
-            self.engine = TorchEngine(checkpoint.model, self.device, self.dtype, options,
-                                      channels_last=channels_last)
-        else:
-            if compile or cuda_graphs:
-                logger.warning('model.compile and model.cuda_graphs are for the torch engine; '
-                               'ignored with %s', engine_name)
-            check_cache_dir(self.cache_dir)
-            self._onnx_source = (FixedOnnx(card, self.cache_dir) if card is not None
-                                 else OnnxExporter(checkpoint, self.cache_dir))
-            self.engine = self._new_onnx_engine(engine_name, self.dtype)
         self._backend = preprocess_backend
         # 'auto' falls back to torch when the model does not export (or compile) for an engine.
-        self._auto = str(engine).strip().lower() == 'auto' and checkpoint is not None \
+        fall_back = str(engine).strip().lower() == 'auto' and checkpoint is not None \
             and engine_name != 'torch'
+        self.startup_notes: list[str] = []
+        self._engines = EngineSetup(
+            engine_name, self.device, dtype, checkpoint, card, recipe, options, channels_last,
+            self.cache_dir, self._verify, self._verify_tolerance,
+            precision_auto=str(precision).strip().lower() == 'auto', fall_back=fall_back,
+            notes=self.startup_notes, on_change=self._stage_parts)
         self._stage_parts()
-        self.startup_notes = [f'engine {self.engine.describe()} ({why})']
-        self._new_check(fp32_copy)
+        self.startup_notes.append(f'engine {self.engine.describe()} ({why})')
         logger.info('depth model %s (%s, %s) on %s, engine %s, preprocessing %s',
                     self.model_name, self.model_type, self.output_kind, self.device,
                     self.engine.describe(), self.preprocessor.backend)
@@ -354,15 +275,15 @@ class DepthEstimator:
     def _use_slow_path(self, engine: str) -> None:
         """Take the slow path's model, kind and precision; it is engine and preprocessor."""
         slow = self._slow
-        self.engine = self.preprocessor = slow
+        self.preprocessor = slow
         self.takes_prompt = slow.takes_prompt
-        self.postprocessor = self._checkpoint = self._recipe = self._card = None
+        self.postprocessor = self._recipe = self._card = None
         self.needs_focal = False
-        self.dtype, self.config = slow.input_dtype, slow.config
+        self.config = slow.config
         self.model_name, self.model_type = slow.model_name, slow.model_type
         self.output_kind = slow.output_kind
         self.is_metric = self.output_kind == 'metric_depth'
-        self._auto, self._output_scale, self._backend = False, 1.0, slow.backend
+        self._output_scale, self._backend = 1.0, slow.backend
         self.cache_dir = default_cache_dir()
         auto = str(engine).strip().lower() == 'auto'
         why = 'model.engine auto' if auto else 'set by model.engine'
@@ -383,159 +304,30 @@ class DepthEstimator:
                                          exact=self.dtype == torch.float32, name=self.model_name)
         self.postprocessor = Postprocessor(self._recipe, self.engine.device, name=self.model_name)
 
-    def _fall_back_to_torch(self, exc: Exception) -> None:
-        """``engine='auto'``: the ONNX engine failed to build (or its self-check); run the
-        model in torch."""
-        line = (f'{self.engine.name} could not build this model ({exc}); model.engine auto falls '
-                'back to torch')
-        logger.warning('%s', line)
-        self.startup_notes.append(line)
-        self.engine.close()
-        self._auto = False
-        fp32_copy = self._fp32_copy(self._checkpoint.model)
-        self.engine = TorchEngine(self._checkpoint.model, self.device, self.dtype,
-                                  self._torch_options, channels_last=self._channels_last)
-        self._stage_parts()
-        self._new_check(fp32_copy)
+    # ------------------------------------------------------------------ properties
 
-    # ------------------------------------------------------------------ the self-check
+    @property
+    def engine(self) -> Any:
+        """The engine that runs the network (the slow path's pipeline there)."""
+        return self._slow if self._engines is None else self._engines.engine
 
-    def _new_onnx_engine(self, engine_name: str, dtype: torch.dtype) -> Any:
-        """An ONNX engine over :attr:`_onnx_source` in ``dtype`` (the export follows the
-        engine's input dtype and, for fp16, its device)."""
-        source = self._onnx_source
-        engine = make_onnx_engine(engine_name, source, self.cache_dir, self.device, dtype,
-                                  self._torch_options)
-        if isinstance(source, OnnxExporter):
-            source.dtype = engine.input_dtype
-            # fp16 traces on the GPU
-            source.device = engine.device if source.dtype == torch.float16 else \
-                torch.device('cpu')
-        return engine
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._slow.input_dtype if self._engines is None else self._engines.dtype
 
-    def _fp32_copy(self, model: torch.nn.Module) -> Optional[torch.nn.Module]:
-        """A copy of the fp32 weights for the self-check of torch in fp16 / bf16 (the engine
-        casts the model in place); None when none is needed."""
-        if not self._verify or self.dtype == torch.float32:
-            return None
-        return copy.deepcopy(model)
-
-    def _new_check(self, fp32_copy: Optional[torch.nn.Module] = None) -> None:
-        """The self-check of the engine just made (None with ``verify`` off); see
-        :mod:`depth_node.estimator.verify` for what each engine is compared with."""
-        if self._check is not None:
-            self._check.release()
-        self._check = None
-        if not self._verify:
-            return
-        engine, plain = self.engine, self._card is not None
-        reference: Optional[Reference] = None
-        why = ''
-        if isinstance(engine, TorchEngine):
-            if engine.precision == 'fp32':
-                why = 'torch fp32 is the reference itself'
-            elif fp32_copy is None:
-                why = 'no fp32 copy of the weights was kept'
-            else:
-                reference = TorchReference(fp32_copy, engine.device, owned=True)
-        elif plain:
-            if engine.name == 'onnxruntime' and engine.device.type == 'cpu':
-                why = 'ONNX Runtime on the CPU is the reference itself'
-            elif not engine_available('onnxruntime'):
-                why = ("no reference: ONNX Runtime is not installed (pip install "
-                       "'depth_node[onnxruntime]')")
-            else:
-                from depth_node.estimator.engines.onnxruntime_engine import import_onnxruntime
-
-                reference = OnnxRuntimeReference(self._card, import_onnxruntime())
-        else:
-            reference = TorchReference(self._checkpoint.model, engine.device, owned=False,
-                                       with_fov=self._onnx_source.with_fov)
-        self._check = EngineCheck(engine, self._engine_outputs, reference, self._recipe,
-                                  why_none=why, tolerance=self._verify_tolerance,
-                                  per_shape=not isinstance(engine, TorchEngine),
-                                  plain_onnx=plain)
-        self._checks.append(self._check)
+    @property
+    def _check(self) -> Optional[EngineCheck]:
+        """The self-check of the engine in use (None: ``verify`` off, or the slow path)."""
+        return None if self._engines is None else self._engines.checks.current
 
     @property
     def verify_seconds(self) -> float:
-        return sum(check.seconds for check in self._checks)
+        return 0 if self._engines is None else self._engines.checks.seconds
 
     @property
     def verifies(self) -> bool:
         """Whether the engine has a self-check (``verify`` on, not the slow path)."""
         return self._check is not None
-
-    def _engine_outputs(self, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The engine's raw outputs by role for the self-check, copied to the CPU in fp32."""
-        x = pixel_values.to(self.engine.device)
-        if self._card is not None:
-            outputs = dict(self.engine.run_outputs(x))
-        else:
-            depth, fov = self.engine.run(x)
-            outputs = {'depth': depth, 'fov': fov}
-        return {role: t.detach().float().cpu() for role, t in outputs.items() if t is not None}
-
-    def _note(self, line: str) -> None:
-        self.startup_notes.append(line)
-        logger.info('%s', line)
-
-    def _ensure_checked(self, shape: tuple[int, ...]) -> None:
-        """Run the self-check at ``shape`` when it is due (inside the lock); an engine that
-        fails it is replaced where the settings allow (:meth:`_recover`), else the error is
-        raised (and raised again for this shape without a second check)."""
-        for _ in range(4):  # the engine, then at most fp32 and torch
-            check = self._check
-            if check is None or not check.needed(shape):
-                return
-            try:
-                with self._device_scope(), torch.inference_mode():
-                    line = check.check(shape)
-            except EstimatorError as exc:
-                if not self._recover(exc):
-                    raise
-                with torch.inference_mode():
-                    line = self.engine.prepare(shape)
-                if line:
-                    self._note(line)
-                continue
-            if line:
-                self._note(line)
-            return
-
-    def _recover(self, exc: EstimatorError) -> bool:
-        """After a failed self-check: with ``precision='auto'`` run the engine in fp32, with
-        ``engine='auto'`` fall back to torch; False when neither applies."""
-        engine = self.engine
-        if self._precision_auto and self.dtype != torch.float32:
-            fp32_model = None
-            if isinstance(engine, TorchEngine):   # the copy kept for the check
-                reference = self._check.reference if self._check is not None else None
-                if isinstance(reference, TorchReference) and reference.owned:
-                    fp32_model, reference.model = reference.model, None
-            if fp32_model is not None or (not isinstance(engine, TorchEngine)
-                                          and self._onnx_source is not None):
-                line = (f'{engine.describe()} failed its self-check ({exc}); model.precision '
-                        'auto runs it in fp32 instead')
-                logger.warning('%s', line)
-                self.startup_notes.append(line)
-                engine.close()
-                self.dtype = torch.float32
-                if fp32_model is not None:
-                    self.engine = TorchEngine(fp32_model, self.device, torch.float32,
-                                              self._torch_options,
-                                              channels_last=self._channels_last)
-                else:
-                    self.engine = self._new_onnx_engine(engine.name, torch.float32)
-                self._stage_parts()
-                self._new_check()
-                return True
-        if self._auto:
-            self._fall_back_to_torch(exc)
-            return True
-        return False
-
-    # ------------------------------------------------------------------ properties
 
     @property
     def model(self) -> Optional[torch.nn.Module]:
@@ -569,18 +361,9 @@ class DepthEstimator:
 
     # ------------------------------------------------------------------ running
 
-    def _device_scope(self) -> Any:
-        """``torch.cuda.device`` of the engine's device (CUDA), so that nothing in a call falls
-        on the thread's current device when the estimator runs on another ``cuda:N``."""
-        if self.engine.device.type == 'cuda':
-            return torch.cuda.device(self.engine.device)
-        return contextlib.nullcontext()
-
     def _new_clock(self) -> HostStageClock:
         """The stage clock of one call: CUDA events on CUDA, ``perf_counter`` elsewhere."""
-        if self.engine.device.type == 'cuda':
-            return CudaStageClock(self.engine.device)
-        return HostStageClock()
+        return stage_clock(self.engine.device)
 
     def padded_batch(self, count: int) -> int:
         """The batch size ``count`` frames run as: the smallest warmed-up batch size (see
@@ -601,52 +384,10 @@ class DepthEstimator:
             if not self.takes_prompt and any(p is not None for p in prompts):
                 raise EstimatorError(f'{self.model_name} ({self.model_type}) takes no depth '
                                      'prompt; a prompt needs a Prompt Depth Anything model')
-        focals = self._check_focals(focals, len(images)) if self.needs_focal else None
+        focals = check_focals(focals, len(images), self.model_name) if self.needs_focal \
+            else None
         with self._lock:
             return self._run_locked(images, fx, clouds, pad, prompts, focals)
-
-    def _check_focals(self, focals: Optional[Sequence[Any]], count: int,
-                      ) -> list[tuple[float, float]]:
-        """``(fx, fy)`` in pixels per image, for a model that :attr:`needs_focal`.
-
-        Raises
-        ------
-        EstimatorError
-            None given, not one per image, or not two finite positive numbers each.
-        """
-        if isinstance(focals, (str, bytes)) or not isinstance(focals, (Sequence, np.ndarray)):
-            focals = None if focals is None else [focals]   # checked (and refused) below
-        if focals is None or any(f is None for f in focals):
-            raise EstimatorError(
-                f"{self.model_name} needs the camera's focal lengths for metric depth (its "
-                'card sets focal_scale): pass focal=(fx, fy) in pixels of the image given to '
-                'predict, focals=[(fx, fy), ...] to predict_batch, or K to predict_points')
-        focals = one_per_image('focals', focals, count)
-        checked = []
-        for focal in focals:
-            try:
-                pair = np.asarray(focal, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                pair = np.zeros(0)
-            if pair.size != 2 or not bool(np.all(np.isfinite(pair) & (pair > 0))):
-                raise EstimatorError(f'focal must be (fx, fy): two positive focal lengths in '
-                                     f'pixels of the image given, got {focal!r}')
-            checked.append((float(pair[0]), float(pair[1])))
-        return checked
-
-    def _focal_factors(self, focals: Sequence[tuple[float, float]], height: int, width: int,
-                       ) -> list[float]:
-        """What a :attr:`needs_focal` model's raw depth is multiplied by, per image:
-        ``focal_net / focal_scale``.
-
-        ``focals`` are ``(fx, fy)`` in pixels of the ``height`` x ``width`` image; they are
-        scaled to the network input as the image is resized (stretched: ``fx * W_net / W``,
-        ``fy * H_net / H``; letterboxed: both by the uniform scale, to the whole pixels of the
-        letterboxed image), and ``focal_net`` is their mean, in pixels at the network input.
-        """
-        res_h, res_w = self.preprocessor.resized_size(height, width)
-        scale = self._card.focal_scale
-        return [0.5 * (fx * res_w / width + fy * res_h / height) / scale for fx, fy in focals]
 
     @torch.inference_mode()
     def _run_locked(self, images: Sequence[np.ndarray], fx: Any,
@@ -675,9 +416,10 @@ class DepthEstimator:
         batch = self.padded_batch(count) if pad else count
         if batch > count:
             images = list(images) + [images[-1]] * (batch - count)
-        self._ensure_checked((batch, 3, in_h, in_w))  # before the clock: not a frame's time
+        # before the clock: not a frame's time
+        self._engines.ensure_checked((batch, 3, in_h, in_w))
         card = self._card
-        with self._device_scope():
+        with device_scope(self.engine.device):
             clock = self._new_clock()
             clock.start()
             pixel_values = self.preprocessor.run(images, compute=True)
@@ -690,9 +432,8 @@ class DepthEstimator:
                 else:
                     depth, fov = self.engine.run(pixel_values)
             except EstimatorError as exc:
-                if not self._auto:
+                if not self._engines.fall_back(exc):
                     raise
-                self._fall_back_to_torch(exc)
                 return self._run_locked(images[:count], fx, clouds, prompts=prompts,
                                         focals=focals)
             if batch > count:
@@ -706,11 +447,9 @@ class DepthEstimator:
             if self._output_scale != 1.0:
                 depth = depth.float() * self._output_scale
             if focals is not None:
-                # per-image factors as host floats: no per-frame upload
-                factors = self._focal_factors(focals, height, width)
-                depth = depth.float()
-                depth = depth * factors[0] if count == 1 else torch.cat(
-                    [depth[i:i + 1] * f for i, f in enumerate(factors)])
+                depth = scale_by_focals(depth, focal_factors(
+                    focals, height, width, self.preprocessor.resized_size(height, width),
+                    self._card.focal_scale))
             depth = self.postprocessor.run(depth, fov, height, width, fx)
             sky = confidence = None
             if 'sky' in extra:
@@ -753,9 +492,10 @@ class DepthEstimator:
 
     def close(self) -> None:
         """Release the engine (sessions, device memory); the estimator is unusable after."""
-        if self._check is not None:
-            self._check.release()
-        self.engine.close()
+        if self._engines is None:
+            self._slow.close()
+        else:
+            self._engines.close()
 
     @torch.inference_mode()
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -863,7 +603,7 @@ class DepthEstimator:
         cloud = {'K': K, 'stride': stride, 'min_depth': min_depth, 'max_depth': max_depth}
         prediction = self._run([rgb], fx, clouds=[cloud],
                                prompts=None if prompt is None else [prompt],
-                               focals=[_focal_of(K)] if self.needs_focal else None)
+                               focals=[focal_of(K)] if self.needs_focal else None)
         prediction = _first(prediction)
         prediction.points = prediction.points[0]
         return prediction
@@ -918,7 +658,7 @@ class DepthEstimator:
                                      'metres; a cloud needs metric depth (align it first)')
         if focals is None and self.needs_focal and clouds is not None \
                 and all(c is not None for c in clouds):
-            focals = [_focal_of(c['K']) for c in clouds]
+            focals = [focal_of(c['K']) for c in clouds]
         if self.batch_independent or len(images) <= 1:
             return self._run(images, fx, clouds, prompts=prompts, focals=focals)
         focals = one_per_image('focals', focals, len(images))
@@ -933,20 +673,7 @@ class DepthEstimator:
                            prompts=None if prompts is None else [prompts[i]],
                            focals=None if focals is None else [focals[i]])
                  for i, (image, focal) in enumerate(zip(images, fxs))]
-        timings: dict[str, float] = {}
-        for part in parts:
-            for stage, seconds in part.timings.items():
-                timings[stage] = timings.get(stage, 0.0) + seconds
-        points = None if clouds is None else [part.points[0] for part in parts]
-
-        def joined(name: str) -> Optional[np.ndarray]:
-            arrays = [getattr(part, name) for part in parts]
-            return None if arrays[0] is None else np.concatenate(arrays)
-
-        return Prediction(depth=np.concatenate([part.depth for part in parts]), timings=timings,
-                          points=points, non_finite=sum(part.non_finite for part in parts),
-                          no_prompt=sum(part.no_prompt for part in parts),
-                          sky=joined('sky'), confidence=joined('confidence'))
+        return Prediction.concatenate(parts)
 
     def warmup(self, height: int, width: int, iterations: int = 2,
                batches: Sequence[int] = (1,)) -> float:
@@ -997,13 +724,7 @@ class DepthEstimator:
         in_h, in_w = self.input_size(height, width)
         shape = (int(batch), 3, in_h, in_w)
         with self._lock:
-            try:
-                line = self.engine.prepare(shape)
-            except EstimatorError as exc:
-                if not self._auto:
-                    raise
-                self._fall_back_to_torch(exc)
-                line = None
-            if line:
-                self._note(line)
-            self._ensure_checked(shape)
+            if self._engines is None:
+                self._slow.prepare(shape)   # nothing to build or check
+            else:
+                self._engines.prepare(shape)

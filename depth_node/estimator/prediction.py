@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -50,3 +50,23 @@ class Prediction:
     no_prompt: int = 0
     sky: Optional[np.ndarray] = None
     confidence: Optional[np.ndarray] = None
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Prediction]) -> Prediction:
+        """One prediction of a batch from its frames' (in order, each of a batch of one):
+        arrays joined along the batch axis, timings and counts summed, ``points`` one entry per
+        frame (None when the frames have none)."""
+        timings: dict[str, float] = {}
+        for part in parts:
+            for stage, seconds in part.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+        points = None if parts[0].points is None else [part.points[0] for part in parts]
+
+        def joined(name: str) -> Optional[np.ndarray]:
+            arrays = [getattr(part, name) for part in parts]
+            return None if arrays[0] is None else np.concatenate(arrays)
+
+        return cls(depth=np.concatenate([part.depth for part in parts]), timings=timings,
+                   points=points, non_finite=sum(part.non_finite for part in parts),
+                   no_prompt=sum(part.no_prompt for part in parts),
+                   sky=joined('sky'), confidence=joined('confidence'))

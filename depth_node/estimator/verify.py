@@ -21,12 +21,15 @@ reference is finite (fp16 overflow) fails at once. The tolerance is per precisio
 (:data:`TOLERANCES`, measured: README "Inference engines"). An ONNX engine is checked once per
 input shape it compiles (each is its own compiled engine), torch once. A batch of B runs the
 same image B times and each item is compared with the batch-1 reference, so the reference is
-computed once per network input size.
+computed once per network input size. :class:`SelfChecks` makes the check of each engine a
+model runs on, with its reference.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+import functools
 import logging
 import math
 import time
@@ -35,6 +38,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from depth_node.estimator.engines import engine_available
+from depth_node.estimator.engines.torch_engine import TorchEngine
 from depth_node.estimator.errors import EstimatorError
 
 logger = logging.getLogger('depth_node.estimator')
@@ -397,3 +402,113 @@ class EngineCheck:
         if self.reference is not None:
             self.reference.release()
         self._references.clear()
+
+
+def engine_outputs(engine: Any, by_role: bool, pixel_values: torch.Tensor,
+                   ) -> dict[str, torch.Tensor]:
+    """``engine``'s raw outputs by role for the self-check, copied to the CPU in fp32
+    (``by_role``: the engine of a plain ONNX model, whose card names its outputs)."""
+    x = pixel_values.to(engine.device)
+    if by_role:
+        outputs = dict(engine.run_outputs(x))
+    else:
+        depth, fov = engine.run(x)
+        outputs = {'depth': depth, 'fov': fov}
+    return {role: t.detach().float().cpu() for role, t in outputs.items() if t is not None}
+
+
+class SelfChecks:
+    """The self-checks of the engines one model runs on: an :class:`EngineCheck` for each
+    engine built, against the reference the module docstring gives it.
+
+    Parameters
+    ----------
+    enabled : bool
+        ``model.verify``; off, no engine is checked.
+    tolerance : float
+        0 = :data:`TOLERANCES` for the engine's precision.
+    recipe : Recipe
+        How the seeded image is normalised.
+    card : OnnxModel or None
+        A plain ONNX model's card.
+    model : torch.nn.Module or None
+        The transformers model (fp32, on the CPU) that ONNX engines run an export of: their
+        reference.
+    with_fov : bool
+        Whether that export outputs Depth Pro's field of view.
+    """
+
+    def __init__(self, enabled: bool, tolerance: float = 0.0, recipe: Any = None,
+                 card: Any = None, model: Optional[torch.nn.Module] = None,
+                 with_fov: bool = False) -> None:
+        self.enabled = enabled
+        self.tolerance = tolerance
+        self.recipe, self.card, self.model, self.with_fov = recipe, card, model, with_fov
+        self.current: Optional[EngineCheck] = None   # the check of the engine in use
+        self._all: list[EngineCheck] = []
+
+    @property
+    def seconds(self) -> float:
+        """Seconds all the checks took so far."""
+        return sum(check.seconds for check in self._all)
+
+    def fp32_copy(self, model: torch.nn.Module, dtype: torch.dtype,
+                  ) -> Optional[torch.nn.Module]:
+        """A copy of the fp32 weights for the self-check of torch in fp16 / bf16 (``dtype``;
+        the engine casts the model in place); None when none is needed."""
+        if not self.enabled or dtype == torch.float32:
+            return None
+        return copy.deepcopy(model)
+
+    def renew(self, engine: Any, fp32_copy: Optional[torch.nn.Module] = None) -> None:
+        """The self-check of ``engine``, just made, in place of the current one (None with
+        ``enabled`` off); ``fp32_copy``: the reference of torch in fp16 / bf16."""
+        if self.current is not None:
+            self.current.release()
+        self.current = None
+        if not self.enabled:
+            return
+        plain = self.card is not None
+        reference: Optional[Reference] = None
+        why = ''
+        if isinstance(engine, TorchEngine):
+            if engine.precision == 'fp32':
+                why = 'torch fp32 is the reference itself'
+            elif fp32_copy is None:
+                why = 'no fp32 copy of the weights was kept'
+            else:
+                reference = TorchReference(fp32_copy, engine.device, owned=True)
+        elif plain:
+            if engine.name == 'onnxruntime' and engine.device.type == 'cpu':
+                why = 'ONNX Runtime on the CPU is the reference itself'
+            elif not engine_available('onnxruntime'):
+                why = ("no reference: ONNX Runtime is not installed (pip install "
+                       "'depth_node[onnxruntime]')")
+            else:
+                from depth_node.estimator.engines.onnxruntime_engine import import_onnxruntime
+
+                reference = OnnxRuntimeReference(self.card, import_onnxruntime())
+        else:
+            reference = TorchReference(self.model, engine.device, owned=False,
+                                       with_fov=self.with_fov)
+        self.current = EngineCheck(engine, functools.partial(engine_outputs, engine, plain),
+                                   reference, self.recipe, why_none=why,
+                                   tolerance=self.tolerance,
+                                   per_shape=not isinstance(engine, TorchEngine),
+                                   plain_onnx=plain)
+        self._all.append(self.current)
+
+    def take_fp32_copy(self) -> Optional[torch.nn.Module]:
+        """The fp32 copy of the weights kept as the current check's reference, handed over
+        (to run the model in fp32 after a failed check; the reference holds it no more); None
+        when there is none."""
+        reference = self.current.reference if self.current is not None else None
+        if not (isinstance(reference, TorchReference) and reference.owned):
+            return None
+        model, reference.model = reference.model, None
+        return model
+
+    def release(self) -> None:
+        """Drop what the current check holds."""
+        if self.current is not None:
+            self.current.release()
