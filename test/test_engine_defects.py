@@ -642,3 +642,42 @@ def test_onnxruntime_errors_are_read_for_a_lost_device():
 
 def test_corrupt_file_is_its_own_type():
     assert not issubclass(CorruptFile, EstimatorError)
+
+
+def test_a_reduced_precision_export_leaves_the_shared_fp32_model_untouched(tmp_path):
+    """The checkpoint's fp32 model is the self-check's reference and the source of later fp32
+    exports: an fp16 export traces a copy (casting the model itself rounded its weights)."""
+    from tiny_models import make_tiny_depth_anything
+
+    exporter = OnnxExporter(load_checkpoint(str(make_tiny_depth_anything(tmp_path))),
+                            tmp_path / 'cache', dtype=torch.bfloat16)
+    model = exporter.checkpoint.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        exporter.entry((1, 3, 70, 70))  # exports on a cache miss
+    except EstimatorError:
+        pass  # whether bf16 traces on this CPU does not matter here: the model must not move
+    for name, value in model.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, before[name]), name
+
+
+def test_a_reference_that_fails_refuses_the_engine_instead_of_skipping_the_check():
+    """A self-check whose reference cannot run (out of memory next to the engine) must not let
+    an unchecked engine serve: on the CPU there is no second try, the start is refused."""
+    from depth_node.estimator.verify import EngineCheck, ReferenceFailed
+
+    class Broken:
+        name = 'broken reference'
+        device = torch.device('cpu')
+
+        def run(self, pixel_values):
+            raise RuntimeError('out of memory')
+
+        def release(self):
+            pass
+
+    check = EngineCheck.__new__(EngineCheck)
+    check.reference = Broken()
+    check.engine = type('E', (), {'describe': lambda self: 'openvino 2026 fp32 on CPU'})()
+    with pytest.raises(ReferenceFailed, match='model.verify false'):
+        check._reference_outputs(torch.zeros(1, 3, 14, 14))

@@ -22,7 +22,7 @@ from depth_node.estimator.engines.onnx_base import FixedOnnx
 from depth_node.estimator.engines.torch_engine import TorchEngine
 from depth_node.estimator.errors import EstimatorError
 from depth_node.estimator.export import OnnxExporter, check_cache_dir
-from depth_node.estimator.verify import SelfChecks
+from depth_node.estimator.verify import ReferenceFailed, SelfChecks
 
 logger = logging.getLogger('depth_node.estimator')
 
@@ -138,7 +138,8 @@ class EngineSetup:
         """``precision='auto'``: the engine in fp16 / bf16 failed its self-check (``exc``); run
         it in fp32. False, nothing done, where that is not allowed."""
         engine = self.engine
-        if not self._precision_auto or self.dtype == torch.float32:
+        if not self._precision_auto or self.dtype == torch.float32 or \
+                getattr(engine, 'precision', '') == 'fp32':  # already fp32 (an fp32 graph)
             return False
         fp32_model = None
         if isinstance(engine, TorchEngine):   # the copy kept for the check
@@ -150,8 +151,12 @@ class EngineSetup:
         engine.close()
         self.dtype = torch.float32
         if fp32_model is not None:
+            # the reduced-precision weights go: the fp32 model is the model from now on
+            self._checkpoint.model = self.checks.model = fp32_model
             self._replace(TorchEngine(fp32_model, self.device, torch.float32, self._options,
                                       channels_last=self._channels_last))
+            if self.device.type == 'cuda':
+                torch.cuda.empty_cache()
         else:
             self._replace(self._onnx_engine(engine.name, torch.float32))
         return True
@@ -167,6 +172,8 @@ class EngineSetup:
             try:
                 with device_scope(self.engine.device), torch.inference_mode():
                     line = check.check(shape)
+            except ReferenceFailed:
+                raise  # not the engine's fault: no other engine would be checked either
             except EstimatorError as exc:
                 if not (self._run_in_fp32(exc) or self.fall_back(exc)):
                     raise

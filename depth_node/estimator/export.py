@@ -20,6 +20,7 @@ starting together never read a half-written file; a corrupt entry is rebuilt wit
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 import hashlib
 import json
@@ -235,12 +236,15 @@ class OnnxExporter:
                 '(or use model.engine torch)') from exc
         model = self.checkpoint.model
         start = time.perf_counter()
-        wrapper = _Network(model, self.with_fov)
         x = torch.zeros(shape, dtype=self.dtype, device=self.device)
         names = list(OUTPUT_NAMES[:2 if self.with_fov else 1])
+        # the checkpoint's fp32 CPU model is shared (the self-check's reference, later fp32
+        # exports): another precision or device is traced on a copy, never by casting it
+        cast = self.dtype != torch.float32 or self.device.type != 'cpu'
 
         def write(tmp: Path) -> None:
-            model.to(device=self.device, dtype=self.dtype)
+            net = copy.deepcopy(model).to(device=self.device, dtype=self.dtype) if cast else model
+            wrapper = _Network(net, self.with_fov)
             try:
                 with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                     warnings.simplefilter('ignore')  # tracer and deprecation chatter
@@ -253,7 +257,9 @@ class OnnxExporter:
                     f'ONNX at input {tuple(shape)}: {type(exc).__name__}: {exc}; use '
                     'model.engine torch for this model') from exc
             finally:
-                model.to(device='cpu', dtype=torch.float32)
+                del wrapper, net
+                if cast and self.device.type == 'cuda':
+                    torch.cuda.empty_cache()
 
         write_atomic(entry.onnx, write)
         seconds = time.perf_counter() - start

@@ -109,7 +109,7 @@ def output_error(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, str]:
         return math.inf, (f'{broken} non-finite values where the reference is finite '
                           '(overflow in a reduced precision?)')
     if not bool(finite.any()):
-        return 0.0, ''
+        return math.inf, 'the reference has no finite value to compare with'
     reference = ref[finite]
     spread = float(reference.std()) if reference.numel() > 1 else 0.0
     scale = max(float(reference.abs().mean()), spread, 1e-12)
@@ -128,6 +128,11 @@ def batch_error(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, str]:
             return error, f'batch item {i}: {why}' if got.shape[0] > 1 else why
         worst = max(worst, error)
     return worst, problem
+
+
+class ReferenceFailed(EstimatorError):
+    """The self-check's reference could not run: not the engine's fault, so no fallback is
+    tried; the startup is refused with the fix."""
 
 
 class Reference:
@@ -182,6 +187,8 @@ class TorchReference(Reference):
     def release(self) -> None:
         if self.owned:
             self.model = None
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()  # the reference's blocks, for the engines
 
 
 class OnnxRuntimeReference(Reference):
@@ -313,6 +320,32 @@ class EngineCheck:
             return tuple(shape) not in self.checked
         return not self.checked
 
+    def _reference_outputs(self, single: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The reference's outputs for ``single``; a reference that fails on a GPU (out of
+        memory next to the engine, as on an 8 GB Jetson) is run again on the CPU.
+
+        Raises
+        ------
+        ReferenceFailed
+            When it fails on the CPU too: an engine that cannot be checked does not serve.
+        """
+        try:
+            return self.reference.run(single)
+        except Exception as exc:  # noqa: BLE001 - retried on the CPU, else refused
+            failure = exc
+            device = getattr(self.reference, 'device', None)
+            if device is not None and device.type != 'cpu':
+                torch.cuda.empty_cache()
+                self.reference.device = torch.device('cpu')
+                try:
+                    return self.reference.run(single)
+                except Exception as again:  # noqa: BLE001 - refused below
+                    failure = again
+        raise ReferenceFailed(
+            f'the self-check of {self.engine.describe()} could not run its reference '
+            f'{self.reference_name}: {type(failure).__name__}: {str(failure)[:300]}; fix that, '
+            'or start without the check (model.verify false)') from failure
+
     def check(self, shape: tuple[int, ...]) -> Optional[str]:
         """Check the engine at ``shape`` when :meth:`needed`; returns the startup-log line
         (None when nothing was due).
@@ -337,17 +370,7 @@ class EngineCheck:
         single = seeded_input(self.recipe, (1,) + shape[1:])
         ref = self._references.get(key)
         if ref is None:
-            try:
-                ref = self._references[key] = self.reference.run(single)
-            except Exception as exc:  # noqa: BLE001 - no reference: say so, do not fail
-                name = self.reference_name
-                self.reference.release()
-                self.reference = None
-                self.why_none = (f'the reference {name} failed: '
-                                 f'{type(exc).__name__}: {str(exc)[:300]}')
-                logger.warning('self-check skipped: %s', self.why_none)
-                self._said_none = True
-                return f'self-check of {self.engine.describe()}: none ({self.why_none})'
+            ref = self._references[key] = self._reference_outputs(single)
         x = single.expand(shape[0], -1, -1, -1) if shape[0] > 1 else single
         got = self.run_engine(x.contiguous())
         worst, worst_output = 0.0, 'depth'
