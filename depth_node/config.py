@@ -159,8 +159,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               'reference (torch fp32; ONNX Runtime on the CPU for a plain ONNX model), per '
               'compiled input shape; beyond model.verify_tolerance the node refuses to start '
               'naming the engine, its version, the device and the fix (with model.precision '
-              "auto a failing fp16 / bf16 engine runs in fp32 instead). Costs one reference "
-              'forward pass at the warm-up size (logged).'),
+              "auto a failing fp16 / bf16 engine runs in fp32 instead); a reference that cannot "
+              'run (on the CPU either) refuses the start too. Costs one reference forward pass '
+              'at the warm-up size (logged); an input size first seen later (another camera '
+              'size) is checked at its first frame, and a failure there skips frames.'),
     ParamSpec('model.verify_tolerance', 0.0,
               'Largest mean relative error the self-check accepts; 0 = per precision (fp32 '
               '5e-3, fp16 3e-2, bf16 8e-2: README "Inference engines").', min=0.0, max=1.0),
