@@ -106,6 +106,14 @@ class ForwardResult:
     error: Optional[BaseException] = None
 
 
+def _refused(kind: str, camera: CameraState, topic: str, exc: Exception,
+             reporter: Reporter) -> None:
+    """Report a frame the codec refused (``bad_image``), naming ``topic`` (shortened) or the
+    camera's input topic of ``kind``."""
+    topic = shorten(topic) if topic else camera.topic(INPUT_TOPICS[kind])
+    reporter.report(Problem('bad_image', f'{topic} refused: {exc}'))
+
+
 def nearest_scan(scans: Sequence[Scan], stamp: float, max_offset: float) -> Optional[Scan]:
     """The scan whose stamp is nearest ``stamp`` (s), or None when none is within
     ``max_offset`` (s). Scans may lie before or after the frame."""
@@ -215,8 +223,7 @@ class FramePipeline:
         try:
             self.check(kind, msg)
         except ImageDecodeError as exc:
-            topic = shorten(topic) if topic else camera.topic(INPUT_TOPICS[kind])
-            reporter.report(Problem('bad_image', f'{topic} refused: {exc}'))
+            _refused(kind, camera, topic, exc, reporter)
             return False
         return True
 
@@ -228,8 +235,7 @@ class FramePipeline:
         try:
             return self.decode(kind, msg)
         except ImageDecodeError as exc:
-            topic = shorten(topic) if topic else camera.topic(INPUT_TOPICS[kind])
-            reporter.report(Problem('bad_image', f'{topic} refused: {exc}'))
+            _refused(kind, camera, topic, exc, reporter)
         except Exception as exc:  # noqa: BLE001 - one frame must never stop the caller
             reporter.report(Problem('frame_error', f'{type(exc).__name__}: {exc}'))
         return None
@@ -326,18 +332,10 @@ class FramePipeline:
         """Whether the network's output is metric depth."""
         return self.spec.is_metric
 
-    @is_metric.setter
-    def is_metric(self, value: bool) -> None:
-        self.spec.is_metric = value
-
     @property
     def output_kind(self) -> str:
         """``metric_depth``, ``relative_depth`` or ``relative_disparity``."""
         return self.spec.output_kind
-
-    @output_kind.setter
-    def output_kind(self, value: str) -> None:
-        self.spec.output_kind = value
 
     @property
     def prompt_source(self) -> str:

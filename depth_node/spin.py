@@ -1,8 +1,9 @@
 """An rclpy executor spinning on a background thread, for the demo, the tests and the benchmarks.
 
-One of the three modules of the package that import rclpy, with :mod:`depth_node.node` and
-:mod:`depth_node.demo`; every other module is ROS-free. Import it lazily where the ROS
-environment (``ROS_DOMAIN_ID``, the Fast DDS profile) must be set before rclpy loads.
+One of the package's rclpy modules, with :mod:`depth_node.node`, :mod:`depth_node.lifecycle`,
+:mod:`depth_node.runner` and :mod:`depth_node.demo`; every other module is ROS-free. Import it
+lazily where the ROS environment (``ROS_DOMAIN_ID``, the Fast DDS profile) must be set before rclpy
+loads.
 
 Example::
 

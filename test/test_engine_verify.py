@@ -17,7 +17,6 @@ import math
 import os
 from pathlib import Path
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -402,7 +401,7 @@ def test_entry_point_card_model_with_b1hw_output_starts_and_stops(tmp_path):
     """The most common export layout, ``[B, 1, H, W]`` depth, through the node as a process:
     warm-up runs the whole frame path (post-processing included), the self-check against ONNX
     Runtime passes, SIGTERM stops it cleanly."""
-    from test_node_process import _start
+    from test_node_process import _start, wait_ready
 
     path = write_model(tmp_path / 'm' / 'model.onnx')
     import onnx
@@ -411,15 +410,7 @@ def test_entry_point_card_model_with_b1hw_output_starts_and_stops(tmp_path):
     proc = _start(['-p', f'model.name:={path}', '-p', 'model.device:=cpu', '-p',
                    'model.engine:=openvino', '-p', f'model.cache_dir:={tmp_path / "c"}',
                    '-r', '__ns:=/b1hw_test'])
-    deadline = time.monotonic() + 90
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if 'ready:' in line or not line:
-            break
-    out = ''.join(lines)
-    ready = any('ready:' in line for line in lines)
+    ready, out = wait_ready(proc, 90)
     proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=20)
     out += rest

@@ -227,7 +227,7 @@ def test_a_stabilised_metric_cloud_is_the_published_depth_not_the_forwards_point
     true = np.where(np.isfinite(gt), gt, np.nanmedian(gt)).astype(np.float32)
     pipe = _pipeline(**{'lidar.enabled': False, 'temporal.enabled': True,
                         'filter.edges': False})
-    pipe.is_metric, pipe.output_kind = True, 'metric_depth'  # as with a metric model
+    pipe.spec.is_metric, pipe.spec.output_kind = True, 'metric_depth'  # a metric model's
     state = pipe.new_camera()
     state.intrinsics = frame_data.intrinsics()
     for sec, factor in ((1, 1.0), (2, 1.0), (3, 1.1)):  # a 10 % flicker on the third frame

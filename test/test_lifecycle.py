@@ -257,14 +257,18 @@ def _entry_point() -> list[str]:
     return [exe] if exe else [sys.executable, '-m', 'depth_node.lifecycle']
 
 
+def _start_process(model: str, ns: str, *options: str) -> subprocess.Popen:
+    """``depth_node_lifecycle [options]`` on ``model`` (CPU) in namespace ``ns``."""
+    return subprocess.Popen(
+        _entry_point() + [*options, '--ros-args', '-p', f'model.name:={model}',
+                          '-p', 'model.device:=cpu', '-r', f'__ns:={ns}'],
+        env=dict(os.environ, PYTHONUNBUFFERED='1'), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+
 @pytest.mark.slow
 def test_autostart_entry_point_serves_and_stops_on_sigint(session, models):
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(
-        _entry_point() + ['--autostart', '--ros-args', '-p', f'model.name:={models["relative"]}',
-                          '-p', 'model.device:=cpu', '-r', '__ns:=/lc_proc'],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL)
+    proc = _start_process(models['relative'], '/lc_proc', '--autostart')
     try:
         probe = session.probe(namespace='/lc_proc')
         manager = Manager(session, '/lc_proc', timeout=90.0)  # the process imports torch
@@ -287,12 +291,7 @@ def test_entry_point_without_autostart_waits_for_its_manager(session, models):
     """As Nav2 runs it: started unconfigured (serving on the main thread waits for a
     configuration instead of failing), configured and activated by the manager, serves, stops on
     SIGINT with code 0 and no traceback."""
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    proc = subprocess.Popen(
-        _entry_point() + ['--ros-args', '-p', f'model.name:={models["relative"]}',
-                          '-p', 'model.device:=cpu', '-r', '__ns:=/lc_manual'],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL)
+    proc = _start_process(models['relative'], '/lc_manual')
     try:
         probe = session.probe(namespace='/lc_manual')
         manager = Manager(session, '/lc_manual', timeout=90.0)  # the process imports torch

@@ -46,6 +46,19 @@ def _start(args: list[str]) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL)
 
 
+def wait_ready(proc: subprocess.Popen, timeout: float) -> tuple[bool, str]:
+    """Read the node's output until its ``ready:`` line (or its end, or ``timeout`` s); whether
+    it said ready, and what it printed so far."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if 'ready:' in line or not line:
+            break
+    return any('ready:' in line for line in lines), ''.join(lines)
+
+
 @pytest.fixture(scope='module')
 def model_dir(tmp_path_factory):
     return make_tiny_depth_anything(tmp_path_factory.mktemp('proc_model'), metric=False)
@@ -93,14 +106,8 @@ def test_entry_point_serves_frames_over_dds_and_stops_on_sigint(model_dir, real_
 def test_sigterm_stops_the_node_cleanly(model_dir):
     proc = _start(['-p', f'model.name:={model_dir}', '-p', 'model.device:=cpu',
                    '-r', '__ns:=/term_test'])
-    deadline = time.monotonic() + 60
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if 'ready:' in line or not line:
-            break
-    assert any('ready:' in line for line in lines), ''.join(lines)
+    ready, out = wait_ready(proc, 60)
+    assert ready, out
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
