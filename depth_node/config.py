@@ -35,6 +35,7 @@ class ParamSpec:
     max: Optional[float] = None
     array_len: tuple = ()  # allowed lengths for a list parameter
     item_type: str = 'double'  # 'double', 'int' or 'string' for a list parameter
+    accepts_bool: bool = False  # a string setting that also takes true / false (on / off)
 
     @property
     def type_name(self) -> str:
@@ -66,9 +67,12 @@ class ParamSpec:
 
     def coerce(self, value: Any) -> Any:
         """``value`` as this parameter takes it: an integer given for a double becomes a float
-        (``ros2 param set ... 2`` sends an integer); anything else is returned as it is."""
+        (``ros2 param set ... 2`` sends an integer), a bool given to a string setting that
+        :attr:`accepts_bool` becomes ``'on'`` / ``'off'``; anything else is returned as it is."""
         if self.type_name == 'double' and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if self.accepts_bool and isinstance(value, bool):
+            return 'on' if value else 'off'
         return value
 
     def check(self, value: Any) -> Optional[str]:
@@ -186,9 +190,12 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('model.compile', False, 'torch.compile the model at startup (warm-up compiles, '
               'about 20 s on 2 CPU cores, again for each new input size: set '
               'model.warmup_size; on CPU Inductor with weight freezing, 5-13 % faster forward).'),
-    ParamSpec('model.cuda_graphs', False, 'CUDA only: capture the forward pass in a CUDA graph '
-              'per input size at warm-up (fixed camera size; at most 8 sizes, a size whose '
-              'capture fails runs eagerly); ignored on CPU.'),
+    ParamSpec('model.cuda_graphs', 'auto', "CUDA only: capture the forward pass in a CUDA "
+              'graph per input size at warm-up (fixed camera size; at most 8 sizes, a size '
+              "whose capture fails runs eagerly). 'auto': on for the torch engine on CUDA with "
+              "torch >= 2.12 (its capture fix), else off; 'on'; 'off' (true / false are read "
+              'as on / off). Ignored on CPU.',
+              choices=('auto', 'on', 'off'), accepts_bool=True),
     ParamSpec('model.warmup', True, 'Run two dummy frames at startup (batch 1 and the batch of '
               'all input.cameras; smaller batches are padded to those) so the first real frame '
               'is not slow.'),

@@ -91,8 +91,9 @@ def _descriptor(spec: cfg.ParamSpec, read_only: bool = True) -> ParameterDescrip
                             description=spec.description,
                             read_only=spec.read_only and read_only,
                             additional_constraints=spec.constraints)
-    if spec.type_name == 'double':
-        # '-p cloud.max_depth:=20' arrives as an integer; accept it (validation converts it).
+    if spec.type_name == 'double' or spec.accepts_bool:
+        # '-p cloud.max_depth:=20' arrives as an integer, 'model.cuda_graphs: true' as a bool;
+        # accept them (validation converts them).
         d.dynamic_typing = True
     return d
 

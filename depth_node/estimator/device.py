@@ -56,6 +56,64 @@ def resolve_device(device: str) -> torch.device:
     return torch.device('cuda', index)
 
 
+GRAPH_FIX_TORCH = (2, 12)
+"""The first torch release with the CUDA graph capture fix the ``auto`` setting waits for:
+after a failed capture torch 2.11 leaves the graphs' memory pool recording (pytorch#180395), so
+the next shape's capture fails too. The torch engine works around it, but that workaround has
+not yet run on a GPU; from 2.12 torch itself is right."""
+
+GRAPH_SETTINGS = ('auto', 'on', 'off')
+
+
+def _torch_release(version: str) -> tuple[int, int]:
+    match = re.match(r'(\d+)\.(\d+)', version)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def resolve_cuda_graphs(setting: Any, device: torch.device,
+                        torch_version: Optional[str] = None) -> tuple[bool, str]:
+    """Whether the torch engine captures CUDA graphs (``model.cuda_graphs``), and why.
+
+    Parameters
+    ----------
+    setting : str or bool
+        ``'auto'``, ``'on'`` or ``'off'`` (``True`` / ``False`` read as on / off).
+    device : torch.device
+        Where the model runs: graphs exist on CUDA only.
+    torch_version : str, optional
+        The torch version to judge (default: the installed one).
+
+    Returns
+    -------
+    (bool, str)
+        Capture or not, and the reason in words for the startup log. ``'auto'`` is on for CUDA
+        with torch >= 2.12 (:data:`GRAPH_FIX_TORCH`): graphs took V2-Small's forward from 6.6 to
+        4.8 ms on an H200 (fp16) at the cost of one capture per input size at warm-up; off on
+        the CPU and on older torch. ``'on'`` on the CPU is ignored (logged by the engine).
+
+    Raises
+    ------
+    EstimatorError
+        Any other setting.
+    """
+    if isinstance(setting, bool):
+        setting = 'on' if setting else 'off'
+    text = str(setting).strip().lower()
+    if text not in GRAPH_SETTINGS:
+        raise EstimatorError(f"model.cuda_graphs must be one of {', '.join(GRAPH_SETTINGS)}; "
+                             f'got {setting!r}')
+    if text != 'auto':
+        return text == 'on', f'model.cuda_graphs: {text}'
+    if device.type != 'cuda':
+        return False, 'model.cuda_graphs auto: off (CUDA only)'
+    version = torch.__version__ if torch_version is None else torch_version
+    if _torch_release(version) < GRAPH_FIX_TORCH:
+        fix = '.'.join(map(str, GRAPH_FIX_TORCH))
+        return False, (f'model.cuda_graphs auto: off on torch {version} (its capture fix, '
+                       f'pytorch#180395, is in {fix}); set on to capture anyway')
+    return True, f'model.cuda_graphs auto: on (CUDA, torch {version})'
+
+
 def device_scope(device: torch.device) -> Any:
     """``torch.cuda.device(device)`` on CUDA, so that nothing in a call falls on the thread's
     current device when the work is for another ``cuda:N``; a no-op context elsewhere."""

@@ -53,7 +53,8 @@ import numpy as np
 import torch
 
 from depth_node.estimator.clock import HostStageClock, stage_clock
-from depth_node.estimator.device import device_scope, resolve_device, resolve_dtype
+from depth_node.estimator.device import (device_scope, resolve_cuda_graphs, resolve_device,
+                                         resolve_dtype)
 from depth_node.estimator.engine_setup import EngineSetup
 from depth_node.estimator.engines import EngineOptions, resolve_engine
 from depth_node.estimator.errors import EstimatorError, one_per_image
@@ -114,8 +115,10 @@ class DepthEstimator:
     preprocess_backend : str
         ``'auto'``, ``'pil'``, ``'torch_uint8'`` or ``'torch'`` (see
         :mod:`depth_node.estimator.preprocess`).
-    cuda_graphs : bool
-        torch engine on CUDA: capture the forward pass per input shape.
+    cuda_graphs : str or bool
+        torch engine on CUDA: capture the forward pass per input shape. ``'auto'`` (on for
+        CUDA with a torch that has the capture fix), ``'on'`` / ``True``, ``'off'`` / ``False``
+        (:func:`depth_node.estimator.device.resolve_cuda_graphs`).
     upsample : str
         How the prediction is resized to the image: ``'auto'`` (what the model's
         ``post_process_depth_estimation`` does: bicubic for most, bilinear for DepthPro),
@@ -190,7 +193,8 @@ class DepthEstimator:
     def __init__(self, name: str = DEFAULT_MODEL, device: str = 'auto', precision: str = 'auto',
                  random_init: str | None = None, channels_last: bool | None = None,
                  compile: bool = False, preprocess_backend: str = 'auto',
-                 upsample: str = 'auto', cuda_graphs: bool = False, engine: str = 'torch',
+                 upsample: str = 'auto', cuda_graphs: bool | str = 'auto',
+                 engine: str = 'torch',
                  input_size: int = 0, cache_dir: str = '', threads: int = 0,
                  providers: Sequence[str] = (), openvino_device: str = 'CPU', kind: str = '',
                  denoising_steps: int = 0, ensemble_size: int = 0, verify: bool = True,
@@ -252,9 +256,12 @@ class DepthEstimator:
         if upsample != 'auto':
             recipe = replace(recipe, upsample=upsample)
         self._recipe = recipe
+        graphs, graphs_why = resolve_cuda_graphs(cuda_graphs, self.device)
+        if engine_name != 'torch' and str(cuda_graphs).strip().lower() == 'auto':
+            graphs, graphs_why = False, ''   # auto: the other engines have their own
         options = EngineOptions(threads=int(threads), providers=tuple(providers),
                                 openvino_device=openvino_device,
-                                compile=bool(compile), cuda_graphs=bool(cuda_graphs))
+                                compile=bool(compile), cuda_graphs=graphs)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self._backend = preprocess_backend
         # 'auto' falls back to torch when the model does not export (or compile) for an engine.
@@ -268,6 +275,8 @@ class DepthEstimator:
             notes=self.startup_notes, on_change=self._stage_parts)
         self._stage_parts()
         self.startup_notes.append(f'engine {self.engine.describe()} ({why})')
+        if graphs_why and self.device.type == 'cuda':
+            self.startup_notes.append(graphs_why)
         logger.info('depth model %s (%s, %s) on %s, engine %s, preprocessing %s',
                     self.model_name, self.model_type, self.output_kind, self.device,
                     self.engine.describe(), self.preprocessor.backend)
