@@ -63,7 +63,7 @@ def latency(args: argparse.Namespace, image: np.ndarray) -> list[dict[str, Any]]
     from depth_node.estimator import DepthEstimator
 
     precisions = ['fp16', 'fp32'] + (['bf16'] if _native_bf16() else [])
-    modes = [('eager', {}), ('graphs', {'cuda_graphs': True})]
+    modes = [('eager', {'cuda_graphs': False}), ('graphs', {'cuda_graphs': True})]
     if args.compile:
         modes.append(('compile', {'cuda_graphs': True, 'compile': True}))
     rows = []

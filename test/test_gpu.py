@@ -181,7 +181,8 @@ def test_tensorrt_fp16_close_to_fp32(tiny, frames, tmp_path):
 def test_cuda_graphs_equal_eager_and_follow_the_input(device, frames):
     """Batch 1, 2 and 3: a graph's output equals eager's and changes with the input (an empty
     graph, captured on the wrong device, would replay the warm-up's output forever)."""
-    eager = DepthEstimator(random_init=SMALL, device=device, precision='fp16')
+    eager = DepthEstimator(random_init=SMALL, device=device, precision='fp16',
+                           cuda_graphs='off')
     graphed = DepthEstimator(random_init=SMALL, device=device, precision='fp16',
                              cuda_graphs=True)
     images = [frames['640x480'], frames['640x480'][:, ::-1].copy(),
@@ -204,7 +205,8 @@ def test_cuda_graphs_equal_eager_and_follow_the_input(device, frames):
 
 def test_graphs_warmed_on_one_thread_replay_on_another(frames):
     est = DepthEstimator(random_init=SMALL, device='cuda', precision='fp16', cuda_graphs=True)
-    eager = DepthEstimator(random_init=SMALL, device='cuda', precision='fp16')
+    eager = DepthEstimator(random_init=SMALL, device='cuda', precision='fp16',
+                           cuda_graphs='off')
     est.warmup(480, 640, iterations=2)
     captured = len(est.engine.graphs.graphs)
     image = frames['640x480']
@@ -225,7 +227,8 @@ def test_compile_reduce_overhead_warmed_on_one_thread_predicts_on_another(tiny, 
     minutes.)"""
     est = DepthEstimator(tiny('depth_anything'), device='cuda', precision='fp16',
                          cuda_graphs=True, compile=True)
-    eager = DepthEstimator(tiny('depth_anything'), device='cuda', precision='fp16')
+    eager = DepthEstimator(tiny('depth_anything'), device='cuda', precision='fp16',
+                           cuda_graphs='off')
     est.warmup(480, 640, iterations=3)
     image = frames['640x480']
     flipped = image[:, ::-1].copy()
@@ -246,7 +249,8 @@ def test_failed_capture_leaves_the_default_stream_and_other_shapes_graphed(frame
     leaves the worker on its default stream, that shape runs eagerly and correctly, and the
     next shape still gets its graph."""
     est = DepthEstimator(random_init=SMALL, device='cuda', precision='fp16', cuda_graphs=True)
-    eager = DepthEstimator(random_init=SMALL, device='cuda', precision='fp16')
+    eager = DepthEstimator(random_init=SMALL, device='cuda', precision='fp16',
+                           cuda_graphs='off')
     failures = {'left': 1}
 
     def host_read(module, args, output):
@@ -444,3 +448,19 @@ def test_engine_onnxruntime_cuda_plain_fp32_onnx_with_auto_precision(tmp_path):
         image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
         for _ in range(2):   # the second run binds a torch tensor of the learnt shape
             assert _rel_error(gpu.predict(image).depth, cpu.predict(image).depth) < 5e-3
+
+
+def test_cuda_graphs_default_auto_captures_on_cuda(tiny, frames):
+    """``model.cuda_graphs`` left at 'auto' captures on CUDA with torch >= 2.12 (issue 25) and
+    the startup notes say so; the graph's output equals eager's."""
+    from depth_node.estimator.device import resolve_cuda_graphs
+
+    est = DepthEstimator(tiny('depth_anything'), device='cuda', precision='fp16')
+    want, why = resolve_cuda_graphs('auto', est.device)
+    assert est.cuda_graphs == want
+    assert why in est.startup_notes
+    eager = DepthEstimator(tiny('depth_anything'), device='cuda', precision='fp16',
+                           cuda_graphs='off')
+    est.warmup(480, 640, iterations=2)
+    np.testing.assert_allclose(est.predict(frames['640x480']).depth,
+                               eager.predict(frames['640x480']).depth, rtol=2e-3, atol=1e-4)
