@@ -9,13 +9,15 @@ Two measurements, Depth Anything V2 Small architecture (RANDOM weights: timing o
 - **node**: a ``DepthNode`` in this process with ``input.cameras`` = N names, fed over DDS.
   *One at a time*: a frame to one camera, wait for its ``depth/relative``, then the next
   camera. *Together*: one frame to every camera at once, wait for all N outputs (the node
-  batches them). Frames per second of each, their ratio, and the node's own mean batch size
-  in the *together* phases (``forward_frames / forward_passes`` from its counters).
+  batches them). Frames per second of each, their ratio, the frame rate each camera gets
+  together (``1 / together_s``: issue 25's per-camera figure for 1, 2 and 4 cameras), and the
+  node's own mean batch size in the *together* phases (``forward_frames / forward_passes``).
 
 Usage::
 
     python bench/bench_batching.py                 # ~2 min on 2 CPU cores
     python bench/bench_batching.py --device cuda --cameras 2 4 8 --rounds 50
+    python bench/bench_batching.py --device cuda --node-cameras 1 2 4 --rounds 30
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def measure_estimator(args: argparse.Namespace) -> list[dict[str, Any]]:
         seq, batch = median(times[n]['seq']), median(times[n]['batch'])
         rows.append({'level': 'estimator', 'cameras': n, 'precision': args.precision,
                      'one_at_a_time_fps': round(n / seq, 2), 'together_fps': round(n / batch, 2),
+                     'per_camera_fps': round(1 / batch, 2),
                      'one_at_a_time_ms': round(seq * 1e3, 1),
                      'together_ms': round(batch * 1e3, 1), 'gain': round(seq / batch, 3)})
         print(f'estimator, {n} cameras: {rows[-1]}', flush=True)
@@ -173,6 +176,7 @@ def measure_node(args: argparse.Namespace, ros: Ros, n: int) -> dict[str, Any]:
     s, t = median(seq), median(together)
     row = {'level': 'node', 'cameras': n, 'precision': args.precision,
            'one_at_a_time_fps': round(n / s, 2), 'together_fps': round(n / t, 2),
+           'per_camera_fps': round(1 / t, 2),
            'one_at_a_time_ms': round(s * 1e3, 1), 'together_ms': round(t * 1e3, 1),
            'gain': round(s / t, 3),
            'mean_batch': round(passes['forward_frames'] / max(1, passes['forward_passes']), 2)}
@@ -182,10 +186,12 @@ def measure_node(args: argparse.Namespace, ros: Ros, n: int) -> dict[str, Any]:
 
 def report(rows: list[dict[str, Any]]) -> str:
     lines = ['| level | cameras | precision | one at a time (frames/s) | together (frames/s) | '
-             'gain | node mean batch |', '|---|---|---|---|---|---|---|']
+             'together, per camera (frames/s) | gain | node mean batch |',
+             '|---|---|---|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['level']} | {r['cameras']} | {r['precision']} | "
-                     f"{r['one_at_a_time_fps']} | {r['together_fps']} | {r['gain']:.2f}x | "
+                     f"{r['one_at_a_time_fps']} | {r['together_fps']} | "
+                     f"{r.get('per_camera_fps', '')} | {r['gain']:.2f}x | "
                      f"{r.get('mean_batch', '')} |")
     return '\n'.join(lines)
 

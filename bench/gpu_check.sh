@@ -142,6 +142,19 @@ else
   note '-- bench_pipeline.py --device cuda: not run (needs rclpy and the real frames: run'
   note '   bash bench/gpu_carry.sh here and carry .whl and .gpudata; or no time was left)'
 fi
+
+# 5. several cameras (issue 25): one forward per batch of cameras, CUDA graphs (auto), the
+# frame rate per camera with 1, 2 and 4 cameras in the node (in process, over DDS)
+if "$PY" -c 'import rclpy' >/dev/null 2>&1 && [ $SECONDS -lt 480 ]; then
+  LEFT=$((570 - SECONDS))
+  step bench_batching_cuda $((LEFT > 100 ? 100 : LEFT)) "$PY" bench/bench_batching.py \
+    --device cuda --cameras 2 4 --node-cameras 1 2 4 --rounds 20 \
+    --out "$OUT_DIR/batching_cuda.json"
+  grep -E '^\| (estimator|node)' "$OUT_DIR/bench_batching_cuda.log" >> "$SUMMARY"
+else
+  note '-- bench_batching.py --device cuda: not run (needs rclpy, or no time was left)'
+fi
+
 note "== done in $SECONDS s; results in $OUT_DIR"
 if [ -n "${OUT:-}" ]; then  # the device tool returns at most 8 files: pack all but the summary
   (cd "$OUT_DIR" && tar -czf gpu_check.tar.gz --exclude summary.txt --exclude gpu_check.tar.gz \
