@@ -45,12 +45,21 @@ oracle when the error has a low-frequency warp (scenario ``warp``); ``Aligner.al
 per frame for 20k points at 640x480.
 
 Usage: ``python bench/bench_alignment.py [--data ../shared/data/real] [--out FILE]``.
+
+``--kernels``: instead, time the per-frame functions (``prepare_points`` of a full KITTI scan,
+``sample_prediction``, ``fit_global``, ``Aligner.align`` global and local, and the frame's
+whole chain) on numpy and, the same code, on torch tensors on the CPU and on CUDA when present,
+on one KITTI frame at its size; prints the medians in ms, the ratios to numpy, the agreement of
+the fits and, on CUDA, the device syncs of one frame (torch's sync debug mode). Writes
+``bench/results/alignment_kernels.json`` (or ``--out``). ``--torch-threads 1`` keeps torch on
+one thread (its default thread pool stalls on a machine whose other cores are busy).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import warnings
 from dataclasses import dataclass
 import math
 import os
@@ -62,9 +71,10 @@ import zlib
 
 import numpy as np
 
-from common import DATA, loadavg, machine_info, REPO  # first: puts the checkout on sys.path
+from common import (  # first: puts the checkout on sys.path
+    cpu_line, DATA, loadavg, machine_info, REPO)
 from depth_node.alignment import (  # noqa: E402
-    Aligner, AlignerConfig, disparity_to_depth, sample_prediction)
+    Aligner, AlignerConfig, disparity_to_depth, fit_global, sample_prediction)
 from depth_node.evaluate import (  # noqa: E402
     EvaluationError, affine_lstsq, cap_for, compute_metrics, gaussian_window,
     points_to_sparse_gt, separable_filter, write_json)
@@ -75,6 +85,8 @@ from depth_node.sample_data import frame_folders, load_frame  # noqa: E402
 
 DEFAULT_DATA = DATA
 DEFAULT_OUT = REPO / 'bench' / 'results' / 'alignment.json'
+DEFAULT_KERNELS_OUT = REPO / 'bench' / 'results' / 'alignment_kernels.json'
+KERNEL_REPEATS = 30        # --kernels: timed calls per function and backend (after 2 warm-ups)
 
 MIN_DEPTH = 1e-3           # evaluation floor, metres
 WARP_AMPLITUDE = 0.15      # low-frequency multiplicative warp of disparity (scenario 'warp')
@@ -362,6 +374,149 @@ def timing_run(data: Path, seed: int, options: dict) -> dict:
     return out
 
 
+def kernel_backends() -> list[str]:
+    """``'numpy'``, then the torch devices this machine has: ``'cpu'``, ``'cuda'``."""
+    try:
+        import torch
+    except ImportError:
+        return ['numpy']
+    return ['numpy', 'cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+def kernels_run(data: Path, seed: int, repeats: int) -> Optional[dict]:
+    """The per-frame functions on numpy and on torch tensors, one KITTI frame at its size.
+
+    The prediction is a dense disparity with a known error (:func:`make_prediction`, warp
+    scenario) of the nearest-filled projected scan. Backends are interleaved call by call, so
+    a load that comes and goes hits them alike. CUDA calls are timed to completion (a
+    synchronize before the clock stops).
+    """
+    import torch
+
+    kitti = sorted((data / 'kitti_object').glob('*/camera.json'))
+    if not kitti:
+        return None
+    frame = load_frame(kitti[0].parent)
+    camera = Intrinsics(K=frame.K, D=frame.D, distortion_model=frame.distortion_model,
+                        width=frame.width, height=frame.height)
+    width, height, T, scan = frame.width, frame.height, frame.T_camera_lidar, frame.lidar
+    rng = np.random.default_rng(seed)
+    uv, z = prepare_points(scan, T, camera, width, height)
+    true_depth = nearest_fill(points_to_sparse_gt(uv, z, height, width))
+    pred = make_prediction(true_depth, WARP_AMPLITUDE, rng)
+    config = AlignerConfig(space='disparity', max_depth=cap_for('kitti_object'), seed=seed)
+    local = dataclasses.replace(config, fit='local')
+    backends = kernel_backends()
+
+    def inputs(backend: str) -> dict:
+        if backend == 'numpy':
+            arrays = {'pred': pred, 'uv': uv, 'z': z, 'device': None}
+        else:
+            device = torch.device(backend)
+            arrays = {name: torch.from_numpy(value).to(device)
+                      for name, value in (('pred', pred), ('uv', uv), ('z', z))}
+            arrays['device'] = device
+        arrays['samples'] = sample_prediction(arrays['pred'], arrays['uv'])
+        return arrays
+
+    data_of = {b: inputs(b) for b in backends}
+    fits = (('global', config), ('local', local))
+    aligners = {(b, fit): Aligner(c) for b in backends for fit, c in fits}
+
+    def align(b: str, fit: str, uv_, z_):
+        aligner = aligners[(b, fit)]
+        aligner.reset()
+        return aligner.align(data_of[b]['pred'], uv_, z_, 0.0)
+
+    steps = {
+        'prepare_points': lambda b, d: prepare_points(scan, T, camera, width, height,
+                                                      device=d['device']),
+        'sample_prediction': lambda b, d: sample_prediction(d['pred'], d['uv']),
+        'fit_global': lambda b, d: fit_global(d['samples'], d['z'], config, uv=d['uv'],
+                                              shape=(height, width)),
+        'align global': lambda b, d: align(b, 'global', d['uv'], d['z']),
+        'align local': lambda b, d: align(b, 'local', d['uv'], d['z']),
+        'frame: prepare + align global': lambda b, d: align(
+            b, 'global', *prepare_points(scan, T, camera, width, height, device=d['device'])),
+    }
+
+    def call(step, b):
+        out = steps[step](b, data_of[b])
+        if b == 'cuda':
+            torch.cuda.synchronize()
+        return out
+
+    times = {step: {b: [] for b in backends} for step in steps}
+    for step in steps:
+        for b in backends:
+            call(step, b)
+            call(step, b)          # warm-up: caches, CUDA kernels, thread pools
+        for _ in range(repeats):
+            for b in backends:
+                t0 = time.perf_counter()
+                call(step, b)
+                times[step][b].append(1e3 * (time.perf_counter() - t0))
+    fits = {b: fit_global(data_of[b]['samples'], data_of[b]['z'], config, uv=data_of[b]['uv'],
+                          shape=(height, width)) for b in backends}
+    agreement = {b: max(abs(fits[b].scale / fits['numpy'].scale - 1),
+                        abs(fits[b].shift - fits['numpy'].shift)
+                        / (abs(fits['numpy'].scale) + abs(fits['numpy'].shift)))
+                 for b in backends if b != 'numpy'}
+    out = {'frame': frame.name, 'size': f'{width}x{height}', 'scan_points': int(len(scan)),
+           'kept_points': int(len(z)), 'repeats': repeats, 'backends': backends,
+           'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
+           'load_average_1min': (loadavg() or [math.nan])[0],
+           'median_ms': {step: {b: float(np.median(v)) for b, v in per.items()}
+                         for step, per in times.items()},
+           'fit_agreement_rel': agreement, 'fit_ok': {b: f.ok for b, f in fits.items()}}
+    if 'cuda' in backends:
+        out['cuda_syncs_per_frame'] = cuda_syncs(
+            lambda: call('frame: prepare + align global', 'cuda'))
+    return out
+
+
+def cuda_syncs(run) -> int:
+    """How many synchronizing CUDA operations ``run()`` makes (torch's sync debug mode warns
+    once per synchronize, blocking copy and ``.item()``)."""
+    import torch
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    return sum('synchroniz' in str(w.message) for w in caught)
+
+
+def print_kernels(result: dict, machine: dict) -> None:
+    backends = result['backends']
+    print(f'== per-frame functions on numpy and on torch tensors: {result["frame"]} at '
+          f'{result["size"]}, scan of {result["scan_points"]} points ({result["kept_points"]} '
+          f'kept), median of {result["repeats"]} ==')
+    print(f'{cpu_line(machine)}; {machine.get("cpus")} CPUs, torch {result["torch"]} with '
+          f'{result["torch_threads"]} threads, load average {result["load_average_1min"]:.2f} '
+          f'at the end{"; GPU " + machine["gpu"] if machine.get("gpu") else ""}')
+    labels = {'numpy': 'numpy', 'cpu': 'torch-cpu', 'cuda': 'cuda'}
+    head = f'{"ms":<30} {"numpy":>8}'
+    for b in backends[1:]:
+        head += f' {labels[b]:>10} {"/ numpy":>8}'
+    print(head)
+    for step, per in result['median_ms'].items():
+        line = f'{step:<30} {per["numpy"]:>8.3f}'
+        for b in backends[1:]:
+            line += f' {per[b]:>10.3f} {per[b] / per["numpy"]:>8.2f}'
+        print(line)
+    for b, rel in result['fit_agreement_rel'].items():
+        print(f'fit on {labels[b]} against numpy: s, t within {rel:.1e} relative '
+              f'(ok: {result["fit_ok"][b]} / {result["fit_ok"]["numpy"]})')
+    if 'cuda_syncs_per_frame' in result:
+        print(f'CUDA syncs in one frame (prepare + align global): '
+              f'{result["cuda_syncs_per_frame"]}')
+
+
 def evaluate_targets(sets: dict, timing: dict) -> list[dict]:
     targets = []
     for name, entry in sets.items():
@@ -452,11 +607,36 @@ def main(argv=None) -> int:
     parser.add_argument('--local-grid', type=int, nargs=2, metavar=('ROWS', 'COLS'),
                         help='AlignerConfig.local_grid (default: the AlignerConfig default)')
     parser.add_argument('--no-timing', action='store_true', help='skip the 640x480 timing run')
+    parser.add_argument('--kernels', action='store_true',
+                        help='only time the per-frame functions on numpy and on torch tensors '
+                             '(CPU, and CUDA when present) on a KITTI frame')
+    parser.add_argument('--repeats', type=int, default=KERNEL_REPEATS,
+                        help=f'--kernels: timed calls per function and backend '
+                             f'(default {KERNEL_REPEATS})')
+    parser.add_argument('--torch-threads', type=int,
+                        help="--kernels: torch's intra-op threads (default: torch's default)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f'bench_alignment: error: no real data at {args.data} (use --data)',
               file=sys.stderr)
         return 2
+    if args.kernels:
+        if args.torch_threads:
+            import torch
+            torch.set_num_threads(args.torch_threads)
+        result = kernels_run(args.data, args.seed, max(1, args.repeats))
+        if result is None:
+            print(f'bench_alignment: error: no kitti_object frame under {args.data}',
+                  file=sys.stderr)
+            return 2
+        machine = machine_info(with_torch=True)
+        print_kernels(result, machine)
+        out = DEFAULT_KERNELS_OUT if args.out == DEFAULT_OUT else args.out
+        write_json(out, {'benchmark': 'alignment kernels, numpy against torch',
+                         'data': str(args.data), 'machine': machine, 'numpy': np.__version__,
+                         **result})
+        print(f'wrote {out}')
+        return 0
     folders = [f for f in frame_folders(args.data)
                if not args.sets or f.parent.name in args.sets]
     if not folders:

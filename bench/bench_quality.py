@@ -61,9 +61,16 @@ Sections and their targets (from the issue; every random draw comes from ``--see
 4. Cost: discontinuity confidence + flying mask (one shared ``log_spread``) + LiDAR residuals
    and confidence (the simulated scan, about 10k points) + ``TemporalStabilizer.update`` +
    temporal confidence + combination, per 640x480 frame, under 5 ms on this CPU: medians of 50
-   repeats (``time.perf_counter``) per function and of the whole chain.
+   repeats (``time.perf_counter``) per function and of the whole chain. The same code
+   (``depth_node.quality`` takes numpy arrays or torch tensors, issue 25) is timed in the same
+   run on numpy arrays and on torch tensors on ``--torch-device`` (default ``cpu``, with
+   ``--torch-threads`` 1 like numpy's elementwise loops: on this shared 2-vCPU machine two
+   OpenMP threads are at the mercy of the other jobs; ``cuda`` synchronizes before each clock
+   reading), with the ratio torch / numpy; the target is the numpy figure (CPU engines run
+   numpy). Skipped when torch is not installed.
 
-Usage: ``python bench/bench_quality.py [--data DIR] [--out FILE] [--seed 0]``.
+Usage: ``python bench/bench_quality.py [--data DIR] [--out FILE] [--seed 0] [--cost-only]
+[--torch-device cpu|cuda|none] [--torch-threads 1]``.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ from common import DATA, loadavg, machine_info, REPO  # first: puts the checkout
 from bench_alignment import nearest_fill  # noqa: E402
 from depth_node import quality as q  # noqa: E402
 from depth_node.alignment import AlignerConfig, fit_global, sample_prediction  # noqa: E402
+from depth_node.arrays import astype  # noqa: E402
 from depth_node.camera_info import Intrinsics  # noqa: E402
 from depth_node.demo import simulated_lidar  # noqa: E402
 from depth_node.evaluate import write_json  # noqa: E402
@@ -436,13 +444,18 @@ def kitti_depth(data: Path, shape: tuple) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # 4. cost
 
-def median_ms(fn: Callable, repeats: int = TIMING_REPEATS) -> float:
+def median_ms(fn: Callable, repeats: int = TIMING_REPEATS,
+              sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall time of ``fn()`` in ms; ``sync`` waits for queued device work (CUDA), called
+    before each clock reading."""
     fn()
     fn()
     samples = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         samples.append(1e3 * (time.perf_counter() - t0))
     return float(np.median(samples))
 
@@ -450,11 +463,46 @@ def median_ms(fn: Callable, repeats: int = TIMING_REPEATS) -> float:
 NODE_STEP = 'node step (frame_quality.stabilize + assess, as finish runs them)'
 
 
-def cost_section(scene: Scene, rng: np.random.Generator) -> dict:
+def cost_section(scene: Scene, rng: np.random.Generator, torch_device: str = 'cpu',
+                 torch_threads: int = 1) -> dict:
+    """Section 4 on numpy arrays, then the same code on torch tensors on ``torch_device``
+    ('none': numpy only) with ``torch_threads`` CPU threads (0: torch's default)."""
     pred, _ = scene.predict(11, (0.3, 1.1), rng)
     frames = [pred * np.float32(math.exp(JITTER * rng.standard_normal())) for _ in range(4)]
-    uv, z = scene.uv, scene.z
+    out = {'ms': cost_of(frames, scene.uv, scene.z, scene.K), 'n_points': int(scene.z.size),
+           'load_average': loadavg()}
+    if torch_device == 'none':
+        return out
+    try:
+        import torch
+    except ImportError:
+        out['torch_skipped'] = 'torch is not installed'
+        return out
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    device = torch.device(torch_device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == 'cuda' else (lambda: None)
+
+    def put(a: np.ndarray):
+        return torch.tensor(np.ascontiguousarray(a), device=device)
+
+    out['torch'] = {'device': str(device), 'version': torch.__version__,
+                    'threads': torch.get_num_threads(),
+                    'ms': cost_of([put(f) for f in frames], put(scene.uv), put(scene.z),
+                                  scene.K, sync)}
+    out['load_average_after'] = loadavg()
+    return out
+
+
+def cost_of(frames: list, uv, z, K: np.ndarray,
+            sync: Callable[[], None] = lambda: None) -> dict:
+    """The medians of section 4 in ms, for ``frames`` (4 of them) and the scan ``(uv, z)`` as
+    numpy arrays or as tensors (the same code runs on both)."""
     stab = q.TemporalStabilizer()
+
+    def timed(fn: Callable) -> float:
+        return median_ms(fn, sync=sync)
+
     clock = [0.0]
 
     def update():
@@ -463,7 +511,7 @@ def cost_section(scene: Scene, rng: np.random.Generator) -> dict:
 
     for _ in range(3):
         update()
-    out = stab.output.copy()
+    out = astype(stab.output, np.float32, copy=True)
     spread = q.log_spread(out)
     edge = q.discontinuity_confidence(out, spread=spread)
     res = q.lidar_residuals(out, uv, z)
@@ -480,7 +528,7 @@ def cost_section(scene: Scene, rng: np.random.Generator) -> dict:
         'temporal_confidence': lambda: q.temporal_confidence(out, stab.previous),
         'combine_confidence': lambda: q.combine_confidence(cues, depth=out),
     }
-    ms = {name: median_ms(fn) for name, fn in parts.items()}
+    ms = {name: timed(fn) for name, fn in parts.items()}
 
     def chain():
         o, _ = update()
@@ -493,7 +541,7 @@ def cost_section(scene: Scene, rng: np.random.Generator) -> dict:
         o[m] = np.nan
         return q.combine_confidence({'edge': e, 'lidar': li, 'temporal': t}, depth=o)
 
-    ms['chain (all of the above, per frame)'] = median_ms(chain)
+    ms['chain (all of the above, per frame)'] = timed(chain)
 
     # what the node runs per frame: FramePipeline.finish calls these two (every cue on, the
     # cloud gated, temporal.enabled; metric depth with a LiDAR fit)
@@ -508,10 +556,10 @@ def cost_section(scene: Scene, rng: np.random.Generator) -> dict:
         o, _ = stabilize(config, state, frames[int(clock[0] / 0.033) % 4], clock[0], False)
         return assess(config, state, o, True, True, True, (uv, z))
 
-    ms[NODE_STEP] = median_ms(node_step)
-    ms['angle mask (candidate, not in chain)'] = median_ms(
-        lambda: q.flying_pixel_mask(out, method='angle', K=scene.K))
-    return {'ms': ms, 'n_points': int(z.size), 'load_average': loadavg()}
+    ms[NODE_STEP] = timed(node_step)
+    ms['angle mask (candidate, not in chain)'] = timed(
+        lambda: q.flying_pixel_mask(out, method='angle', K=K))
+    return ms
 
 
 # ----------------------------------------------------------------------------------------------
@@ -606,16 +654,32 @@ def print_report(info: dict, flying: dict, conf: dict, temporal: dict, cost: dic
     c = temporal['cut']
     print(f'scene cut: reset at cut {c["reset_at_cut"]} ({c["reason"]}); resets before '
           f'{c["resets_before"]}, after {c["resets_after"]}')
-    print(f'\n== 4. cost per 640x480 frame, median of {TIMING_REPEATS} ({cost["n_points"]} '
-          f'LiDAR points; load average {cost["load_average"]}) ==')
-    for name, value in cost['ms'].items():
-        print(f'{name:<40} {value:6.2f} ms')
+    print_cost(cost)
     print('\n== summary ==')
     print(f'{"":<4}  {"target":<72} {"value":>8} {"limit":>6}')
     for t in targets:
         verdict = ('pass' if t['pass'] else 'fail') if t.get('info') else (
             'PASS' if t['pass'] else 'FAIL')
         print(f'{verdict}  {t["target"]:<72} {t["value"]:>8.3f} {t["limit"]:>6g}')
+
+
+def print_cost(cost: dict) -> None:
+    tc = cost.get('torch')
+    print(f'\n== 4. cost per 640x480 frame, median of {TIMING_REPEATS} ({cost["n_points"]} '
+          f'LiDAR points; load average {cost["load_average"]}'
+          + (f', after the torch run {cost["load_average_after"]}' if tc else '') + ') ==')
+    if tc is None:
+        for name, value in cost['ms'].items():
+            print(f'{name:<40} {value:6.2f} ms')
+        if cost.get('torch_skipped'):
+            print(f'(torch: {cost["torch_skipped"]})')
+        return
+    print(f'the same code on numpy arrays and on torch {tc["version"]} tensors on '
+          f'{tc["device"]} ({tc["threads"]} threads)')
+    print(f'{"":<40} {"numpy":>8} {"torch":>8} {"torch/numpy":>12}')
+    for name, value in cost['ms'].items():
+        other = tc['ms'][name]
+        print(f'{name:<40} {value:6.2f} ms {other:6.2f} ms {other / value:12.2f}')
 
 
 def main(argv=None) -> int:
@@ -625,6 +689,14 @@ def main(argv=None) -> int:
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT,
                         help=f'JSON results (default {DEFAULT_OUT})')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--cost-only', action='store_true',
+                        help='run section 4 (cost) alone, and write no JSON')
+    parser.add_argument('--torch-device', default='cpu',
+                        help="device of the torch run of section 4: 'cpu' (default), 'cuda', "
+                             "'cuda:1', or 'none' for numpy only")
+    parser.add_argument('--torch-threads', type=int, default=1,
+                        help="torch's CPU threads in section 4 (default 1, as numpy; 0: "
+                             "torch's default)")
     args = parser.parse_args(argv)
     folders = frame_folders(args.data / 'tum_rgbd') if (args.data / 'tum_rgbd').is_dir() else []
     if not folders:
@@ -634,7 +706,12 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     info = cpu_report()
     scenes = [Scene(f) for f in folders]
-    cost = cost_section(scenes[0], rng)     # first, before the long sections warm anything
+    # first, before the long sections warm anything
+    cost = cost_section(scenes[0], rng, args.torch_device, args.torch_threads)
+    if args.cost_only:
+        print(f"CPU: {info.get('cpu')} ({info.get('cpus')} CPUs); numpy {np.__version__}")
+        print_cost(cost)
+        return 0
     flying = flying_section(scenes, rng)
     conf = confidence_section(scenes, rng)
     temporal = temporal_section(scenes[0], kitti_depth(args.data, scenes[0].gt.shape), rng)

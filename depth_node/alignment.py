@@ -18,6 +18,11 @@ Both fits are linear in ``(s, t)`` with the relative residual ``r = (s * d + t) 
 (disparity) or ``r = (s * d + t) / z - 1`` (depth): every point weighs the same in relative
 terms, which is what AbsRel-type errors measure; plain least squares on disparity would let the
 nearest points dominate.
+
+The per-frame work (sampling, fit, applying it) is written once against
+:mod:`depth_node.arrays`: it runs on numpy arrays, or on ``torch.Tensor`` s on the device of
+the prediction (a model on CUDA keeps its frame there), with the same random samples (drawn on
+the host) and the same results to rounding.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import math
 from typing import Optional
 
 import numpy as np
+
+from depth_node import arrays
+from depth_node.arrays import Array
 
 
 class AlignmentError(ValueError):
@@ -189,7 +197,7 @@ class FitResult:
         return (self.n_inliers / self.n_points) / (1.0 + self.residual / _QUALITY_RESIDUAL)
 
 
-def _design(pred: np.ndarray, z: np.ndarray, space: str) -> tuple[np.ndarray, np.ndarray]:
+def _design(pred: Array, z: Array, space: str) -> tuple[Array, Array]:
     """Columns ``(a1, a2)`` with relative residual ``r = s * a1 + t * a2 - 1``."""
     if space == 'disparity':
         return pred * z, z
@@ -197,117 +205,140 @@ def _design(pred: np.ndarray, z: np.ndarray, space: str) -> tuple[np.ndarray, np
     return pred * inv_z, inv_z
 
 
-def _relative_depth_error(r: np.ndarray, space: str) -> np.ndarray:
+def _relative_depth_error(r: Array, space: str) -> Array:
     """``|z_fit - z| / z`` from the relative residual (of disparity or depth)."""
+    xp = arrays.namespace(r)
     if space == 'disparity':  # 1 + r = z / z_fit
-        with np.errstate(divide='ignore', invalid='ignore'):
-            return np.abs(r / (1.0 + r))
-    return np.abs(r)
+        with arrays.errstate(r, divide='ignore', invalid='ignore'):
+            return xp.abs(r / (1.0 + r))
+    return xp.abs(r)
 
 
-def _solve(a1: np.ndarray, a2: Optional[np.ndarray], w: np.ndarray) -> tuple[float, float]:
-    """Weighted least squares for ``s * a1 + t * a2 = 1`` (``t = 0`` when ``a2`` is None)."""
+def _solve(a1: Array, a2: Optional[Array], w: Array) -> tuple[float, float]:
+    """Weighted least squares for ``s * a1 + t * a2 = 1`` (``t = 0`` when ``a2`` is None).
+
+    The five sums come to the host together: one device sync.
+    """
     # einsum, not @: OpenBLAS threads long dot products, which stalls when a core is busy.
+    xp = arrays.namespace(w)
     wa1 = w * a1
-    s11 = float(np.einsum('i,i->', wa1, a1))
-    b1 = float(wa1.sum())
     if a2 is None:
+        s11, b1 = arrays.to_floats(xp.einsum('i,i->', wa1, a1), wa1.sum())
         return (b1 / s11 if s11 > 0 else math.nan), 0.0
     wa2 = w * a2
-    s12 = float(np.einsum('i,i->', wa1, a2))
-    s22 = float(np.einsum('i,i->', wa2, a2))
-    b2 = float(wa2.sum())
+    s11, b1, s12, s22, b2 = arrays.to_floats(
+        xp.einsum('i,i->', wa1, a1), wa1.sum(), xp.einsum('i,i->', wa1, a2),
+        xp.einsum('i,i->', wa2, a2), wa2.sum())
     det = s11 * s22 - s12 * s12
     if not det > 1e-12 * s11 * s22:
         return math.nan, math.nan
     return (b1 * s22 - b2 * s12) / det, (s11 * b2 - s12 * b1) / det
 
 
-def _msac_costs(s: np.ndarray, t: np.ndarray, a1: np.ndarray, a2: Optional[np.ndarray],
-                threshold: float) -> np.ndarray:
+def _msac_costs(s: Array, t: Array, a1: Array, a2: Optional[Array], threshold: float) -> Array:
     """Truncated squared relative residual summed over the points, one cost per ``(s, t)``."""
-    r = np.multiply.outer(s, a1)  # (hypotheses, points): contiguous rows to reduce
-    r -= 1.0
-    if a2 is not None:
-        r += np.multiply.outer(t, a2)
-    np.square(r, out=r)
-    np.fmin(r, threshold ** 2, out=r)  # fmin: an overflowing (NaN) residual counts as outlier
+    xp = arrays.namespace(a1)
+    with arrays.errstate(a1, over='ignore', invalid='ignore'):  # inf, NaN: outliers
+        r = s[:, None] * a1[None, :]  # (hypotheses, points): contiguous rows to reduce
+        r -= 1.0
+        if a2 is not None:
+            r += t[:, None] * a2[None, :]
+        r *= r
+    # fmin: an overflowing (NaN) residual counts as an outlier.
+    xp.fmin(r, arrays.full((), float(threshold ** 2), r.dtype, like=r), out=r)
     return r.sum(axis=1)
 
 
-def _ransac(a1: np.ndarray, a2: Optional[np.ndarray], z: np.ndarray,
+def _ransac(a1: Array, a2: Optional[Array], z: Array,
             config: AlignerConfig, rng: np.random.Generator) -> tuple[float, float]:
-    """Best ``(s, t)`` by truncated squared residual (MSAC) over minimal samples."""
-    n = a1.size
+    """Best ``(s, t)`` by truncated squared residual (MSAC) over minimal samples.
+
+    The samples are drawn on the host by ``rng`` (so numpy and a device pick the same ones) and
+    uploaded at once; with a shift, the depths come to the host for the near / far partition.
+    Device syncs: the upload, that download, and the best hypothesis.
+    """
+    xp = arrays.namespace(a1)
+    n = a1.shape[0]
     iters = int(config.ransac_iterations)
     if a2 is None:
-        with np.errstate(divide='ignore'):
-            s = 1.0 / a1[rng.integers(0, n, size=iters)]
-        s = s[np.isfinite(s)]
-        if s.size == 0:
-            return math.nan, math.nan
-        t = np.zeros_like(s)
+        i = arrays.asarray(rng.integers(0, n, size=iters), like=a1)
+        with arrays.errstate(a1, divide='ignore'):
+            s = 1.0 / a1[i]
+        good = xp.isfinite(s)
+        t = xp.zeros_like(s)
     else:
         # One point from the nearer half, one from the farther: well-conditioned pairs far
         # more often than uniform sampling. The halves need no order inside: a partition.
         half = max(1, n // 2)
-        order = np.argpartition(z, sorted({half - 1, n - half}))
-        i = order[rng.integers(0, half, size=iters)]
-        j = order[rng.integers(n - half, n, size=iters)]
+        order = np.argpartition(arrays.to_host(z), sorted({half - 1, n - half}))
+        pairs = np.concatenate([order[rng.integers(0, half, size=iters)],
+                                order[rng.integers(n - half, n, size=iters)]])
+        pairs = arrays.asarray(pairs, like=a1)
+        i, j = pairs[:iters], pairs[iters:]
         p, q = a1[i] * a2[j], a2[i] * a1[j]
         det = p - q
-        with np.errstate(divide='ignore', invalid='ignore'):
+        with arrays.errstate(a1, divide='ignore', invalid='ignore'):
             s = (a2[j] - a2[i]) / det
             t = (a1[i] - a1[j]) / det
         # Pairs with (nearly) the same prediction-to-depth relation do not determine a line.
-        good = np.isfinite(s) & np.isfinite(t) & (np.abs(det) > 1e-9 * (np.abs(p) + np.abs(q)))
-        if not good.any():
-            return math.nan, math.nan
-        s, t = s[good], t[good]
+        good = xp.isfinite(s) & xp.isfinite(t) & (xp.abs(det) > 1e-9 * (xp.abs(p) + xp.abs(q)))
     # Scored in float32: half the memory traffic of the (hypotheses, points) matrix, and
     # costs exact to ~1e-6 relative, far finer than the gaps between hypotheses that matter.
-    costs = _msac_costs(s.astype(np.float32), t.astype(np.float32), a1.astype(np.float32),
-                        None if a2 is None else a2.astype(np.float32),
+    # Unusable hypotheses are scored too (no data-dependent compaction), then ranked last.
+    with arrays.errstate(a1, over='ignore'):  # a hypothesis beyond the float32 range: inf
+        s32, t32 = arrays.astype(s, np.float32), arrays.astype(t, np.float32)
+    costs = _msac_costs(s32, t32, arrays.astype(a1, np.float32),
+                        None if a2 is None else arrays.astype(a2, np.float32),
                         np.float32(config.inlier_threshold))
-    best = int(np.argmin(costs))
-    return float(s[best]), float(t[best])
+    best = xp.argmin(xp.where(good, costs, math.inf))
+    s_best, t_best, usable = arrays.to_floats(s[best], t[best], good[best])
+    if not usable:
+        return math.nan, math.nan
+    return s_best, t_best
 
 
-def _refine(a1: np.ndarray, a2: Optional[np.ndarray], s: float, t: float,
-            config: AlignerConfig) -> tuple[float, float, np.ndarray]:
-    """IRLS with Huber weights on the inliers of the current fit; returns s, t, residuals."""
+def _refine(a1: Array, a2: Optional[Array], s: float, t: float,
+            config: AlignerConfig) -> tuple[float, float, Array]:
+    """IRLS with Huber weights on the inliers of the current fit; returns s, t, residuals.
+
+    One device sync per iteration (:func:`_solve`).
+    """
+    xp = arrays.namespace(a1)
     thr, delta = config.inlier_threshold, config.huber_delta
-    for _ in range(_IRLS_ITERATIONS):
-        r = s * a1 - 1.0
-        if a2 is not None:
-            r += t * a2
-        ar = np.abs(r)
-        with np.errstate(divide='ignore'):
-            w = np.where(ar < thr, np.minimum(1.0, delta / ar), 0.0)
-        s_new, t_new = _solve(a1, a2, w)
-        if not math.isfinite(s_new):
-            break
-        done = abs(s_new - s) <= 1e-7 * abs(s) and abs(t_new - t) <= 1e-7 * (abs(t) + abs(s))
-        s, t = s_new, t_new
-        if done:
-            break
+    with arrays.errstate(a1, divide='ignore'):  # delta / 0: weight 1, as for any |r| <= delta
+        for _ in range(_IRLS_ITERATIONS):
+            r = s * a1 - 1.0
+            if a2 is not None:
+                r += t * a2
+            ar = xp.abs(r)
+            w = xp.where(ar < thr, arrays.minimum(delta / ar, 1.0), 0.0)
+            s_new, t_new = _solve(a1, a2, w)
+            if not math.isfinite(s_new):
+                break
+            done = (abs(s_new - s) <= 1e-7 * abs(s)
+                    and abs(t_new - t) <= 1e-7 * (abs(t) + abs(s)))
+            s, t = s_new, t_new
+            if done:
+                break
     r = s * a1 - 1.0
     if a2 is not None:
         r += t * a2
     return s, t, r
 
 
-def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
-               uv: Optional[np.ndarray] = None,
+def fit_global(pred: Array, z: Array, config: AlignerConfig,
+               uv: Optional[Array] = None,
                shape: Optional[tuple[int, int]] = None) -> FitResult:
     """Fit the prediction to LiDAR depths robustly: RANSAC, then Huber IRLS on the inliers.
 
     Parameters
     ----------
-    pred : np.ndarray
+    pred : np.ndarray or torch.Tensor
         ``(M,)`` prediction values at the LiDAR pixels (see :func:`sample_prediction`);
-        disparity or depth per ``config.space``. Non-finite values are ignored.
-    z : np.ndarray
+        disparity or depth per ``config.space``. Non-finite values are ignored. A tensor keeps
+        the fit on its device (``z`` and ``uv`` are moved there); the result is the same to
+        rounding, with the same random samples (drawn on the host).
+    z : np.ndarray or torch.Tensor
         ``(M,)`` LiDAR depths along the optical axis, metres.
     config : AlignerConfig
     uv, shape : optional
@@ -324,44 +355,54 @@ def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
         ``fit_shift``, too little depth spread among the inliers to observe the shift (the frame
         is refused rather than fitted with an arbitrary shift; :class:`Aligner` then reuses its
         last good fit). In ``'depth'`` space the same case falls back to scale only.
+
+    On a GPU a fit costs 10 device syncs plus one per IRLS iteration (at most 6): host values
+    for the decisions and random samples going up. They are the valid count, the subset upload
+    (with more than ``max_fit_points``), the extent (with ``uv`` and ``shape``), three in the
+    RANSAC (samples up, depths down for the near / far split, the best hypothesis), the inlier
+    count and depth spread, the residual median and the final inlier count; the RANSAC and
+    IRLS run twice when ``'depth'`` space drops the shift.
     """
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
-    z = np.asarray(z, dtype=np.float64).reshape(-1)
-    if pred.shape != z.shape:
-        raise AlignmentError(f'pred and z must have the same length, got {pred.shape} and '
-                             f'{z.shape}')
+    pred = arrays.astype(arrays.as_array(pred), np.float64).reshape(-1)
+    z = arrays.astype(arrays.asarray(z, like=pred), np.float64).reshape(-1)
+    xp = arrays.namespace(pred)
+    if tuple(pred.shape) != tuple(z.shape):
+        raise AlignmentError(f'pred and z must have the same length, got {tuple(pred.shape)} '
+                             f'and {tuple(z.shape)}')
     if uv is not None:
-        uv = np.asarray(uv)
-        if uv.shape != (z.size, 2):
-            raise AlignmentError(f'uv must be (M, 2) for M = {z.size} points, got {uv.shape}')
-    with np.errstate(invalid='ignore'):
-        valid = np.isfinite(pred) & (z >= config.min_depth) & (z <= config.max_depth)
-    n_valid = int(np.count_nonzero(valid))
+        uv = arrays.asarray(uv, like=pred)
+        if tuple(uv.shape) != (z.shape[0], 2):
+            raise AlignmentError(f'uv must be (M, 2) for M = {z.shape[0]} points, got '
+                                 f'{tuple(uv.shape)}')
+    with arrays.errstate(z, invalid='ignore'):
+        valid = xp.isfinite(pred) & (z >= config.min_depth) & (z <= config.max_depth)
+    keep, n_valid = arrays.selector(valid)
     pred_all, z_all = pred, z
-    if n_valid < z.size:
-        pred, z = pred[valid], z[valid]
+    if n_valid < z.shape[0]:
+        pred, z = pred[keep], z[keep]
         if uv is not None:
-            uv = uv[valid]
+            uv = uv[keep]
 
     def refused(reason: str, s: float = math.nan, t: float = math.nan, n_in: int = 0,
                 residual: float = math.nan, scale_only: bool = False) -> FitResult:
         return FitResult(s, t, n_valid, n_in, residual, False, reason, scale_only)
 
     if n_valid < config.min_points:
-        return refused(f'too few valid points: {n_valid} of {valid.size} < min_points '
+        return refused(f'too few valid points: {n_valid} of {z_all.shape[0]} < min_points '
                        f'{config.min_points}{_invalid_causes(pred_all, z_all, valid, config)}')
 
     rng = np.random.default_rng(config.seed)
     all_pred, all_z = pred, z
     if n_valid > config.max_fit_points:
-        subset = rng.integers(0, n_valid, size=int(config.max_fit_points))
+        subset = arrays.asarray(rng.integers(0, n_valid, size=int(config.max_fit_points)),
+                                like=pred)
         pred, z = pred[subset], z[subset]
         if uv is not None:
             uv = uv[subset]
     if uv is not None and shape is not None:
         height, width = shape[:2]
-        extent = math.sqrt(12.0) * max(float(np.std(uv[:, 0])) / width,
-                                       float(np.std(uv[:, 1])) / height)
+        std_u, std_v = arrays.to_floats(arrays.std(uv[:, 0]), arrays.std(uv[:, 1]))
+        extent = math.sqrt(12.0) * max(std_u / width, std_v / height)
         if extent < config.min_extent:
             return refused(f'points cover too little of the image: extent {extent:.3f} < '
                            f'min_extent {config.min_extent}')
@@ -374,23 +415,26 @@ def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
             return refused('no usable hypothesis: the prediction has no spread at the points',
                            scale_only=scale_only)
         s, t, r = _refine(a1, None if scale_only else a2, s, t, config)
-        inliers = np.abs(r) < config.inlier_threshold
-        if scale_only or np.count_nonzero(inliers) < 2 or not s > 0:
+        inliers = xp.abs(r) < config.inlier_threshold
+        if scale_only or not s > 0:
             break
-        z10, z90 = np.percentile(z[inliers], [10, 90])
+        inlier_rows, n_in = arrays.selector(inliers)
+        if n_in < 2:
+            break
+        z10, z90 = arrays.percentile(z[inlier_rows], [10, 90])
         if z90 >= config.min_depth_ratio * z10:
             break
         if config.space == 'disparity':
             return refused(f'too little depth spread to fit the shift: inlier depths p90/p10 '
                            f'= {z90 / z10:.3f} < min_depth_ratio {config.min_depth_ratio}',
-                           s, t, int(np.count_nonzero(inliers)))
+                           s, t, n_in)
         scale_only = True  # metric depth: the scale alone is still well determined
-    residual = float(np.median(_relative_depth_error(r, config.space)))
-    if all_z.size > z.size:  # count inliers among all valid points, not just the subset
+    residual = arrays.median(_relative_depth_error(r, config.space))
+    if all_z.shape[0] > z.shape[0]:  # count inliers among all valid points, not the subset
         a1, a2 = _design(all_pred, all_z, config.space)
         r = s * a1 + t * a2 - 1.0
-        inliers = np.abs(r) < config.inlier_threshold
-    n_in = int(np.count_nonzero(inliers))
+        inliers = xp.abs(r) < config.inlier_threshold
+    n_in = arrays.count(inliers)
     if n_in < config.min_points:
         return refused(f'too few inliers: {n_in} < min_points {config.min_points}', s, t, n_in,
                        residual, scale_only)
@@ -404,39 +448,39 @@ def fit_global(pred: np.ndarray, z: np.ndarray, config: AlignerConfig,
     return FitResult(s, t, n_valid, n_in, residual, True, '', scale_only)
 
 
-def _invalid_causes(pred: np.ndarray, z: np.ndarray, valid: np.ndarray,
-                    config: AlignerConfig) -> str:
+def _invalid_causes(pred: Array, z: Array, valid: Array, config: AlignerConfig) -> str:
     """Why points were not valid, as ``' (3 farther than max_depth 80 m, nearest at 95 m,
     ...)'``; empty when all were."""
-    if valid.all():
+    xp = arrays.namespace(z)
+    if bool(valid.all()):
         return ''
-    with np.errstate(invalid='ignore'):
-        far = ~(z <= config.max_depth) & ~np.isnan(z)
+    with arrays.errstate(z, invalid='ignore'):
+        far = ~(z <= config.max_depth) & ~xp.isnan(z)
         near = z < config.min_depth
-    no_depth = np.isnan(z)
-    no_pred = ~np.isfinite(pred) & ~far & ~near & ~no_depth
+    no_depth = xp.isnan(z)
+    no_pred = ~xp.isfinite(pred) & ~far & ~near & ~no_depth
     parts = []
-    if far.any():
-        parts.append(f'{np.count_nonzero(far)} farther than max_depth {config.max_depth:g} m, '
-                     f'nearest at {float(np.min(z[far])):.3g} m')
-    if near.any():
-        parts.append(f'{np.count_nonzero(near)} nearer than min_depth {config.min_depth:g} m')
-    if no_depth.any():
-        parts.append(f'{np.count_nonzero(no_depth)} without a depth (NaN)')
-    if no_pred.any():
-        parts.append(f'{np.count_nonzero(no_pred)} where the prediction is not finite')
+    n_far = arrays.count(far)
+    if n_far:
+        parts.append(f'{n_far} farther than max_depth {config.max_depth:g} m, '
+                     f'nearest at {float(xp.min(z[far])):.3g} m')
+    for mask, what in ((near, f'nearer than min_depth {config.min_depth:g} m'),
+                       (no_depth, 'without a depth (NaN)'),
+                       (no_pred, 'where the prediction is not finite')):
+        n = arrays.count(mask)
+        if n:
+            parts.append(f'{n} {what}')
     return ' (' + '; '.join(parts) + ')'
 
 
-def sample_prediction(prediction: np.ndarray, uv: np.ndarray,
-                      mode: str = 'bilinear') -> np.ndarray:
+def sample_prediction(prediction: Array, uv: Array, mode: str = 'bilinear') -> Array:
     """Prediction values at pixel coordinates, NaN-aware.
 
     Parameters
     ----------
-    prediction : np.ndarray
-        ``(H, W)`` image.
-    uv : np.ndarray
+    prediction : np.ndarray or torch.Tensor
+        ``(H, W)`` image. A tensor is sampled on its device (``uv`` is moved there).
+    uv : np.ndarray or torch.Tensor
         ``(M, 2)`` pixel coordinates (pixel centres at integers); clamped to the image.
     mode : str
         ``'bilinear'``: NaN where the nearest pixel is NaN; otherwise NaN neighbours are left out
@@ -444,71 +488,82 @@ def sample_prediction(prediction: np.ndarray, uv: np.ndarray,
 
     Returns
     -------
-    np.ndarray
-        ``(M,)`` float64.
+    np.ndarray or torch.Tensor
+        ``(M,)`` float64, of ``prediction``'s kind and device. Bilinear sampling costs one
+        device sync on a GPU (finding the samples next to a NaN).
     """
-    img = np.asarray(prediction)
+    img = arrays.as_array(prediction)
+    xp = arrays.namespace(img)
     if img.ndim != 2:
-        raise AlignmentError(f'prediction must be (H, W), got shape {img.shape}')
-    if img.dtype.kind != 'f':
-        img = img.astype(np.float64)
-    uv = np.asarray(uv, dtype=np.float64)
+        raise AlignmentError(f'prediction must be (H, W), got shape {tuple(img.shape)}')
+    if not arrays.is_floating(img):
+        img = arrays.astype(img, np.float64)
+    uv = arrays.astype(arrays.asarray(uv, like=img), np.float64)
     if uv.ndim != 2 or uv.shape[1] != 2:
-        raise AlignmentError(f'uv must be (M, 2), got shape {uv.shape}')
+        raise AlignmentError(f'uv must be (M, 2), got shape {tuple(uv.shape)}')
     height, width = img.shape
     flat = img.reshape(-1)
-    u = np.clip(uv[:, 0], 0, width - 1)
-    v = np.clip(uv[:, 1], 0, height - 1)
+    u = xp.clip(uv[:, 0], 0, width - 1)
+    v = xp.clip(uv[:, 1], 0, height - 1)
     if mode == 'nearest':
-        index = np.rint(v).astype(np.int64) * width + np.rint(u).astype(np.int64)
-        return flat[index].astype(np.float64)
+        index = (arrays.astype(xp.round(v), np.int64) * width
+                 + arrays.astype(xp.round(u), np.int64))
+        return arrays.astype(flat[index], np.float64)
     if mode != 'bilinear':
         raise AlignmentError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    u0 = np.minimum(u.astype(np.int64), max(width - 2, 0))
-    v0 = np.minimum(v.astype(np.int64), max(height - 2, 0))
+    u0 = arrays.minimum(arrays.astype(u, np.int64), max(width - 2, 0))
+    v0 = arrays.minimum(arrays.astype(v, np.int64), max(height - 2, 0))
     fu, fv = u - u0, v - v0
     du = 1 if width > 1 else 0
     dv = width if height > 1 else 0
     i00 = v0 * width + u0
     f00, f01 = flat[i00], flat[i00 + du]
     f10, f11 = flat[i00 + dv], flat[i00 + dv + du]
-    with np.errstate(invalid='ignore'):  # inf - inf in a neighbourhood: handled just below
+    with arrays.errstate(uv, invalid='ignore'):  # inf - inf in a neighbourhood: handled below
         top = f00 + fu * (f01 - f00)
         out = top + fv * (f10 + fu * (f11 - f10) - top)
-    bad = np.nonzero(~np.isfinite(out))[0]
-    if bad.size:  # a neighbour is NaN (or inf): renormalise over the finite ones
-        vals = np.stack([f00[bad], f01[bad], f10[bad], f11[bad]]).astype(np.float64)
+    bad = arrays.nonzero(~xp.isfinite(out))
+    if bad.shape[0]:  # a neighbour is NaN (or inf): renormalise over the finite ones
+        vals = arrays.astype(arrays.stack([f00[bad], f01[bad], f10[bad], f11[bad]]),
+                             np.float64)
         gu, gv = fu[bad], fv[bad]
-        weights = np.stack([(1 - gu) * (1 - gv), gu * (1 - gv), (1 - gu) * gv, gu * gv])
-        finite = np.isfinite(vals)
-        nearest_finite = finite[np.argmax(weights, axis=0), np.arange(bad.size)]
-        weights = np.where(finite, weights, 0.0)
-        with np.errstate(invalid='ignore', divide='ignore'):
-            fixed = (np.where(finite, vals, 0.0) * weights).sum(axis=0) / weights.sum(axis=0)
-        out[bad] = np.where(nearest_finite, fixed, np.nan)
+        weights = arrays.stack([(1 - gu) * (1 - gv), gu * (1 - gv), (1 - gu) * gv, gu * gv])
+        finite = xp.isfinite(vals)
+        nearest_finite = finite[xp.argmax(weights, axis=0),
+                                arrays.arange(0, bad.shape[0], 1, np.int64, like=bad)]
+        weights = xp.where(finite, weights, 0.0)
+        with arrays.errstate(uv, invalid='ignore', divide='ignore'):
+            fixed = (xp.where(finite, vals, 0.0) * weights).sum(axis=0) / weights.sum(axis=0)
+        out[bad] = xp.where(nearest_finite, fixed, math.nan)
     return out
 
 
-def _depth_limits(depth: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+def _depth_limits(depth: Array, min_depth: float, max_depth: float) -> Array:
     """NaN where ``depth`` is outside ``[min_depth, max_depth]`` (in place; returns it)."""
-    with np.errstate(invalid='ignore'):
-        bad = depth < np.float32(min_depth)
-        bad |= depth > np.float32(max_depth)
-    np.copyto(depth, np.float32(np.nan), where=bad)
+    with arrays.errstate(depth, invalid='ignore'):
+        bad = depth < _float32(min_depth)
+        bad |= depth > _float32(max_depth)
+    arrays.put_where(depth, bad, math.nan)
     return depth
 
 
-def disparity_to_depth(disp: np.ndarray, scale: float, shift: float, min_depth: float,
-                       max_depth: float) -> np.ndarray:
-    """Depth ``1 / (scale * disp + shift)`` in metres, float32.
+def _float32(value: float) -> float:
+    """``value`` rounded to float32, as a Python float: a scalar that numpy and torch both
+    apply to float32 arrays exactly as ``np.float32(value)``."""
+    return float(np.float32(value))
+
+
+def disparity_to_depth(disp: Array, scale: float, shift: float, min_depth: float,
+                       max_depth: float) -> Array:
+    """Depth ``1 / (scale * disp + shift)`` in metres, float32, of ``disp``'s kind and device.
 
     Pixels where the fitted disparity is ``<= 0`` or NaN, or the depth falls outside
     ``[min_depth, max_depth]`` (sky, trained toward zero disparity, lands here), are NaN.
     """
-    x = np.asarray(disp, dtype=np.float32) * np.float32(scale)
-    x += np.float32(shift)
-    with np.errstate(divide='ignore'):
-        np.reciprocal(x, out=x)
+    x = arrays.astype(arrays.as_array(disp), np.float32) * _float32(scale)
+    x += _float32(shift)
+    with arrays.errstate(x, divide='ignore'):
+        arrays.namespace(x).reciprocal(x, out=x)
     return _depth_limits(x, min_depth, max_depth)
 
 
@@ -518,9 +573,9 @@ class Alignment:
 
     Attributes
     ----------
-    depth : np.ndarray or None
-        ``(H, W)`` float32 metres along the optical axis, NaN where invalid; None when no fit
-        could be applied.
+    depth : np.ndarray or torch.Tensor or None
+        ``(H, W)`` float32 metres along the optical axis, NaN where invalid, of the
+        prediction's kind and device; None when no fit could be applied.
     state : str
         ``'ok'`` (fitted this frame), ``'stale'`` (reused the last fit, younger than
         ``max_fit_age``) or ``'no_fit'``.
@@ -536,7 +591,7 @@ class Alignment:
         ``(rows, cols)`` log depth factors applied by the ``'local'`` fit (None for global).
     """
 
-    depth: Optional[np.ndarray]
+    depth: Optional[Array]
     state: str
     fit: Optional[FitResult]
     scale: float
@@ -563,22 +618,38 @@ def _interpolation_segments(size: int, cells: int) -> tuple:
                  for a, b in zip(bounds[:-1], bounds[1:]))
 
 
-def _upsample(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear ``(rows, cols)`` -> ``(height, width)`` float32 from cell centres.
+def _upsample(grid: Array, height: int, width: int) -> Array:
+    """Bilinear ``(rows, cols)`` -> ``(height, width)`` float32 from cell centres, of ``grid``'s
+    kind and device.
 
     Broadcast per segment rather than a matrix product: OpenBLAS wakes its threads for the
     product, which costs milliseconds when the cores are busy.
     """
-    g = grid.astype(np.float32)
-    by_row = np.empty((height, g.shape[1]), dtype=np.float32)
-    for a, b, k0, k1, frac in _interpolation_segments(height, g.shape[0]):
+    xp = arrays.namespace(grid)
+    g = arrays.astype(grid, np.float32)
+    by_row = arrays.empty((height, g.shape[1]), np.float32, like=g)
+    for a, b, k0, k1, frac in _segments(height, g.shape[0], g):
         by_row[a:b] = g[k0] + frac[:, None] * (g[k1] - g[k0])
-    out = np.empty((height, width), dtype=np.float32)
-    for a, b, k0, k1, frac in _interpolation_segments(width, g.shape[1]):
+    out = arrays.empty((height, width), np.float32, like=g)
+    for a, b, k0, k1, frac in _segments(width, g.shape[1], g):
         left = by_row[:, k0, None]
-        np.multiply(by_row[:, k1, None] - left, frac, out=out[:, a:b])
+        xp.multiply(by_row[:, k1, None] - left, frac, out=out[:, a:b])
         out[:, a:b] += left
     return out
+
+
+def _segments(size: int, cells: int, like: Array) -> tuple:
+    """:func:`_interpolation_segments` with the fractions on ``like``'s device."""
+    if not arrays.is_tensor(like):
+        return _interpolation_segments(size, cells)
+    return _interpolation_segments_on(size, cells, arrays.device_of(like))
+
+
+@functools.lru_cache(maxsize=16)
+def _interpolation_segments_on(size: int, cells: int, device: str) -> tuple:
+    """:func:`_interpolation_segments` with the fractions uploaded to ``device``, once."""
+    return tuple((a, b, k0, k1, arrays.to_device(frac, device))
+                 for a, b, k0, k1, frac in _interpolation_segments(size, cells))
 
 
 def _smooth_grid(grid: np.ndarray) -> np.ndarray:
@@ -611,6 +682,10 @@ class Aligner:
     disparity), so it keeps the sign of depth and reads as a relative error. It is computed
     against this frame's raw global fit, smoothed over frames like ``(s, t)`` and reused with
     it on stale frames.
+
+    The per-frame work runs where the prediction is: numpy on the CPU, or a ``torch.Tensor``
+    on its device (a model on CUDA); the fit's parameters, the smoother and the local grid are
+    host values either way.
     """
 
     def __init__(self, config: AlignerConfig) -> None:
@@ -626,26 +701,34 @@ class Aligner:
         self._fit_stamp: Optional[float] = None
         self._last_stamp: Optional[float] = None
 
-    def align(self, prediction: np.ndarray, uv: Optional[np.ndarray], z: Optional[np.ndarray],
+    def align(self, prediction: Array, uv: Optional[Array], z: Optional[Array],
               stamp: float) -> Alignment:
         """Metric depth for one frame.
 
         Parameters
         ----------
-        prediction : np.ndarray
+        prediction : np.ndarray or torch.Tensor
             ``(H, W)`` float prediction: relative disparity or metric depth per
-            ``config.space``.
-        uv, z : np.ndarray or None
+            ``config.space``. A tensor keeps the work on its device.
+        uv, z : np.ndarray or torch.Tensor, or None
             ``(M, 2)`` pixel coordinates in the prediction's grid and ``(M,)`` depths in metres
-            (from :func:`depth_node.lidar.prepare_points`); None or empty when no scan was
-            paired with this frame.
+            (from :func:`depth_node.lidar.prepare_points`, on the prediction's device or
+            uploaded there); None or empty when no scan was paired with this frame.
         stamp : float
             The frame's time, seconds.
+
+        Returns
+        -------
+        Alignment
+            Its ``depth`` is of ``prediction``'s kind and device; the other fields are host
+            values. On a GPU a fitted frame costs 11 device syncs plus one per IRLS iteration
+            (at most 6; see :func:`fit_global`, :func:`sample_prediction`), three more for
+            ``fit='local'``, one more for each of ``uv`` and ``z`` given as numpy.
         """
         cfg = self.config
-        pred = np.asarray(prediction)
+        pred = arrays.as_array(prediction)
         if pred.ndim != 2:
-            raise AlignmentError(f'prediction must be (H, W), got shape {pred.shape}')
+            raise AlignmentError(f'prediction must be (H, W), got shape {tuple(pred.shape)}')
         stamp = float(stamp)
         if self._last_stamp is not None and stamp < self._last_stamp:
             self.reset()
@@ -654,18 +737,18 @@ class Aligner:
         fit = None
         n_projected = 0
         if uv is not None and z is not None and len(z) > 0:
-            uv = np.asarray(uv)
-            z = np.asarray(z)
+            uv = arrays.asarray(uv, like=pred)
+            z = arrays.asarray(z, like=pred)
             n_projected = int(z.shape[0])
-            if uv.shape != (n_projected, 2) or z.ndim != 1:
-                raise AlignmentError(f'uv must be (M, 2) and z (M,), got {uv.shape} and '
-                                     f'{z.shape}')
+            if tuple(uv.shape) != (n_projected, 2) or z.ndim != 1:
+                raise AlignmentError(f'uv must be (M, 2) and z (M,), got {tuple(uv.shape)} and '
+                                     f'{tuple(z.shape)}')
             samples = sample_prediction(pred, uv)
-            fit = fit_global(samples, z, cfg, uv=uv, shape=pred.shape)
+            fit = fit_global(samples, z, cfg, uv=uv, shape=tuple(pred.shape))
             if fit.ok:
                 grid = None
                 if cfg.fit == 'local':
-                    grid = self._local_grid(samples, z, uv, pred.shape, fit)
+                    grid = self._local_grid(samples, z, uv, tuple(pred.shape), fit)
                 self._update(fit, grid, stamp)
 
         if fit is not None and fit.ok:
@@ -698,52 +781,57 @@ class Aligner:
                 fit.scale, fit.shift, q, grid
         self._fit_stamp = stamp
 
-    def _apply(self, pred: np.ndarray) -> np.ndarray:
+    def _apply(self, pred: Array) -> Array:
         cfg = self.config
+        xp = arrays.namespace(pred)
         if self._grid is None:
             if cfg.space == 'disparity':
                 return disparity_to_depth(pred, self._scale, self._shift, cfg.min_depth,
                                           cfg.max_depth)
-            depth = np.asarray(pred, dtype=np.float32) * np.float32(self._scale)
-            depth += np.float32(self._shift)
+            depth = arrays.astype(pred, np.float32) * _float32(self._scale)
+            depth += _float32(self._shift)
             return _depth_limits(depth, cfg.min_depth, cfg.max_depth)
-        factor = _upsample(np.exp(self._grid), *pred.shape)
+        factor = _upsample(arrays.asarray(np.exp(self._grid), like=pred), *pred.shape)
         if cfg.space == 'disparity':
-            x = np.asarray(pred, dtype=np.float32) * np.float32(self._scale)
-            x += np.float32(self._shift)
-            with np.errstate(divide='ignore'):
-                depth = np.divide(factor, x, out=factor)
+            x = arrays.astype(pred, np.float32) * _float32(self._scale)
+            x += _float32(self._shift)
+            with arrays.errstate(x, divide='ignore'):
+                depth = xp.divide(factor, x, out=factor)
             # 1/x for x <= 0 is negative or inf; factor > 0 keeps it out of range.
         else:
-            depth = np.asarray(pred, dtype=np.float32) * np.float32(self._scale)
-            depth += np.float32(self._shift)
+            depth = arrays.astype(pred, np.float32) * _float32(self._scale)
+            depth += _float32(self._shift)
             depth *= factor
         return _depth_limits(depth, cfg.min_depth, cfg.max_depth)
 
-    def _local_grid(self, samples: np.ndarray, z: np.ndarray, uv: np.ndarray,
-                    shape: tuple[int, int], fit: FitResult) -> np.ndarray:
-        """Smoothed ``(rows, cols)`` log-correction of depth relative to this frame's fit."""
+    def _local_grid(self, samples: Array, z: Array, uv: Array, shape: tuple[int, int],
+                    fit: FitResult) -> np.ndarray:
+        """Smoothed ``(rows, cols)`` log-correction of depth relative to this frame's fit (a host
+        array; on a GPU, the kept points' count and the cell means cost two device syncs)."""
         cfg = self.config
+        xp = arrays.namespace(samples)
         rows, cols = cfg.local_grid
         height, width = shape
         fitted = fit.scale * samples + fit.shift
-        with np.errstate(divide='ignore', invalid='ignore'):
+        with arrays.errstate(samples, divide='ignore', invalid='ignore'):
             if cfg.space == 'disparity':
-                log_ratio = np.log(z * fitted)        # log(z / z_fit), z_fit = 1 / fitted
+                log_ratio = xp.log(z * fitted)        # log(z / z_fit), z_fit = 1 / fitted
             else:
-                log_ratio = np.log(z / fitted)
-        use = np.abs(log_ratio) < _LOCAL_MAX_LOG_RATIO    # False for NaN
+                log_ratio = xp.log(z / fitted)
+        use, _ = arrays.selector(xp.abs(log_ratio) < _LOCAL_MAX_LOG_RATIO)    # False for NaN
         log_ratio = log_ratio[use]
-        ci = np.minimum((uv[use, 1] * (rows / height)).astype(np.int64), rows - 1)
-        cj = np.minimum((uv[use, 0] * (cols / width)).astype(np.int64), cols - 1)
+        ci = arrays.minimum(arrays.astype(uv[use, 1] * (rows / height), np.int64), rows - 1)
+        cj = arrays.minimum(arrays.astype(uv[use, 0] * (cols / width), np.int64), cols - 1)
         cell = ci * cols + cj
         n_cells = rows * cols
-        counts = np.bincount(cell, minlength=n_cells)
-        with np.errstate(invalid='ignore', divide='ignore'):
-            mean = np.bincount(cell, log_ratio, n_cells) / counts
+        counts = arrays.sum_by_index(cell, xp.ones_like(log_ratio), n_cells)
+        with arrays.errstate(samples, invalid='ignore', divide='ignore'):
+            mean = arrays.sum_by_index(cell, log_ratio, n_cells) / counts
             for _ in range(2):  # Huber-reweighted cell means
-                err = np.abs(log_ratio - mean[cell])
-                w = np.minimum(1.0, cfg.huber_delta / err)
-                mean = np.bincount(cell, w * log_ratio, n_cells) / np.bincount(cell, w, n_cells)
+                err = xp.abs(log_ratio - mean[cell])
+                w = arrays.minimum(cfg.huber_delta / err, 1.0)
+                mean = (arrays.sum_by_index(cell, w * log_ratio, n_cells)
+                        / arrays.sum_by_index(cell, w, n_cells))
+        mean, counts = arrays.to_host(arrays.stack([mean, counts]))
         mean[~(counts >= cfg.local_min_points) | ~np.isfinite(mean)] = 0.0
         return _smooth_grid(mean.reshape(rows, cols))

@@ -1,7 +1,10 @@
 """Back-project metric depth into camera-frame points and pack them as PointCloud2 bytes.
 
-ROS-free: everything here takes and returns numpy; :mod:`depth_node.packing` puts the result
-into a ``sensor_msgs/PointCloud2``.
+ROS-free: back-projection, the voxel grid and packing take numpy arrays or ``torch.Tensor`` s
+and compute where the data lives (one implementation each, written against
+:mod:`depth_node.arrays`), so a model on CUDA keeps its frame on the device up to the packed
+bytes, which come back in one copy; :mod:`depth_node.packing` puts them into a
+``sensor_msgs/PointCloud2``. torch is never imported here.
 
 Conventions
 -----------
@@ -42,6 +45,9 @@ from typing import Optional, Union
 
 import numpy as np
 
+from depth_node.arrays import (Array, as_array, asarray, astype, bitcast, compress_rows,
+                               contiguous, copy_into, device_of, dtype_name, empty, is_floating,
+                               is_tensor, namespace, put_where, stack, sum_by_index, to_host)
 from depth_node.camera_info import camera_matrix, CameraInfoError
 from depth_node.encodings import POINTFIELD_FLOAT32
 
@@ -92,7 +98,7 @@ class PackedCloud:
 # Back-projection
 
 _RAY_CACHE_SIZE = 8
-_ray_cache: 'OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]' = OrderedDict()
+_ray_cache: 'OrderedDict[tuple, tuple[Array, Array]]' = OrderedDict()
 _ray_lock = threading.Lock()
 
 
@@ -110,13 +116,16 @@ def _check_stride(stride: int) -> int:
     return int(stride)
 
 
-def _rays(height: int, width: int, K: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``((u - cx) / fx, (v - cy) / fy)`` for the sampled columns and rows, float32.
+def _rays(height: int, width: int, K: np.ndarray, stride: int,
+          like: Array) -> tuple[Array, Array]:
+    """Return ``((u - cx) / fx, (v - cy) / fy)`` for the sampled columns and rows, float32,
+    of ``like``'s kind and device (computed in float64 on the host, then cast and moved).
 
-    Cached per (shape, K, stride) in a small LRU: intrinsics rarely change between frames.
-    Skew (K[0, 1]) is ignored, as depth_image_proc does.
+    Cached per (shape, K, stride, kind and device) in a small LRU: intrinsics rarely change
+    between frames, and a device keeps its copy. Skew (K[0, 1]) is ignored, as
+    depth_image_proc does.
     """
-    key = (height, width, stride, K.tobytes())
+    key = (height, width, stride, K.tobytes(), device_of(like) if is_tensor(like) else 'numpy')
     with _ray_lock:
         hit = _ray_cache.get(key)
         if hit is not None:
@@ -125,8 +134,11 @@ def _rays(height: int, width: int, K: np.ndarray, stride: int) -> tuple[np.ndarr
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     rx = ((np.arange(0, width, stride, dtype=np.float64) - cx) / fx).astype(np.float32)
     ry = ((np.arange(0, height, stride, dtype=np.float64) - cy) / fy).astype(np.float32)
-    rx.flags.writeable = False
-    ry.flags.writeable = False
+    if is_tensor(like):
+        rx, ry = asarray(rx, like=like), asarray(ry, like=like)
+    else:
+        rx.flags.writeable = False
+        ry.flags.writeable = False
     with _ray_lock:
         _ray_cache[key] = (rx, ry)
         while len(_ray_cache) > _RAY_CACHE_SIZE:
@@ -134,28 +146,21 @@ def _rays(height: int, width: int, K: np.ndarray, stride: int) -> tuple[np.ndarr
     return rx, ry
 
 
-def _grid_rays(shape: tuple[int, int], K: np.ndarray, stride: int, min_depth: float,
-               max_depth: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """Check the arguments shared by both back-projections; (stride, K, x rays, y rays)."""
-    stride = _check_stride(stride)
-    K = _check_K(K)
-    if math.isnan(min_depth) or math.isnan(max_depth):
-        raise CloudError('min_depth and max_depth must not be NaN')
-    rx, ry = _rays(shape[0], shape[1], K, stride)
-    return stride, K, rx, ry
+def depth_to_points(depth: Array, K: np.ndarray, stride: int = 1, min_depth: float = 0.0,
+                    max_depth: float = float('inf')) -> Array:
+    """Back-project a depth image into camera-optical-frame points, where the depth lives.
 
-
-def depth_to_points(depth: np.ndarray, K: np.ndarray, stride: int = 1, min_depth: float = 0.0,
-                    max_depth: float = float('inf')) -> np.ndarray:
-    """Back-project a depth image into camera-optical-frame points.
+    One implementation for numpy (CPU engines) and ``torch.Tensor`` (a model on CUDA keeps its
+    frame on the device; torch on the CPU in tests): the same float32 products, so every
+    device gives exactly the same values.
 
     Parameters
     ----------
-    depth : np.ndarray
+    depth : np.ndarray or torch.Tensor
         ``(H, W)`` float, metres along the optical z axis; NaN (or any non-finite) is invalid.
     K : np.ndarray
         ``(3, 3)`` camera matrix of this depth image (pixels), e.g. after
-        :func:`depth_node.camera_info.fit_to_image`.
+        :func:`depth_node.camera_info.fit_to_image`; always on the host.
     stride : int
         Keep every ``stride``-th pixel in both directions, starting at pixel 0: the output
         grid is pixels ``u = 0, stride, 2 * stride, ...`` (no averaging).
@@ -165,177 +170,228 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray, stride: int = 1, min_depth
 
     Returns
     -------
-    np.ndarray
-        ``(ceil(H / stride), ceil(W / stride), 3)`` float32 x, y, z in metres, NaN in all
-        three coordinates where the depth is invalid.
+    np.ndarray or torch.Tensor
+        Of ``depth``'s kind and device: ``(ceil(H / stride), ceil(W / stride), 3)`` float32
+        x, y, z in metres, NaN in all three coordinates where the depth is invalid. No device
+        synchronisation.
     """
-    depth = np.asarray(depth)
+    depth = as_array(depth)
     if depth.ndim != 2:
-        raise CloudError(f'depth must be a 2-D (H, W) image, got shape {depth.shape}')
-    if depth.dtype.kind != 'f':
-        raise CloudError(f'depth must be float metres, got dtype {depth.dtype} '
+        raise CloudError(f'depth must be a 2-D (H, W) image, got shape {tuple(depth.shape)}')
+    if not is_floating(depth):
+        raise CloudError(f'depth must be float metres, got dtype {dtype_name(depth)} '
                          '(convert 16UC1 millimetres to metres first)')
-    stride, K, rx, ry = _grid_rays(depth.shape, K, stride, min_depth, max_depth)
+    stride = _check_stride(stride)
+    K = _check_K(K)
+    if math.isnan(min_depth) or math.isnan(max_depth):
+        raise CloudError('min_depth and max_depth must not be NaN')
+    rx, ry = _rays(depth.shape[0], depth.shape[1], K, stride, depth)
+    xp = namespace(depth)
 
     # One contiguous float32 copy of the sampled pixels first: the comparisons below run
-    # about 5x faster on it than on the strided view, and it is ours to write NaN into.
-    z = np.empty((len(ry), len(rx)), dtype=np.float32)
-    np.copyto(z, depth[::stride, ::stride], casting='unsafe')
-    with np.errstate(invalid='ignore'):
-        invalid = z > 0
-        invalid &= z >= min_depth
-        invalid &= z <= max_depth
-        invalid &= np.isfinite(z)
-    np.logical_not(invalid, out=invalid)
-    if invalid.any():
-        np.copyto(z, np.float32(np.nan), where=invalid)
+    # about 5x faster on it than on the strided view (numpy), and it is ours to write NaN into.
+    z = empty((ry.shape[0], rx.shape[0]), np.float32, like=depth)
+    copy_into(z, depth[::stride, ::stride])
+    valid = z > 0
+    valid &= z >= min_depth
+    valid &= z <= max_depth
+    valid &= xp.isfinite(z)
+    put_where(z, xp.logical_not(valid, out=valid), math.nan)
 
-    out = np.empty(z.shape + (3,), dtype=np.float32)
-    np.multiply(z, rx[np.newaxis, :], out=out[..., 0])
-    np.multiply(z, ry[:, np.newaxis], out=out[..., 1])
+    out = empty(tuple(z.shape) + (3,), np.float32, like=z)
+    xp.multiply(z, rx[None, :], out=out[..., 0])
+    xp.multiply(z, ry[:, None], out=out[..., 1])
     out[..., 2] = z
     return out
 
 
-_device_rays: 'OrderedDict[tuple, tuple]' = OrderedDict()
-
-
-def depth_to_points_tensor(depth, K: np.ndarray, stride: int = 1, min_depth: float = 0.0,
-                           max_depth: float = float('inf')):
-    """:func:`depth_to_points` for a ``torch.Tensor`` depth, computed where the tensor lives.
-
-    Used on the GPU so that the cloud is built on the device and comes back in one copy; the
-    arithmetic is the same float32 products, so on any device the values equal
-    :func:`depth_to_points` exactly. torch is imported only when this is called.
-
-    Parameters
-    ----------
-    depth : torch.Tensor
-        ``(H, W)`` float depth in metres along the optical z axis, NaN where invalid.
-    K, stride, min_depth, max_depth
-        As for :func:`depth_to_points`.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(ceil(H / stride), ceil(W / stride), 3)`` float32 x, y, z in metres on
-        ``depth.device``, NaN in all three coordinates where the depth is invalid.
-    """
-    import torch
-
-    if depth.ndim != 2:
-        raise CloudError(f'depth must be a 2-D (H, W) tensor, got shape {tuple(depth.shape)}')
-    if not depth.is_floating_point():
-        raise CloudError(f'depth must be float metres, got dtype {depth.dtype}')
-    stride, K, rx_np, ry_np = _grid_rays(tuple(depth.shape), K, stride, min_depth, max_depth)
-    height, width = depth.shape
-    key = (height, width, stride, K.tobytes(), str(depth.device))
-    with _ray_lock:
-        rays = _device_rays.get(key)
-        if rays is not None:
-            _device_rays.move_to_end(key)
-    if rays is None:
-        rays = (torch.from_numpy(rx_np.copy()).to(depth.device),
-                torch.from_numpy(ry_np.copy()).to(depth.device))
-        with _ray_lock:
-            _device_rays[key] = rays
-            while len(_device_rays) > _RAY_CACHE_SIZE:
-                _device_rays.popitem(last=False)
-    rx, ry = rays
-    z = depth[::stride, ::stride].to(torch.float32)
-    valid = (z > 0) & (z >= min_depth) & (z <= max_depth) & torch.isfinite(z)
-    z = torch.where(valid, z, torch.full((), float('nan'), device=z.device))
-    return torch.stack([z * rx[None, :], z * ry[:, None], z], dim=-1)
-
-
-def strided_rgb(rgb: np.ndarray, stride: int) -> np.ndarray:
+def strided_rgb(rgb: Array, stride: int) -> Array:
     """Sample an ``(H, W, 3)`` colour image on the same grid as :func:`depth_to_points`.
 
-    Returns a (non-copying) view of shape ``(ceil(H / stride), ceil(W / stride), 3)``.
+    Returns a (non-copying) view of shape ``(ceil(H / stride), ceil(W / stride), 3)``, of
+    ``rgb``'s kind and device (numpy or ``torch.Tensor``).
     """
-    rgb = np.asarray(rgb)
+    rgb = as_array(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise CloudError(f'rgb must be (H, W, 3), got shape {rgb.shape}')
+        raise CloudError(f'rgb must be (H, W, 3), got shape {tuple(rgb.shape)}')
     stride = _check_stride(stride)
     return rgb[::stride, ::stride]
 
 
 # --------------------------------------------------------------------------------------------
-# Packing
+# Voxel grid
 
-def _as_v12(xyz: np.ndarray) -> np.ndarray:
-    """View C-contiguous ``(..., 3)`` little-endian float32 points as a 1-D array of 12-byte items.
-
-    Copying one 12-byte item per point is about 3x faster in numpy than copying 3 floats.
-    """
-    return xyz.view(np.uint8).reshape(-1, 12).view('V12').reshape(-1)
+_MAX_VOXEL_KEYS = 2 ** 62
+"""The most voxels the bounding box of one cloud may span (int64 keys, no overflow)."""
 
 
-def pack_cloud(xyz: np.ndarray, rgb: Optional[np.ndarray] = None,
-               organized: bool = True) -> PackedCloud:
-    """Lay out points (and colours) as PointCloud2 data.
+def _check_voxel_size(voxel_size: float) -> float:
+    if isinstance(voxel_size, bool) or not (math.isfinite(voxel_size) and voxel_size > 0):
+        raise CloudError(f'voxel_size must be a finite number of metres > 0, got '
+                         f'{voxel_size!r}')
+    return float(voxel_size)
+
+
+def voxel_downsample(xyz: Array, voxel_size: float,
+                     rgb: Optional[Array] = None) -> tuple[Array, Optional[Array]]:
+    """One point per occupied voxel: the centroid of the finite points in it.
+
+    The voxels are the cubes ``[i, i + 1) * voxel_size`` (and likewise for y and z) of the
+    points' own frame (the camera optical frame): voxel ``(i, j, k) = floor(p / voxel_size)``,
+    computed in float64. The centroid (the mean of the voxel's points, as PCL's ``VoxelGrid``
+    and Open3D's ``voxel_down_sample``) averages the depth noise of the points it replaces and
+    lies inside their voxel; its colour is the mean colour of the same points, rounded. One
+    implementation for numpy and ``torch.Tensor`` (sort-based ``unique`` and index sums):
+    the same voxels in the same order on every device; the centroids are float64 sums cast to
+    float32, equal across devices up to the summation order (a float32 ulp at most).
 
     Parameters
     ----------
-    xyz : np.ndarray
+    xyz : np.ndarray or torch.Tensor
+        ``(..., 3)`` float points in metres (e.g. ``(h, w, 3)`` from :func:`depth_to_points`);
+        points with any non-finite coordinate are left out.
+    voxel_size : float
+        The voxel's edge in metres, > 0.
+    rgb : np.ndarray or torch.Tensor, optional
+        ``(..., 3)`` uint8 colours aligned with ``xyz`` (moved to ``xyz``'s kind and device).
+
+    Returns
+    -------
+    points : np.ndarray or torch.Tensor
+        ``(M, 3)`` float32 centroids, all finite, one per occupied voxel, in ascending order of
+        voxel ``(i, j, k)`` (lexicographic); of ``xyz``'s kind and device.
+    colors : np.ndarray or torch.Tensor or None
+        ``(M, 3)`` uint8 mean colours, or None without ``rgb``.
+
+    Raises
+    ------
+    CloudError
+        Bad shapes or dtypes, ``voxel_size`` not > 0, or a cloud that spans more than 2**62
+        voxels (a voxel far too small for its extent: use a larger ``voxel_size``).
+    """
+    voxel_size = _check_voxel_size(voxel_size)
+    xyz, rgb = _checked_points(xyz, rgb, '(..., 3)')
+    xp = namespace(xyz)
+    pts = contiguous(xyz.reshape(-1, 3), np.float32)
+    finite = xp.isfinite(pts[:, 0]) & xp.isfinite(pts[:, 1]) & xp.isfinite(pts[:, 2])
+    pts = compress_rows(finite, pts)
+    cols = None if rgb is None else compress_rows(finite, rgb.reshape(-1, 3))
+    if pts.shape[0] == 0:
+        return pts, cols
+
+    # voxel index per axis, each a contiguous 1-D array (reductions along a column are slow)
+    cell = [astype(xp.floor(astype(pts[:, j], np.float64) / voxel_size), np.int64)
+            for j in range(3)]
+    bounds = to_host(stack([c.min() for c in cell] + [c.max() for c in cell]))  # one sync
+    low = [int(b) for b in bounds[:3]]
+    span = [int(hi) - lo + 1 for lo, hi in zip(low, bounds[3:])]
+    if span[0] * span[1] * span[2] > _MAX_VOXEL_KEYS:
+        raise CloudError(f'voxel_size {voxel_size} m is too small for a cloud spanning '
+                         f'{span[0]} x {span[1]} x {span[2]} voxels (more than 2**62): '
+                         'use a larger voxel_size (or limit the range with max_depth)')
+    key = cell[0]  # ((i - i0) * span_j + (j - j0)) * span_k + (k - k0), in place
+    key -= low[0]
+    for axis in (1, 2):
+        key *= span[axis]
+        key += cell[axis]
+        key -= low[axis]
+    _, inverse, counts = xp.unique(key, return_inverse=True, return_counts=True)
+    size = int(counts.shape[0])
+    counts = astype(counts, np.float64)[:, None]
+    points = astype(sum_by_index(inverse, pts, size) / counts, np.float32)
+    colors = None
+    if cols is not None:
+        colors = astype(xp.round(sum_by_index(inverse, cols, size) / counts), np.uint8)
+    return points, colors
+
+
+# --------------------------------------------------------------------------------------------
+# Packing
+
+def _checked_points(xyz: Array, rgb: Optional[Array],
+                    shape: str) -> tuple[Array, Optional[Array]]:
+    """Check float ``xyz`` with a last axis of 3 (and ``(h, w, 3)`` for ``shape``
+    ``'(h, w, 3)'``) and uint8 ``rgb`` of its shape, moved to ``xyz``'s kind and device."""
+    xyz = as_array(xyz)
+    if xyz.ndim < 1 or xyz.shape[-1] != 3 or (shape == '(h, w, 3)' and xyz.ndim != 3):
+        raise CloudError(f'xyz must be {shape}, got shape {tuple(xyz.shape)}')
+    if not is_floating(xyz):
+        raise CloudError(f'xyz must be float, got dtype {dtype_name(xyz)}')
+    if rgb is not None:
+        rgb = asarray(rgb, like=xyz)
+        if tuple(rgb.shape) != tuple(xyz.shape):
+            raise CloudError(f'rgb shape {tuple(rgb.shape)} does not match xyz shape '
+                             f'{tuple(xyz.shape)}')
+        if dtype_name(rgb) != 'uint8':
+            raise CloudError(f'rgb must be uint8, got dtype {dtype_name(rgb)}')
+    return xyz, rgb
+
+
+def pack_cloud(xyz: Array, rgb: Optional[Array] = None, organized: bool = True,
+               voxel_size: float = 0.0) -> PackedCloud:
+    """Lay out points (and colours) as PointCloud2 data, where they live, then on the host.
+
+    One implementation for numpy and ``torch.Tensor``: the point records are built as one
+    contiguous uint8 buffer on the points' device, then copied to the host once (no copy for
+    numpy); the bytes are the same on every device.
+
+    Parameters
+    ----------
+    xyz : np.ndarray or torch.Tensor
         ``(h, w, 3)`` float points in metres, NaN where invalid (from :func:`depth_to_points`).
-    rgb : np.ndarray, optional
-        ``(h, w, 3)`` uint8 colours aligned with ``xyz`` (see :func:`strided_rgb`).
+    rgb : np.ndarray or torch.Tensor, optional
+        ``(h, w, 3)`` uint8 colours aligned with ``xyz`` (see :func:`strided_rgb`); moved to
+        ``xyz``'s kind and device when it is of another.
     organized : bool
         True: ``height = h``, ``width = w``, every point kept (NaN included),
         ``is_dense = False`` as depth_image_proc publishes. False: ``height = 1``, only points
         with finite x, y and z, ``is_dense = True``.
+    voxel_size : float
+        Metres; > 0: one point per occupied voxel (:func:`voxel_downsample`: the centroid,
+        coloured with the mean colour), an unorganized cloud (needs ``organized=False``).
+        0: every point.
 
     Returns
     -------
     PackedCloud
-        12-byte points (xyz) or 16-byte points (xyz + rgb), see the module docstring. For an
-        organized xyz cloud from a C-contiguous float32 ``xyz``, ``data`` is a view of ``xyz``
-        (no copy); :func:`depth_node.packing.set_uint8_data` copies it into the message.
+        12-byte points (xyz) or 16-byte points (xyz + rgb), see the module docstring;
+        ``data`` is a numpy array on the host. For an organized xyz cloud from a C-contiguous
+        float32 numpy ``xyz`` (or CPU tensor), ``data`` is a view of ``xyz`` (no copy);
+        :func:`depth_node.packing.set_uint8_data` copies it into the message.
     """
-    xyz = np.asarray(xyz)
-    if xyz.ndim != 3 or xyz.shape[2] != 3:
-        raise CloudError(f'xyz must be (h, w, 3), got shape {xyz.shape}')
-    if xyz.dtype.kind != 'f':
-        raise CloudError(f'xyz must be float, got dtype {xyz.dtype}')
-    h, w = xyz.shape[:2]
-    if rgb is not None:
-        rgb = np.asarray(rgb)
-        if rgb.shape != xyz.shape:
-            raise CloudError(f'rgb shape {rgb.shape} does not match xyz shape {xyz.shape}')
-        if rgb.dtype != np.uint8:
-            raise CloudError(f'rgb must be uint8, got dtype {rgb.dtype}')
-    xyz = np.ascontiguousarray(xyz, dtype='<f4')
+    xyz, rgb = _checked_points(xyz, rgb, '(h, w, 3)')
+    if voxel_size != 0:
+        voxel_size = _check_voxel_size(voxel_size)
+        if organized:
+            raise CloudError('a voxel-downsampled cloud is unorganized: pass organized=False '
+                             '(cloud.organized false) with voxel_size > 0')
+        points, colors = voxel_downsample(xyz, voxel_size, rgb)
+        xyz, rgb = points[None], None if colors is None else colors[None]
+    h, w = int(xyz.shape[0]), int(xyz.shape[1])
     n = h * w
-    keep = None
-    if not organized:
-        keep = (np.isfinite(xyz[..., 0]) & np.isfinite(xyz[..., 1])
-                & np.isfinite(xyz[..., 2])).reshape(n)
+    xyz = contiguous(xyz, '<f4')
+    records = bitcast(xyz, np.uint8).reshape(n, POINT_STEP_XYZ)
+    colors = None if rgb is None else rgb.reshape(n, 3)
+    if not organized and not voxel_size:  # a voxel cloud is finite already
+        xp = namespace(xyz)
+        keep = (xp.isfinite(xyz[..., 0]) & xp.isfinite(xyz[..., 1])
+                & xp.isfinite(xyz[..., 2])).reshape(n)
+        records = compress_rows(keep, records)
+        colors = None if colors is None else compress_rows(keep, colors)
 
-    if rgb is None:
+    if colors is None:
         fields, step = _XYZ_FIELDS, POINT_STEP_XYZ
-        points = _as_v12(xyz)
-        if keep is not None:
-            points = np.compress(keep, points)
-        data = points.view(np.uint8)
     else:
         fields, step = _XYZRGB_FIELDS, POINT_STEP_XYZRGB
-        rgb = rgb.reshape(n, 3)
-        points = _as_v12(xyz)
-        if keep is not None:
-            points = np.compress(keep, points)
-            rgb = np.compress(keep, np.ascontiguousarray(rgb).view('V3').reshape(n))
-            rgb = rgb.view(np.uint8).reshape(-1, 3)
-        m = points.shape[0]
-        buf = np.empty((m, 4), dtype='<f4')
-        buf.view(np.uint8).reshape(m, step)[:, :12].view('V12')[:, 0] = points
-        words = buf.view('<u4')
-        words[:, 3] = 0
-        octets = buf.view(np.uint8).reshape(m, step)
-        octets[:, 12] = rgb[:, 2]  # uint32 0x00RRGGBB, little-endian: blue is the lowest byte
-        octets[:, 13] = rgb[:, 1]
-        octets[:, 14] = rgb[:, 0]
-        data = buf.view(np.uint8).reshape(-1)
+        m = int(records.shape[0])
+        buf = empty((m, step), np.uint8, like=records)
+        copy_into(buf[:, :POINT_STEP_XYZ], records)
+        buf[:, 12] = colors[:, 2]  # uint32 0x00RRGGBB, little-endian: blue is the lowest byte
+        buf[:, 13] = colors[:, 1]
+        buf[:, 14] = colors[:, 0]
+        buf[:, 15] = 0
+        records = buf
+    data = to_host(records.reshape(-1))  # the one copy from a device
 
     if organized:
         height, width, dense = h, w, False

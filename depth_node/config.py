@@ -196,6 +196,12 @@ PARAMS: tuple[ParamSpec, ...] = (
               "torch >= 2.12 (its capture fix), else off; 'on'; 'off' (true / false are read "
               'as on / off). Ignored on CPU.',
               choices=('auto', 'on', 'off'), accepts_bool=True),
+    ParamSpec('model.keep_on_device', 'auto', 'Where the work after the forward pass runs '
+              '(LiDAR projection and fit, flying pixels and confidence, the cloud): '
+              "'auto': on the model's device when that is CUDA (one copy back per published "
+              "message), else on the CPU; 'on': always where the model's output is (torch, "
+              "also on the CPU); 'off': on the CPU (numpy).",
+              choices=('auto', 'on', 'off'), accepts_bool=True),
     ParamSpec('model.warmup', True, 'Run two dummy frames at startup (batch 1 and the batch of '
               'all input.cameras; smaller batches are padded to those) so the first real frame '
               'is not slow.'),
@@ -247,6 +253,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('cloud.organized', True, 'Organized cloud (height x width of the strided grid, '
               'is_dense false, NaN kept) or unorganized (finite points only).',
               read_only=False),
+    ParamSpec('cloud.voxel_size', 0.0, 'Voxel grid for costmaps (metres; 0 = off): > 0 '
+              'publishes one point per occupied voxel of the strided cloud, the centroid of '
+              'its points (mean colour), an unorganized, NaN-free cloud (is_dense true); '
+              'needs cloud.organized false.', read_only=False, min=0.0, max=10.0),
     ParamSpec('cloud.color', False, 'Add a packed rgb field from the camera image.',
               read_only=False),
     ParamSpec('cloud.min_confidence', 0.0, 'depth/points: points whose depth/confidence is '
@@ -449,6 +459,9 @@ def cross_check(values: dict[str, Any], no_tf2: str = '') -> list[str]:
     errors = []
     if values['cloud.max_depth'] <= values['cloud.min_depth']:
         errors.append('cloud.max_depth must be greater than cloud.min_depth')
+    if values['cloud.voxel_size'] > 0 and values['cloud.organized']:
+        errors.append('cloud.voxel_size > 0 publishes an unorganized cloud (one point per '
+                      'voxel): set cloud.organized false, or cloud.voxel_size 0.0')
     cues = ('discontinuity', 'lidar', 'temporal', 'model')
     if values['cloud.min_confidence'] > 0 and not any(values[f'confidence.{c}'] for c in cues):
         errors.append('cloud.min_confidence gates depth/points by depth/confidence, but every '

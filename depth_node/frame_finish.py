@@ -1,6 +1,10 @@
 """Everything after the network for one frame, ROS-free: LiDAR fit, temporal stability, flying
 pixels, confidence, depth, camera_info, cloud and colour image, each handed to a sink.
 
+The same code runs on numpy arrays (on the CPU) and on torch tensors (a frame the pipeline keeps
+on the model's device, :attr:`depth_node.frame_pipeline.FramePipeline.on_device`): a tensor
+output is copied back once, when it is handed to the sink, so a sink always gets numpy arrays.
+
 The second half of :class:`depth_node.frame_pipeline.FramePipeline` (which runs the first: the
 frame's arrival and the network) and what a camera keeps between frames
 (:class:`CameraState`).
@@ -17,6 +21,7 @@ import numpy as np
 from depth_node import config as cfg
 from depth_node import prompt as pr
 from depth_node.alignment import Aligner, AlignerConfig, Alignment
+from depth_node.arrays import is_tensor, namespace, to_host
 from depth_node.camera_info import CameraInfoError, fit_to_image, Intrinsics
 from depth_node.cloud import depth_to_points, pack_cloud, strided_rgb
 from depth_node.colormap import colorize
@@ -185,6 +190,8 @@ class FrameFinisher:
             if key == 'problem':
                 out.problems.append(value)
             else:
+                if is_tensor(value):  # the one copy back of a device output
+                    value = to_host(value)
                 out.values[key] = value
             sink(key, value)
 
@@ -221,7 +228,7 @@ class FrameFinisher:
         if metric is None and self.is_metric and wanted & {'depth', 'points', 'colored',
                                                            'confidence'}:
             # a metric model's own depth; LiDAR only refines it (depth/alignment says whether)
-            metric = np.where(prediction > 0, prediction, np.float32(np.nan))
+            metric = namespace(prediction).where(prediction > 0, prediction, math.nan)
             if temporal:  # metric output: scale only
                 metric = self._stabilize(state, metric, frame, False, emit)
                 frame.points = None  # built with the forward from the unscaled depth
@@ -252,7 +259,7 @@ class FrameFinisher:
                 emit('points', self._cloud(metric, intr, frame, checked.removed))
                 timer.mark('cloud')
         if 'colored' in wanted:
-            emit('colored', colorize(shown if shown is not None else prediction,
+            emit('colored', colorize(to_host(shown if shown is not None else prediction),
                                      invert=metric is None))
             timer.mark('colored')
         return out
@@ -294,14 +301,16 @@ class FrameFinisher:
             xyz = depth_to_points(depth, intr.K, stride=stride, min_depth=c['cloud.min_depth'],
                                   max_depth=c['cloud.max_depth'])
         elif removed is not None:
-            xyz = xyz.copy()  # built with the forward, before the pixels were removed
+            xyz = xyz.copy()  # built with the forward, before the pixels were removed (numpy:
+            # on the device the cloud is built here, never with the forward)
         if removed is not None:
             xyz[removed[::stride, ::stride]] = np.nan
         colors = None
         rgb = frame.rgb
         if c['cloud.color'] and rgb is not None and rgb.shape[:2] == depth.shape:
             colors = strided_rgb(rgb, stride)
-        return pack_cloud(xyz, colors, organized=c['cloud.organized'])
+        return pack_cloud(xyz, colors, organized=c['cloud.organized'],
+                          voxel_size=c['cloud.voxel_size'])
 
     def _align(self, frame: Frame, state: CameraState, intr: Optional[Intrinsics],
                scan: Optional[Scan], lookup_tf: Optional[Callable],
@@ -329,7 +338,9 @@ class FrameFinisher:
                 try:
                     window = c['lidar.occlusion_window']
                     uv, z = prepare_points(scan[2], T, intr, width, height,
-                                           occlusion_window=window)
+                                           occlusion_window=window,
+                                           device=prediction.device if is_tensor(prediction)
+                                           else None)
                     if len(z) < c['lidar.min_points']:  # say which step lost them
                         why = projection_counts(scan[2], T, intr, width, height,
                                                 window).explain(c['lidar.min_points'], source)

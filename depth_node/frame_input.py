@@ -15,6 +15,7 @@ import numpy as np
 
 from depth_node import config as cfg
 from depth_node import prompt as pr
+from depth_node.arrays import Array
 from depth_node.camera_info import Intrinsics, intrinsics_from_fields
 from depth_node.image_codec import (
     decode_compressed, decode_image, decode_relative_depth, ImageDecodeError, limit_pixels,
@@ -71,7 +72,9 @@ class Frame:
     ``rgb`` is the network input ((H, W, 3) uint8, after ``input.max_pixels``), None for a
     ``relative`` frame; ``src_w`` x ``src_h`` is the image as received (pixels), which its
     camera_info describes. After :meth:`FramePipeline.forward`, ``prediction`` holds the network
-    output ((H, W) float32 at the size of ``rgb``) and ``points`` the cloud built with it, if any.
+    output ((H, W) float32 at the size of ``rgb``) and ``points`` the cloud built with it, if any:
+    numpy arrays, or ``torch.Tensor`` s on the model's device when the pipeline keeps the frame
+    there (:attr:`FramePipeline.on_device`; then no ``points``, the finish builds the cloud).
     """
 
     kind: str
@@ -79,12 +82,12 @@ class Frame:
     rgb: Optional[np.ndarray] = None
     src_w: int = 0
     src_h: int = 0
-    prediction: Optional[np.ndarray] = None
+    prediction: Optional[Array] = None
     points: Optional[np.ndarray] = None
     prompt: Optional[pr.PromptCheck] = None  # with prompt.source: its depth prompt
     prompt_points: int = 0  # LiDAR points projected for the prompt
     focal: Optional[tuple[float, float]] = None  # (fx, fy) pixels of rgb: a needs_focal model
-    confidence: Optional[np.ndarray] = None  # the model's own (H, W) confidence, if it has one
+    confidence: Optional[Array] = None  # the model's own (H, W) confidence, if it has one
 
     @property
     def stamp(self) -> float:

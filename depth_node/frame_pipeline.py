@@ -269,7 +269,12 @@ class FramePipeline:
             from depth_node.estimator.device import error_text, is_device_lost  # with the model
 
             key = 'device_lost' if is_device_lost(exc) else 'forward_failed'
-            reporter.report(Problem(key, f'{type(exc).__name__}: {error_text(exc)}'))
+            outage = getattr(exc, 'outage', None)  # a model server not answering: its frames
+            if outage is not None:
+                key = 'server_down'
+            reporter.report(Problem(key, f'{type(exc).__name__}: {error_text(exc)}',
+                                    n=len(group) if outage is not None else 1,
+                                    group=f'outage {outage}' if outage is not None else ''))
             return result
         reporter.forward_ok()
         reporter.count('forward_passes')
@@ -378,6 +383,18 @@ class FramePipeline:
         return self.decoder.decode(kind, msg)
 
     # ---------------------------------------------------------------- network
+    @property
+    def on_device(self) -> bool:
+        """Whether a frame's work after the forward pass (LiDAR fit, quality, cloud) runs where
+        the model's output is, as torch tensors, copied back once per published message
+        (``model.keep_on_device``: ``auto`` when the model runs on CUDA). Models that take a
+        depth prompt run on their slow path and give numpy arrays anyway."""
+        est = self.estimator
+        setting = self.config['model.keep_on_device']
+        if est is None or setting == 'off' or getattr(est, 'takes_prompt', False):
+            return False
+        return setting == 'on' or getattr(getattr(est, 'device', None), 'type', '') == 'cuda'
+
     def _cloud_K(self, frame: Frame, state: CameraState) -> Optional[np.ndarray]:
         """The camera matrix to build the cloud with the forward pass, or None: only a metric
         model's own depth (no LiDAR correction to apply first) whose camera_info fits."""
@@ -429,7 +446,7 @@ class FramePipeline:
         """
         try:
             c = self.config
-            Ks = [self._cloud_K(f, s) if want else None
+            Ks = [self._cloud_K(f, s) if want and not self.on_device else None
                   for f, s, want in zip(frames, states, want_points)]
             clouds = [None if K is None else {
                 'K': K, 'stride': c['cloud.stride'], 'min_depth': c['cloud.min_depth'],
@@ -441,7 +458,11 @@ class FramePipeline:
             if self.needs_focal:  # the focal lengths make its output metric (run_batch set them)
                 one['focal'] = frames[0].focal
                 many['focals'] = [f.focal for f in frames]
-            if len(frames) == 1 and clouds[0] is not None:
+            if self.on_device:  # the outputs stay there; finish builds the cloud there
+                result = self.estimator.predict_batch([f.rgb for f in frames], on_device=True,
+                                                      **many)
+                predictions, points = list(result.depth), [None] * len(frames)
+            elif len(frames) == 1 and clouds[0] is not None:
                 one.pop('focal', None)  # predict_points takes it from K
                 result = self.estimator.predict_points(frames[0].rgb, **clouds[0], **one)
                 predictions, points = [result.depth], [result.points]
@@ -454,7 +475,8 @@ class FramePipeline:
                 predictions, points = list(result.depth), result.points or [None] * len(frames)
             confidence = getattr(result, 'confidence', None)
             confidences = ([None] * len(frames) if confidence is None else
-                           [confidence] if len(frames) == 1 else list(confidence))
+                           [confidence] if len(frames) == 1 and not self.on_device
+                           else list(confidence))
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
             return ForwardResult(error=exc)
         for frame, prediction, xyz, conf in zip(frames, predictions, points, confidences):

@@ -5,6 +5,12 @@ The algorithms are :mod:`depth_node.quality`'s; this module applies them with th
 parameters to one camera's frames, keeping what they need between frames
 (:class:`QualityState`). :meth:`depth_node.frame_pipeline.FramePipeline.finish` calls
 :func:`stabilize` on the prediction, then :func:`assess` on the depth it publishes.
+
+Both take numpy arrays (CPU engines) or ``torch.Tensor`` s on any device (a model on CUDA: the
+frame stays there) and return the same kind on the same device; nothing frame-sized comes back
+to the host (the stabiliser's fit reads a 1/16 subsample, the LiDAR cue syncs to pick its
+usable points; see :mod:`depth_node.quality`). The caller copies back what it publishes
+(``depth_node.arrays.to_host``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from depth_node import quality as q
+from depth_node.arrays import Array, put_where
 
 CUES = ('discontinuity', 'lidar', 'temporal', 'model')
 """The confidence cues, each switched by ``confidence.<cue>``."""
@@ -26,13 +33,14 @@ class QualityState:
     depth-like image it published last (the temporal confidence cue compares with it)."""
 
     stabilizer: Optional[q.TemporalStabilizer] = None
-    previous: Optional[np.ndarray] = None
+    previous: Optional[Array] = None  # of the kind and device of the frames
     previous_metric: bool = False  # whether previous is metric depth (else relative)
 
 
 @dataclass
 class Assessment:
-    """:func:`assess`'s result for one frame.
+    """:func:`assess`'s result for one frame; every array of the kind and on the device of the
+    depth handed in (numpy, or a tensor).
 
     ``depth``: the depth-like image to publish ((H, W) float32; flying pixels NaN when they were
     removed). ``removed``: (H, W) bool, the pixels the cloud must drop (flying pixels, and
@@ -40,18 +48,20 @@ class Assessment:
     in [0, 1], NaN where ``depth`` is invalid, or None when not computed.
     """
 
-    depth: np.ndarray
-    removed: Optional[np.ndarray] = None
-    confidence: Optional[np.ndarray] = None
+    depth: Array
+    removed: Optional[Array] = None
+    confidence: Optional[Array] = None
 
 
-def stabilize(config: Any, state: QualityState, values: np.ndarray, stamp: float,
-              shift: bool) -> tuple[np.ndarray, Optional[q.StabilizerInfo]]:
-    """``values`` ((H, W) float32: metric depth in metres, or the relative prediction) held to
-    the camera's previous frames when ``temporal.enabled`` (``shift``: fit scale and shift, for
-    relative output; else scale only); unchanged otherwise (and the state dropped).
+def stabilize(config: Any, state: QualityState, values: Array, stamp: float,
+              shift: bool) -> tuple[Array, Optional[q.StabilizerInfo]]:
+    """``values`` ((H, W) float32: metric depth in metres, or the relative prediction; numpy or
+    a tensor on any device) held to the camera's previous frames when ``temporal.enabled``
+    (``shift``: fit scale and shift, for relative output; else scale only); unchanged otherwise
+    (and the state dropped).
 
-    Returns the values to publish and what the stabiliser did (None when it is off).
+    Returns the values to publish (of ``values``' kind and device; a new array when the
+    stabiliser is on) and what the stabiliser did (None when it is off).
     """
     if not config['temporal.enabled']:
         state.stabilizer = None
@@ -63,22 +73,24 @@ def stabilize(config: Any, state: QualityState, values: np.ndarray, stamp: float
     return state.stabilizer.update(values, stamp)
 
 
-def assess(config: Any, state: QualityState, depth: np.ndarray, metric: bool,
+def assess(config: Any, state: QualityState, depth: Array, metric: bool,
            want_confidence: bool, want_gate: bool, lidar: Optional[tuple] = None,
-           model_confidence: Optional[np.ndarray] = None) -> Assessment:
+           model_confidence: Optional[Array] = None) -> Assessment:
     """Flying pixels and confidence of one frame's depth-like image ``depth`` ((H, W) float32,
-    metres when ``metric``, else the relative prediction). Flying pixels are written into it
-    as NaN, in place: metric depth is always a fresh array (the LiDAR fit's, the stabiliser's
-    or ``np.where``'s); relative output is never filtered, so the prediction is not touched).
+    metres when ``metric``, else the relative prediction; numpy, or a tensor on any device:
+    the result is of its kind and on its device). Flying pixels are written into it as NaN,
+    in place: metric depth is always a fresh array (the LiDAR fit's, the stabiliser's or
+    ``np.where``'s); relative output is never filtered, so the prediction is not touched).
 
     ``filter.edges`` makes flying pixels NaN in metric depth (relative output keeps every pixel:
     its confidence says where they are). The confidence is computed when ``want_confidence``
     (someone takes ``depth/confidence``) or ``want_gate`` (the cloud is gated by
     ``cloud.min_confidence``), from the cues ``confidence.*`` switches on: ``discontinuity``,
     ``lidar`` (``lidar``: the projected scan's ``(uv, z)``, pixels and metres, that the depth
-    was fitted to), ``temporal`` (against the previous frame's image of this camera) and
-    ``model`` (``model_confidence``, the network's own). The image is kept for the next frame's
-    temporal cue.
+    was fitted to; numpy or tensors), ``temporal`` (against the previous frame's image of this
+    camera) and ``model`` (``model_confidence``, the network's own, (H, W); numpy or a tensor).
+    Both are brought to ``depth``'s device when they are elsewhere. The image is kept for the
+    next frame's temporal cue.
     """
     c = config
     cues_on = {cue for cue in CUES if c[f'confidence.{cue}']}
@@ -93,10 +105,10 @@ def assess(config: Any, state: QualityState, depth: np.ndarray, metric: bool,
         residuals = q.lidar_residuals(depth, *lidar)  # before flying pixels go
     if edges:
         removed = q.flying_pixel_mask(depth, c['filter.edge_threshold'], spread=spread)
-        depth[removed] = np.nan
+        put_where(depth, removed, np.nan)
     confidence = None
     if need_conf:
-        cues: dict[str, Optional[np.ndarray]] = {}
+        cues: dict[str, Optional[Array]] = {}
         if 'discontinuity' in cues_on:
             cues['discontinuity'] = q.discontinuity_confidence(depth, spread=spread)
         if residuals is not None:

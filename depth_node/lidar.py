@@ -1,9 +1,11 @@
 """LiDAR points into the camera image: PointCloud2 decoding, projection, occlusion filtering.
 
-ROS-free: everything takes and returns numpy. Frames follow REP 103/105: points are read in the
-LiDAR frame, ``T_camera_lidar`` maps them into the camera optical frame (z forward, x right,
-y down), and pixel coordinates follow OpenCV: the centre of pixel ``(row, col)`` is at
-``(u, v) = (col, row)``.
+ROS-free. The decoding takes and returns numpy; the projection and the occlusion filter are
+written once against :mod:`depth_node.arrays` and run on numpy or, for a model on a GPU, on
+``torch.Tensor`` s on its device (``prepare_points(..., device=...)``). Frames follow REP
+103/105: points are read in the LiDAR frame, ``T_camera_lidar`` maps them into the camera
+optical frame (z forward, x right, y down), and pixel coordinates follow OpenCV: the centre of
+pixel ``(row, col)`` is at ``(u, v) = (col, row)``.
 
 Typical use, per scan::
 
@@ -18,11 +20,14 @@ model (the cloud and ``depth/camera_info`` use the same one).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from depth_node import arrays
+from depth_node.arrays import Array
 from depth_node.camera_info import Intrinsics
 from depth_node.encodings import POINTFIELD_DATATYPES, POINTFIELD_FLOAT32, POINTFIELD_FLOAT64
 from depth_node.text import shorten, shorten_values
@@ -154,6 +159,8 @@ def read_points_xyz(fields: Sequence[tuple[str, int, int, int]], point_step: int
 
 
 _MIN_DEPTH = 0.1                  # metres; prepare_points drops nearer points
+Device = Any
+"""Where the projection runs: a ``torch.device``, a string (``'cuda:0'``, ``'cpu'``) or None."""
 
 
 def _check_transform(T: np.ndarray) -> np.ndarray:
@@ -165,41 +172,44 @@ def _check_transform(T: np.ndarray) -> np.ndarray:
     return T
 
 
-def _transform_row(T: np.ndarray, cols: np.ndarray, row: int) -> np.ndarray:
-    """One output coordinate of ``T @ points``, float64 ``(N,)``, from ``(3, N)`` float64 rows.
+def _transform_row(T: np.ndarray, cols: Array, row: int) -> Array:
+    """One output coordinate of ``T @ points``, float64 ``(N,)``, from ``(3, N)`` float64 rows
+    (numpy, or a tensor on any device; ``T`` is the host matrix).
 
     Elementwise on purpose: a BLAS matmul with an inner dimension of 3 is many times slower,
     and much slower still when another process holds a core.
     """
-    r = T[row]
-    out = r[0] * cols[0]
-    out += r[1] * cols[1]
-    out += r[2] * cols[2]
-    out += r[3]
+    r0, r1, r2, r3 = T[row].tolist()  # host floats: scalars to numpy and torch alike
+    out = r0 * cols[0]
+    out += r1 * cols[1]
+    out += r2 * cols[2]
+    out += r3
     return out
 
 
-def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a ``(4, 4)`` rigid or affine transform to ``(N, 3)`` points; float64 ``(N, 3)``."""
+def transform_points(T: np.ndarray, points: Array) -> Array:
+    """Apply a ``(4, 4)`` rigid or affine transform to ``(N, 3)`` points; float64 ``(N, 3)``
+    of the points' kind (numpy, or a tensor on its device)."""
     T = _check_transform(T)
-    points = np.asarray(points)
+    points = arrays.as_array(points)
     if points.ndim != 2 or points.shape[1] != 3:
-        raise LidarError(f'points must be (N, 3), got shape {points.shape}')
-    cols = np.ascontiguousarray(points.T, dtype=np.float64)
-    out = np.empty((points.shape[0], 3))
+        raise LidarError(f'points must be (N, 3), got shape {tuple(points.shape)}')
+    cols = arrays.contiguous(points.T, np.float64)
+    out = arrays.empty((points.shape[0], 3), np.float64, like=cols)
     for row in range(3):
         out[:, row] = _transform_row(T, cols, row)
     return out
 
 
-def project_points(points_cam: np.ndarray, camera: Intrinsics,
-                   min_depth: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def project_points(points_cam: Array, camera: Intrinsics,
+                   min_depth: float = 0.1) -> tuple[Array, Array, Array]:
     """Project points in the camera optical frame into the (distorted) image.
 
     Parameters
     ----------
-    points_cam : np.ndarray
-        ``(N, 3)`` points in the camera optical frame, metres.
+    points_cam : np.ndarray or torch.Tensor
+        ``(N, 3)`` points in the camera optical frame, metres. A tensor is projected on its
+        device and gives tensors there.
     camera : Intrinsics
         Intrinsics and distortion of the image the pixels refer to.
     min_depth : float
@@ -208,32 +218,36 @@ def project_points(points_cam: np.ndarray, camera: Intrinsics,
 
     Returns
     -------
-    uv : np.ndarray
+    uv : np.ndarray or torch.Tensor
         ``(M, 2)`` float64 pixel coordinates in the distorted image, inside the hull of pixel
         centres: ``0 <= u <= width - 1``, ``0 <= v <= height - 1`` (so rounding, flooring and
         bilinear sampling all land on valid pixels).
-    z : np.ndarray
+    z : np.ndarray or torch.Tensor
         ``(M,)`` float64 depth along the optical axis, metres.
-    index : np.ndarray
+    index : np.ndarray or torch.Tensor
         ``(M,)`` int64 indices of the kept points into ``points_cam``.
 
     Points with a normalised radius beyond ``camera.max_radius`` are dropped before distortion:
     there the distortion polynomial is extrapolated and may fold far-off points into the image.
     """
-    pts = np.asarray(points_cam)
+    pts = arrays.as_array(points_cam)
     if pts.ndim != 2 or pts.shape[1] != 3:
-        raise LidarError(f'points must be (N, 3), got shape {pts.shape}')
-    pts = pts.astype(np.float64, copy=False)
+        raise LidarError(f'points must be (N, 3), got shape {tuple(pts.shape)}')
+    pts = arrays.astype(pts, np.float64)
     u, v, z, index = _project(pts[:, 0], pts[:, 1], pts[:, 2], camera, min_depth)
-    return np.stack([u, v], axis=1), z, index
+    return arrays.stack([u, v], axis=1), z, index
 
 
-def _project(x: np.ndarray, y: np.ndarray, z: np.ndarray, camera: Intrinsics,
-             min_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`project_points` on float64 optical-frame columns; returns u, v, z, index."""
-    with np.errstate(invalid='ignore'):
-        index = np.nonzero((z >= min_depth) & (z < np.inf))[0]
-    if index.size < z.size:
+def _project(x: Array, y: Array, z: Array, camera: Intrinsics,
+             min_depth: float) -> tuple[Array, Array, Array, Array]:
+    """:func:`project_points` on float64 optical-frame columns; returns u, v, z, index.
+
+    On a GPU: two device syncs (the in-front and in-image counts), three with distortion.
+    """
+    xp = arrays.namespace(z)
+    with arrays.errstate(z, invalid='ignore'):
+        index = arrays.nonzero((z >= min_depth) & (z < math.inf))
+    if index.shape[0] < z.shape[0]:
         x, y, z = x[index], y[index], z[index]
     inv_z = 1.0 / z
     x = x * inv_z
@@ -241,16 +255,16 @@ def _project(x: np.ndarray, y: np.ndarray, z: np.ndarray, camera: Intrinsics,
     if camera.distorted:
         r2 = x * x + y * y
         keep = r2 <= camera.max_radius ** 2  # False for NaN
-        if not keep.all():
+        if not bool(keep.all()):
             index, z, x, y, r2 = index[keep], z[keep], x[keep], y[keep], r2[keep]
-        D = camera.coefficients
+        D = camera.coefficients.tolist()
         if camera.distortion_model == 'equidistant':
-            r = np.sqrt(r2)
-            theta = np.arctan(r)
+            r = xp.sqrt(r2)
+            theta = xp.arctan(r)
             t2 = theta * theta
             theta_d = theta * (1 + t2 * (D[0] + t2 * (D[1] + t2 * (D[2] + t2 * D[3]))))
-            with np.errstate(invalid='ignore', divide='ignore'):
-                factor = np.where(r > 1e-12, theta_d / r, 1.0)
+            with arrays.errstate(r, invalid='ignore', divide='ignore'):
+                factor = xp.where(r > 1e-12, theta_d / r, 1.0)
             x, y = x * factor, y * factor
         else:  # plumb_bob, rational_polynomial
             k1, k2, p1, p2, k3 = D[:5]
@@ -260,18 +274,18 @@ def _project(x: np.ndarray, y: np.ndarray, z: np.ndarray, camera: Intrinsics,
             xy2 = 2 * x * y
             x, y = (x * radial + p1 * xy2 + p2 * (r2 + 2 * x * x),
                     y * radial + p1 * (r2 + 2 * y * y) + p2 * xy2)
-    K = camera.K
-    u = K[0, 0] * x + K[0, 2]
-    if K[0, 1] != 0:
-        u += K[0, 1] * y
-    v = K[1, 1] * y + K[1, 2]
-    inside = np.nonzero((u >= 0) & (u <= camera.width - 1)
-                        & (v >= 0) & (v <= camera.height - 1))[0]
+    (fx, skew, cx), (_, fy, cy) = camera.K[:2].tolist()
+    u = fx * x + cx
+    if skew != 0:
+        u += skew * y
+    v = fy * y + cy
+    inside = arrays.nonzero((u >= 0) & (u <= camera.width - 1)
+                            & (v >= 0) & (v <= camera.height - 1))
     return u[inside], v[inside], z[inside], index[inside]
 
 
-def occlusion_mask(uv: np.ndarray, z: np.ndarray, width: int, height: int, window: int = 5,
-                   tolerance: float = 0.1) -> np.ndarray:
+def occlusion_mask(uv: Array, z: Array, width: int, height: int, window: int = 5,
+                   tolerance: float = 0.1) -> Array:
     """Reject LiDAR points hidden behind nearer points in the camera's view.
 
     The LiDAR sees surfaces the camera cannot (behind foreground edges); projected, those returns
@@ -285,48 +299,56 @@ def occlusion_mask(uv: np.ndarray, z: np.ndarray, width: int, height: int, windo
 
     Parameters
     ----------
-    uv : np.ndarray
+    uv : np.ndarray or torch.Tensor
         ``(M, 2)`` pixel coordinates inside a ``width`` x ``height`` image.
-    z : np.ndarray
-        ``(M,)`` depths, metres.
+    z : np.ndarray or torch.Tensor
+        ``(M,)`` depths, metres, of ``uv``'s kind and device.
 
     Returns
     -------
-    np.ndarray
-        ``(M,)`` bool, True for points to keep.
+    np.ndarray or torch.Tensor
+        ``(M,)`` bool, True for points to keep, of ``uv``'s kind and device.
     """
-    uv = np.asarray(uv)
-    z = np.asarray(z, dtype=np.float64)
+    uv = arrays.as_array(uv)
+    z = arrays.astype(arrays.as_array(z), np.float64)
     n = z.shape[0]
-    if uv.shape != (n, 2):
-        raise LidarError(f'uv must be (M, 2) matching z (M,), got {uv.shape} and {z.shape}')
+    if tuple(uv.shape) != (n, 2):
+        raise LidarError(f'uv must be (M, 2) matching z (M,), got {tuple(uv.shape)} and '
+                         f'{tuple(z.shape)}')
     return _occlusion_keep(uv[:, 0], uv[:, 1], z, width, height, window, tolerance)
 
 
 _zbuf_local = threading.local()
 
 
-def _zbuf(size: int) -> np.ndarray:
-    """This thread's float64 buffer of ``size`` cells, all +inf (callers restore that)."""
-    zbuf = getattr(_zbuf_local, 'zbuf', None)
-    if zbuf is None or zbuf.size != size:
-        zbuf = _zbuf_local.zbuf = np.full(size, np.inf)
+def _zbuf(size: int, like: Array) -> Array:
+    """This thread's float64 buffer of ``size`` cells for ``like``'s kind and device, all +inf
+    (callers restore that)."""
+    buffers = getattr(_zbuf_local, 'buffers', None)
+    if buffers is None:
+        buffers = _zbuf_local.buffers = {}
+    key = (arrays.is_tensor(like), arrays.device_of(like))
+    zbuf = buffers.get(key)
+    if zbuf is None or zbuf.shape[0] != size:
+        zbuf = buffers[key] = arrays.full((size,), math.inf, np.float64, like=like)
     return zbuf
 
 
-def _occlusion_keep(u: np.ndarray, v: np.ndarray, z: np.ndarray, width: int, height: int,
-                    window: int, tolerance: float = 0.1) -> np.ndarray:
-    """:func:`occlusion_mask` on pixel columns ``u``, ``v`` and float64 depths ``z``."""
+def _occlusion_keep(u: Array, v: Array, z: Array, width: int, height: int,
+                    window: int, tolerance: float = 0.1) -> Array:
+    """:func:`occlusion_mask` on pixel columns ``u``, ``v`` and float64 depths ``z`` (numpy, or
+    tensors on one device: no device sync)."""
+    xp = arrays.namespace(z)
     n = z.shape[0]
     half = int(window) // 2
     if n == 0 or half < 1:
-        return np.ones(n, dtype=bool)
+        return arrays.full((n,), True, bool, like=z)
     rows = (int(height) - 1) // half + 1
     cols = (int(width) - 1) // half + 1
     # Cell of the nearest pixel, shifted by one for a border of +inf cells, so the 3 x 3 minimum
     # needs no edge cases. Flat indices: np.minimum.at is several times faster with them.
-    cu = np.clip((u + 0.5).astype(np.int64) // half, 0, cols - 1) + 1
-    cv = np.clip((v + 0.5).astype(np.int64) // half, 0, rows - 1) + 1
+    cu = xp.clip(arrays.astype(u + 0.5, np.int64) // half, 0, cols - 1) + 1
+    cv = xp.clip(arrays.astype(v + 0.5, np.int64) // half, 0, rows - 1) + 1
     stride = cols + 2
     flat = cv * stride + cu
     size = (rows + 2) * stride
@@ -334,52 +356,54 @@ def _occlusion_keep(u: np.ndarray, v: np.ndarray, z: np.ndarray, width: int, hei
         # Sparse points (a scan against a fine grid): the 3 x 3 minimum at each point's cell
         # from 9 gathers, in this thread's all-inf buffer (no image-sized pass at all), which
         # gets its touched cells back to inf before returning.
-        zbuf = _zbuf(size)
+        zbuf = _zbuf(size, z)
         try:
-            np.minimum.at(zbuf, flat, z)
+            arrays.scatter_min(zbuf, flat, z)
             block_min = zbuf[flat - stride - 1]
             for offset in (-stride, -stride + 1, -1, 0, 1, stride - 1, stride, stride + 1):
-                np.minimum(block_min, zbuf[flat + offset], out=block_min)
+                xp.minimum(block_min, zbuf[flat + offset], out=block_min)
         finally:
-            zbuf[flat] = np.inf
+            zbuf[flat] = math.inf
     else:
-        zbuf = np.full(size, np.inf)
-        np.minimum.at(zbuf, flat, z)
+        zbuf = arrays.full((size,), math.inf, np.float64, like=z)
+        arrays.scatter_min(zbuf, flat, z)
         # Dense points: the 3 x 3 minimum of every cell, as minima of the flat buffer shifted by
         # one cell and by one row: contiguous 1-D passes (several times faster than 2-D slices).
         # Only interior cells are read at the end; their neighbours never wrap across rows.
-        row_min = np.minimum(zbuf[:-2], zbuf[1:-1])    # row_min[i] covers cells i .. i + 2
-        np.minimum(row_min, zbuf[2:], out=row_min)
-        n_block = row_min.size - 2 * stride
-        block_min = np.minimum(row_min[:n_block], row_min[stride:stride + n_block])
-        np.minimum(block_min, row_min[2 * stride:], out=block_min)
+        row_min = xp.minimum(zbuf[:-2], zbuf[1:-1])    # row_min[i] covers cells i .. i + 2
+        xp.minimum(row_min, zbuf[2:], out=row_min)
+        n_block = row_min.shape[0] - 2 * stride
+        block_min = xp.minimum(row_min[:n_block], row_min[stride:stride + n_block])
+        xp.minimum(block_min, row_min[2 * stride:], out=block_min)
         block_min = block_min[flat - stride - 1]
     return block_min >= (1.0 - tolerance) * z
 
 
-def _scan_columns(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: Intrinsics,
-                  out_width: int, out_height: int,
-                  ) -> tuple[np.ndarray, np.ndarray, Intrinsics]:
+def _scan_columns(points_lidar: Array, T_camera_lidar: np.ndarray, camera: Intrinsics,
+                  out_width: int, out_height: int, device: Device = None,
+                  ) -> tuple[Array, np.ndarray, Intrinsics]:
     """Checked inputs of a projection: ``(3, N)`` float64 x, y, z rows (one transposing copy, so
-    every later step is a contiguous 1-D pass), the checked 4x4 transform, and the camera
-    scaled to the output size.
+    every later step is a contiguous 1-D pass) on ``device`` (None: where the points are), the
+    checked 4x4 transform (host), and the camera scaled to the output size.
 
     Raises
     ------
     LidarError
         Points not ``(N, >=3)``, or a transform that is not a rigid 4x4.
     """
-    pts = np.asarray(points_lidar)
+    pts = arrays.as_array(points_lidar)
     if pts.ndim != 2 or pts.shape[1] < 3:
-        raise LidarError(f'points must be (N, 3) or (N, >3), got shape {pts.shape}')
+        raise LidarError(f'points must be (N, 3) or (N, >3), got shape {tuple(pts.shape)}')
     T = _check_transform(T_camera_lidar)
-    cols = np.ascontiguousarray(pts[:, :3].T, dtype=np.float64)
+    # The scan goes up as it is (float32 from read_points_xyz) and is widened there.
+    pts = arrays.to_device(pts, device)
+    cols = arrays.contiguous(pts[:, :3].T, np.float64)
     return cols, T, camera.scaled(out_width, out_height)
 
 
-def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera: Intrinsics,
-                   out_width: int, out_height: int,
-                   occlusion_window: int = 5) -> tuple[np.ndarray, np.ndarray]:
+def prepare_points(points_lidar: Array, T_camera_lidar: np.ndarray, camera: Intrinsics,
+                   out_width: int, out_height: int, occlusion_window: int = 5,
+                   device: Device = None) -> tuple[Array, Array]:
     """LiDAR scan to sparse depth samples in the prediction's pixel grid.
 
     Transforms the points into the camera optical frame, projects them with the camera's
@@ -389,41 +413,52 @@ def prepare_points(points_lidar: np.ndarray, T_camera_lidar: np.ndarray, camera:
 
     Parameters
     ----------
-    points_lidar : np.ndarray
+    points_lidar : np.ndarray or torch.Tensor
         ``(N, 3)`` or ``(N, >3)`` points in the LiDAR frame, metres; columns past the third
         (intensity, ring) are ignored.
     T_camera_lidar : np.ndarray
         ``(4, 4)`` transform mapping LiDAR-frame points into the camera optical frame.
     camera : Intrinsics
         The camera the image was taken with, at its native size.
+    occlusion_window : int
+        Pixels, see :func:`occlusion_mask`.
+    device : torch.device or str, optional
+        Where the work runs: None keeps it where the points are (numpy in, numpy out); a
+        device (``'cuda:0'``, ``'cpu'``) uploads the scan once, as it is, and runs the
+        transform, culling, projection and occlusion filter there, in float64 as on the host
+        (same points, same order, same values to rounding). On a GPU that costs five device
+        syncs (six with distortion): the upload, and the counts of the culled, in-front,
+        in-image and visible points.
 
     Returns
     -------
-    uv : np.ndarray
-        ``(M, 2)`` float32 pixel coordinates in the output image, ``0 <= u <= out_width - 1``.
-    z : np.ndarray
-        ``(M,)`` float32 depth along the optical axis, metres.
+    uv : np.ndarray or torch.Tensor
+        ``(M, 2)`` float32 pixel coordinates in the output image, ``0 <= u <= out_width - 1``;
+        a tensor on ``device`` when one is given (or the points are a tensor).
+    z : np.ndarray or torch.Tensor
+        ``(M,)`` float32 depth along the optical axis, metres, of ``uv``'s kind.
     """
     cols, T, out_camera = _scan_columns(points_lidar, T_camera_lidar, camera, out_width,
-                                        out_height)
+                                        out_height, device)
+    xp = arrays.namespace(cols)
     # Cull a full 360-degree scan on two camera-frame coordinates before computing the third:
     # optical z, then the horizontal field of view (|x| <= max_radius * z).
-    with np.errstate(over='ignore', invalid='ignore'):  # overflow: inf or NaN, dropped below
+    with arrays.errstate(cols, over='ignore', invalid='ignore'):  # overflow: dropped below
         z = _transform_row(T, cols, 2)
         x = _transform_row(T, cols, 0)
-        candidates = np.nonzero((z >= _MIN_DEPTH) & (z < np.inf)
-                                & (np.abs(x) <= out_camera.max_radius * z))[0]
-        if candidates.size < z.size:
+        candidates = arrays.nonzero((z >= _MIN_DEPTH) & (z < math.inf)
+                                    & (xp.abs(x) <= out_camera.max_radius * z))
+        if candidates.shape[0] < z.shape[0]:
             cols, x, z = cols[:, candidates], x[candidates], z[candidates]
         y = _transform_row(T, cols, 1)
         u, v, z, _ = _project(x, y, z, out_camera, _MIN_DEPTH)
-    keep = np.nonzero(_occlusion_keep(u, v, z, out_camera.width, out_camera.height,
-                                      occlusion_window))[0]
-    uv = np.empty((keep.size, 2), dtype=np.float32)
+    keep = arrays.nonzero(_occlusion_keep(u, v, z, out_camera.width, out_camera.height,
+                                          occlusion_window))
+    uv = arrays.empty((keep.shape[0], 2), np.float32, like=u)
     uv[:, 0] = u[keep]
     uv[:, 1] = v[keep]
-    with np.errstate(over='ignore'):  # depths beyond the float32 range become inf (too far)
-        return uv, z[keep].astype(np.float32)
+    with arrays.errstate(z, over='ignore'):  # depths beyond the float32 range: inf (too far)
+        return uv, arrays.astype(z[keep], np.float32)
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,8 @@ class DepthCore:
         self.node.get_logger().info(
             f'{what}: input {c["input.mode"]}{cameras}, model output {kind}, LiDAR '
             f'{"on" if c["lidar.enabled"] else "off"}'
-            + (f', depth prompt from {c["prompt.source"]}' if c['prompt.source'] else ''))
+            + (f', depth prompt from {c["prompt.source"]}' if c['prompt.source'] else '')
+            + (f', per-frame work on {self.estimator.device}' if self.frames.on_device else ''))
 
     def _create_outputs(self) -> None:
         """Every camera's publishers (:data:`depth_node.outputs.OUTPUTS`), ``/diagnostics``

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from depth_node.arrays import Array, as_array, dtype_name, errstate, is_floating, is_tensor, \
+    namespace
 from depth_node.cloud import PackedCloud
 from depth_node.encodings import IMAGE_ENCODINGS
 
@@ -109,7 +111,10 @@ def fill_cloud(msg: Any, cloud: PackedCloud, point_field_type: type) -> None:
 
     Sets ``height``, ``width``, ``fields`` (built with ``point_field_type(name=, offset=,
     datatype=, count=)``, i.e. ``sensor_msgs.msg.PointField``), ``is_bigendian = False``,
-    ``point_step``, ``row_step``, ``data`` and ``is_dense``. Header untouched.
+    ``point_step``, ``row_step``, ``data`` and ``is_dense``. Header untouched. ``cloud.data``
+    is on the host also for a cloud packed from ``torch.Tensor`` s on a GPU
+    (:func:`~depth_node.cloud.pack_cloud` made the one device-to-host copy); this is the one
+    host copy into the message.
     """
     if cloud.data.size != cloud.row_step * cloud.height:
         raise PackingError(f'cloud data has {cloud.data.size} bytes, expected row_step * height '
@@ -125,27 +130,32 @@ def fill_cloud(msg: Any, cloud: PackedCloud, point_field_type: type) -> None:
     set_uint8_data(msg, cloud.data)
 
 
-def depth_to_uint16_mm(depth: np.ndarray) -> np.ndarray:
+def depth_to_uint16_mm(depth: Array) -> Array:
     """Metric depth to a ``16UC1`` image (REP 118 / REP 117).
 
     Parameters
     ----------
-    depth : np.ndarray
-        ``(H, W)`` float metres along the optical axis.
+    depth : np.ndarray or torch.Tensor
+        ``(H, W)`` float metres along the optical axis. A tensor is converted where it lives
+        (a frame kept on the GPU: half the bytes to copy back).
 
     Returns
     -------
-    np.ndarray
-        ``(H, W)`` uint16 millimetres, rounded to nearest. 0 (invalid) where the depth is NaN,
-        infinite, not positive, rounds to 0 mm, or exceeds the 65535 mm the type can hold
-        (never clipped to 65535).
+    np.ndarray or torch.Tensor
+        ``(H, W)`` uint16 millimetres, rounded to nearest (the same kind and device as
+        ``depth``). 0 (invalid) where the depth is NaN, infinite, not positive, rounds to 0 mm,
+        or exceeds the 65535 mm the type can hold (never clipped to 65535).
     """
-    d = np.asarray(depth)
-    if d.dtype.kind != 'f':
-        raise PackingError(f'depth must be float metres, got dtype {d.dtype}')
-    with np.errstate(invalid='ignore', over='ignore'):
-        mm = np.rint(d * np.float32(1000.0))
+    d = as_array(depth)
+    if not is_floating(d):
+        raise PackingError(f'depth must be float metres, got dtype {dtype_name(d)}')
+    xp = namespace(d)
+    with errstate(d, invalid='ignore', over='ignore'):
+        mm = xp.round(d * 1000.0)  # half to even, as np.rint; float32 stays float32
         valid = (mm > 0) & (mm <= 65535)  # NaN compares false
+    if is_tensor(d):
+        # torch has no uint16 arithmetic on every device: int32, then the 16-bit pattern
+        return xp.where(valid, mm, 0).to(xp.int32).to(xp.uint16)
     out = np.zeros(d.shape, dtype=np.uint16)
     np.copyto(out, mm, casting='unsafe', where=valid)
     return out

@@ -464,7 +464,7 @@ def test_predict_points_equals_host_back_projection(estimator, frames):
 
 
 def test_depth_to_points_tensor_matches_numpy():
-    from depth_node.cloud import CloudError, depth_to_points, depth_to_points_tensor
+    from depth_node.cloud import CloudError, depth_to_points
 
     rng = np.random.default_rng(3)
     depth = rng.uniform(-1.0, 30.0, (37, 53)).astype(np.float32)
@@ -472,10 +472,10 @@ def test_depth_to_points_tensor_matches_numpy():
     depth[1, 1] = np.inf
     K = np.array([[40.0, 0.0, 26.0], [0.0, 41.0, 18.5], [0.0, 0.0, 1.0]])
     for stride, lo, hi in ((1, 0.0, float('inf')), (3, 0.5, 20.0)):
-        got = depth_to_points_tensor(torch.from_numpy(depth), K, stride, lo, hi).numpy()
+        got = depth_to_points(torch.from_numpy(depth), K, stride, lo, hi).numpy()
         np.testing.assert_array_equal(got, depth_to_points(depth, K, stride, lo, hi))
     with pytest.raises(CloudError):
-        depth_to_points_tensor(torch.zeros(2, 3, 4), K)
+        depth_to_points(torch.zeros(2, 3, 4), K)
 
 
 def test_cpu_compile_freezes_this_model_only(monkeypatch, tiny_dir):

@@ -384,7 +384,7 @@ class DepthEstimator:
              clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
              pad: bool = True,
              prompts: Optional[Sequence[Optional[np.ndarray]]] = None,
-             focals: Optional[Sequence[Any]] = None) -> Prediction:
+             focals: Optional[Sequence[Any]] = None, on_device: bool = False) -> Prediction:
         """:meth:`_run_locked`, one call at a time: an OpenVINO infer request, the CUDA staging
         buffer and captured CUDA graphs are not shared between threads, so calls from several
         threads (the node's worker and a tool or test) take turns."""
@@ -396,21 +396,23 @@ class DepthEstimator:
         focals = check_focals(focals, len(images), self.model_name) if self.needs_focal \
             else None
         with self._lock:
-            return self._run_locked(images, fx, clouds, pad, prompts, focals)
+            return self._run_locked(images, fx, clouds, pad, prompts, focals, on_device)
 
     @torch.inference_mode()
     def _run_locked(self, images: Sequence[np.ndarray], fx: Any,
                     clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
                     pad: bool = True,
                     prompts: Optional[Sequence[Optional[np.ndarray]]] = None,
-                    focals: Optional[list[tuple[float, float]]] = None) -> Prediction:
+                    focals: Optional[list[tuple[float, float]]] = None,
+                    on_device: bool = False) -> Prediction:
         """Predict; with ``clouds`` (one dict of keyword arguments of
-        :func:`depth_node.cloud.depth_to_points_tensor`, or None, per image) also back-project
+        :func:`depth_node.cloud.depth_to_points`, or None, per image) also back-project
         on the device. One copy back per output and one synchronisation per call.
 
         With ``pad`` the batch is padded to :meth:`padded_batch` with copies of the last image;
         the padded outputs are dropped before postprocessing. ``focals``: checked ``(fx, fy)``
-        per image for a model that :attr:`needs_focal`.
+        per image for a model that :attr:`needs_focal`. ``on_device``: the outputs stay where
+        the engine gave them (torch tensors; only the non-finite flags come back), no clouds.
         """
         if self._slow is not None:  # slow path: the model's own processor / pipeline
             result = self._slow.predict(images, fx, prompts=prompts)
@@ -444,7 +446,7 @@ class DepthEstimator:
                 if not self._engines.fall_back(exc):
                     raise
                 return self._run_locked(images[:count], fx, clouds, prompts=prompts,
-                                        focals=focals)
+                                        focals=focals, on_device=on_device)
             if batch > count:
                 depth = depth[:count]
                 fov = fov[:count] if fov is not None else None
@@ -469,14 +471,16 @@ class DepthEstimator:
             if 'confidence' in extra:
                 confidence = self.postprocessor.run(extra['confidence'], None, height, width,
                                                     None)
+            if on_device:
+                return self._kept_on_device(clock, depth, bad, sky, confidence)
             outputs = [depth, bad] + [t for t in (sky, confidence) if t is not None]
             first_cloud = len(outputs)
             wanted = [i for i, c in enumerate(clouds or ()) if c is not None]
             if wanted:
-                from depth_node.cloud import depth_to_points_tensor
+                from depth_node.cloud import depth_to_points
 
                 clock.mark('postprocess')
-                outputs += [depth_to_points_tensor(depth[i], **clouds[i]) for i in wanted]
+                outputs += [depth_to_points(depth[i], **clouds[i]) for i in wanted]
             hosts = self.postprocessor.copy_to_host(*outputs)
             clock.mark('cloud' if wanted else 'postprocess')
             clock.synchronize()  # the call's one wait for the device
@@ -498,6 +502,22 @@ class DepthEstimator:
                 points[i] = host.numpy()
         return Prediction(depth=result, timings=timings, points=points, non_finite=non_finite,
                           sky=sky_host, confidence=confidence_host)
+
+    @staticmethod
+    def _kept_on_device(clock: Any, depth: torch.Tensor, bad: torch.Tensor,
+                        sky: Optional[torch.Tensor],
+                        confidence: Optional[torch.Tensor]) -> Prediction:
+        """The prediction of ``on_device``: tensors where the engine left them, the non-finite
+        values NaN there; the call's one synchronisation reads the per-frame flags."""
+        clock.mark('postprocess')
+        bad_host = bad.to('cpu')
+        clock.synchronize()
+        non_finite = int(bad_host.sum())
+        depth = depth.float()
+        if non_finite:
+            depth = torch.where(torch.isfinite(depth), depth, float('nan'))
+        return Prediction(depth=depth, timings=clock.timings(), non_finite=non_finite,
+                          sky=sky, confidence=None if confidence is None else confidence.float())
 
     def close(self) -> None:
         """Release the engine (sessions, device memory); the estimator is unusable after."""
@@ -622,7 +642,7 @@ class DepthEstimator:
                       clouds: Optional[Sequence[Optional[dict[str, Any]]]] = None,
                       prompts: Optional[Sequence[Optional[np.ndarray]]] = None,
                       focals: Optional[Sequence[tuple[float, float]]] = None,
-                      ) -> Prediction:
+                      on_device: bool = False) -> Prediction:
         """Predict several same-size frames in one forward pass.
 
         The batch runs padded to :meth:`padded_batch`; a model whose frames are not independent
@@ -644,6 +664,11 @@ class DepthEstimator:
             Per image, ``(fx, fy)`` in pixels of that image, as ``focal`` of :meth:`predict`
             (required by a model that :attr:`needs_focal`; when left out and every image has a
             cloud, each cloud's ``K`` gives them).
+        on_device : bool
+            Keep the outputs on the model's device: ``depth``, ``sky`` and ``confidence`` are
+            ``torch.Tensor`` s there (the node's per-frame work then runs on the device and
+            copies back one buffer per published message); no ``clouds``. The slow paths
+            (Marigold, Prompt Depth Anything) give numpy arrays as always.
 
         Returns
         -------
@@ -668,8 +693,12 @@ class DepthEstimator:
         if focals is None and self.needs_focal and clouds is not None \
                 and all(c is not None for c in clouds):
             focals = [focal_of(c['K']) for c in clouds]
+        if on_device and clouds is not None and any(c is not None for c in clouds):
+            raise EstimatorError('clouds are back-projected by the caller with on_device '
+                                 '(depth_node.cloud.depth_to_points takes the tensor)')
         if self.batch_independent or len(images) <= 1:
-            return self._run(images, fx, clouds, prompts=prompts, focals=focals)
+            return self._run(images, fx, clouds, prompts=prompts, focals=focals,
+                             on_device=on_device)
         focals = one_per_image('focals', focals, len(images))
         if fx is None or np.ndim(fx) == 0:
             fxs = [fx] * len(images)
@@ -680,7 +709,8 @@ class DepthEstimator:
                                      f'got {fx}')
         parts = [self._run([image], focal, None if clouds is None else [clouds[i]],
                            prompts=None if prompts is None else [prompts[i]],
-                           focals=None if focals is None else [focals[i]])
+                           focals=None if focals is None else [focals[i]],
+                           on_device=on_device)
                  for i, (image, focal) in enumerate(zip(images, fxs))]
         return Prediction.concatenate(parts)
 

@@ -8,6 +8,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from depth_node.arrays import Array, concatenate
+
 
 @dataclass
 class Prediction:
@@ -15,9 +17,11 @@ class Prediction:
 
     Attributes
     ----------
-    depth : np.ndarray
+    depth : np.ndarray or torch.Tensor
         ``(H, W)`` float32 (``(B, H, W)`` from ``predict_batch``): metres along the optical
-        axis when the model is metric, else its relative output (see ``output_kind``).
+        axis when the model is metric, else its relative output (see ``output_kind``). A
+        ``torch.Tensor`` on the model's device from ``predict_batch(on_device=True)``, as are
+        ``sky`` and ``confidence`` then.
     timings : dict[str, float]
         Seconds spent in ``'preprocess'``, ``'forward'`` and ``'postprocess'`` (and
         ``'cloud'`` with clouds); on CUDA from events on the stream (the device is synchronised
@@ -62,11 +66,11 @@ class Prediction:
                 timings[stage] = timings.get(stage, 0.0) + seconds
         points = None if parts[0].points is None else [part.points[0] for part in parts]
 
-        def joined(name: str) -> Optional[np.ndarray]:
+        def joined(name: str) -> Optional[Array]:
             arrays = [getattr(part, name) for part in parts]
-            return None if arrays[0] is None else np.concatenate(arrays)
+            return None if arrays[0] is None else concatenate(arrays)
 
-        return cls(depth=np.concatenate([part.depth for part in parts]), timings=timings,
+        return cls(depth=joined('depth'), timings=timings,
                    points=points, non_finite=sum(part.non_finite for part in parts),
                    no_prompt=sum(part.no_prompt for part in parts),
                    sky=joined('sky'), confidence=joined('confidence'))

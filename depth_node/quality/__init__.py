@@ -1,7 +1,13 @@
 """Depth a navigation stack can trust: per-pixel confidence cues, flying pixels, temporal
 stability, and the sparsification metrics that score a confidence.
 
-ROS-free and numpy-only (no rclpy, no torch), vectorized, float32 images. Conventions:
+ROS-free (no rclpy), vectorized, float32 images. Every function takes numpy arrays (CPU
+engines) or ``torch.Tensor`` s on any device (a model on CUDA keeps its frame there) and
+returns the same kind on the same device, from one implementation written against
+:mod:`depth_node.arrays` (torch is imported only when a tensor is handed in). What runs on the
+host: the stabiliser's fit (a 1/16 subsample, one transfer a frame, and its scalar
+decisions), the LiDAR cue's input check and its choice of the usable points (a device sync
+each, no copy), and the offline scores (:func:`sparsification`, :func:`ause`). Conventions:
 
 * A depth image is ``(H, W)``; a pixel is *valid* when it is finite and ``> 0``. Metric depth is
   metres along the optical axis; relative depth or relative disparity (affine-invariant network

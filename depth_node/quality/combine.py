@@ -7,17 +7,20 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Union
 
+import math
+
 import numpy as np
 
-from depth_node.quality.common import (
-    ArrayOrNone, image, invalid, NAN, positive, QualityError)
+from depth_node.arrays import Array, astype, clip, full, is_tensor, namespace, nanmedian, \
+    put_where
+from depth_node.quality.common import ArrayOrNone, image, invalid, positive, QualityError
 
 __all__ = ['combine_confidence', 'normalize_model_confidence']
 
 _MODEL_MODES = ('median', 'expp1', 'sigmoid', 'unit')
 
 
-def normalize_model_confidence(conf, mode: str = 'median') -> np.ndarray:
+def normalize_model_confidence(conf, mode: str = 'median', like: ArrayOrNone = None) -> Array:
     """A model's own confidence map, any range, to ``[0, 1]`` (1 = trust).
 
     Modes
@@ -33,41 +36,45 @@ def normalize_model_confidence(conf, mode: str = 'median') -> np.ndarray:
     ``'unit'`` (already a probability)
         clipped to ``[0, 1]``.
 
-    NaN stays NaN. Returns ``(H, W)`` float32.
+    NaN stays NaN. Returns ``(H, W)`` float32 of ``conf``'s kind and device (numpy, or a tensor
+    on any device), or of ``like``'s when given.
     """
     if mode not in _MODEL_MODES:
         raise QualityError(f'model confidence mode must be one of {_MODEL_MODES}, got {mode!r}')
-    c = image('model confidence', conf)
+    c = image('model confidence', conf, like=like)
+    xp = namespace(c)
     if mode == 'median':
         sample = c[::4, ::4]
         with np.errstate(invalid='ignore'):
-            sample = sample[(sample > 0) & (sample < np.inf)]
-        m = np.float32(np.median(sample)) if sample.size else np.float32(1.0)
+            sample = xp.where((sample > 0) & (sample < math.inf), sample, math.nan)
+        m = xp.nan_to_num(nanmedian(sample), nan=1.0)    # 1 when none is finite and positive
         with np.errstate(invalid='ignore'):
-            out = np.maximum(c, 0)
+            out = clip(c, 0, None)
         den = out + m
         with np.errstate(invalid='ignore', divide='ignore'):
             out /= den
-        np.copyto(out, np.float32(1.0), where=np.isinf(c) & (c > 0))
+        put_where(out, xp.isinf(c) & (c > 0), 1.0)
         return out
     if mode == 'expp1':
         with np.errstate(divide='ignore', invalid='ignore'):
-            out = np.maximum(c, 1)
-            np.reciprocal(out, out=out)
-        return np.subtract(1, out, out=out)
+            out = clip(c, 1, None)
+            xp.reciprocal(out, out=out)
+        xp.negative(out, out=out)       # 1 - 1 / c
+        out += 1
+        return out
     if mode == 'sigmoid':
         with np.errstate(over='ignore'):
-            out = np.negative(c)
-            np.exp(out, out=out)
+            out = xp.negative(c)
+            xp.exp(out, out=out)
         out += 1
-        return np.reciprocal(out, out=out)
+        return xp.reciprocal(out, out=out)
     with np.errstate(invalid='ignore'):
-        return np.clip(c, 0, 1)
+        return clip(c, 0, 1)
 
 
-def combine_confidence(cues: Mapping[str, Union[np.ndarray, None]], depth: ArrayOrNone = None,
+def combine_confidence(cues: Mapping[str, Union[Array, None]], depth: ArrayOrNone = None,
                        weights: Optional[Mapping[str, float]] = None, model_key: str = 'model',
-                       model_mode: str = 'median') -> np.ndarray:
+                       model_mode: str = 'median') -> Array:
     """One confidence from the enabled cues: their weighted geometric mean.
 
     ``exp(sum_i w_i log c_i / sum_i w_i)``. Why the geometric mean: it ranks pixels exactly as
@@ -85,7 +92,9 @@ def combine_confidence(cues: Mapping[str, Union[np.ndarray, None]], depth: Array
         ``model_mode``.
     depth : array, optional
         ``(H, W)`` depth; the result is NaN where it is invalid (NaN, inf, ``<= 0``). Any NaN
-        in an enabled cue is NaN in the result too.
+        in an enabled cue is NaN in the result too. numpy or a tensor on any device: the cues
+        are brought to its kind and device (without ``depth``: to the first tensor cue's, else
+        numpy).
     weights : dict, optional
         name -> weight ``> 0`` (default 1 each); names not among the cues are an error.
     model_key, model_mode : str
@@ -93,9 +102,9 @@ def combine_confidence(cues: Mapping[str, Union[np.ndarray, None]], depth: Array
 
     Returns
     -------
-    np.ndarray
-        ``(H, W)`` float32 in ``[0, 1]``; all ones (NaN where depth is invalid) when no cue is
-        enabled.
+    array
+        ``(H, W)`` float32 in ``[0, 1]`` of ``depth``'s kind and device; all ones (NaN where
+        depth is invalid) when no cue is enabled.
     """
     if not isinstance(cues, Mapping):
         raise QualityError(f'cues must be a dict name -> array or None, got {type(cues)}')
@@ -103,42 +112,47 @@ def combine_confidence(cues: Mapping[str, Union[np.ndarray, None]], depth: Array
     unknown = sorted(set(weights) - set(cues))
     if unknown:
         raise QualityError(f'weights for cues that are not given: {unknown}')
+    like = depth if depth is not None else next(
+        (c for c in cues.values() if is_tensor(c)), None)
     enabled = {}
     for name, cue in cues.items():
         if cue is None:
             continue
-        a = image(f'cue {name!r}', cue)
+        a = image(f'cue {name!r}', cue, like=like)
         if name == model_key:
             a = normalize_model_confidence(a, model_mode)
         enabled[name] = (a, positive(f'weight of {name!r}', weights.get(name, 1.0)))
     d = image('depth', depth, allow_none=True)
-    shapes = {a.shape for a, _ in enabled.values()} | ({d.shape} if d is not None else set())
+    shapes = {tuple(a.shape) for a, _ in enabled.values()} | (
+        {tuple(d.shape)} if d is not None else set())
     if len(shapes) > 1:
         raise QualityError(f'cues and depth must share one (H, W) shape, got {sorted(shapes)}')
     if not shapes:
         raise QualityError('no cue enabled and no depth: nothing to give a shape')
     shape = shapes.pop()
     if not enabled:
-        out = np.ones(shape, dtype=np.float32)
+        out = full(shape, 1.0, np.float32, like=d)
     else:
+        xp = namespace(next(iter(enabled.values()))[0])
         total = sum(w for _, w in enabled.values())
         equal = len({w for _, w in enabled.values()}) == 1
         out = None
         with np.errstate(divide='ignore', invalid='ignore'):
             for a, w in enabled.values():
                 if equal:                   # the product, then one log: fewer passes
-                    out = a.copy() if out is None else np.multiply(out, a, out=out)
+                    out = astype(a, np.float32, copy=True) if out is None else xp.multiply(
+                        out, a, out=out)
                 else:
-                    term = np.log(a)
-                    term *= np.float32(w / total)
-                    out = term if out is None else np.add(out, term, out=out)
+                    term = xp.log(a)
+                    term *= w / total
+                    out = term if out is None else xp.add(out, term, out=out)
             if equal:
                 if len(enabled) > 1:
-                    np.log(out, out=out)
-                    out *= np.float32(1.0 / len(enabled))
-                    np.exp(out, out=out)
+                    xp.log(out, out=out)
+                    out *= 1.0 / len(enabled)
+                    xp.exp(out, out=out)
             else:
-                np.exp(out, out=out)
+                xp.exp(out, out=out)
     if d is not None:
-        np.copyto(out, NAN, where=invalid(d))
+        put_where(out, invalid(d), math.nan)
     return out

@@ -8,11 +8,16 @@ cell), smoothed by a 3 x 3 binomial normalized convolution with a neutral prior
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import numpy as np
 
-from depth_node.quality.common import image, invalid, positive, QualityError, soft_threshold
+from depth_node.arrays import (
+    Array, as_array, asarray, astype, clip, full, is_tensor, namespace, nonzero, put_where,
+    sum_by_index)
+from depth_node.quality.common import (
+    image, invalid, location, positive, QualityError, soft_threshold)
 
 __all__ = ['LIDAR_CELL', 'LIDAR_SUPPORT', 'LIDAR_TAU', 'lidar_confidence', 'lidar_residuals']
 
@@ -25,87 +30,95 @@ LIDAR_TAU = 0.05
 LIDAR_SUPPORT = 2.0
 
 
-def _points(shape, uv, name: str = 'uv') -> tuple[int, int, np.ndarray]:
+def _points(shape, uv, like: Array, name: str = 'uv') -> tuple[int, int, Array]:
     try:
         height, width = (int(s) for s in shape)
     except (TypeError, ValueError):
         raise QualityError(f'shape must be (H, W), got {shape!r}') from None
     if height < 1 or width < 1:
         raise QualityError(f'shape must be positive (H, W), got {shape!r}')
-    uv = np.asarray(uv, dtype=np.float64)
+    uv = asarray(uv, like=like, dtype=np.float64)
     if uv.ndim != 2 or uv.shape[1] != 2:
         raise QualityError(f'{name} must be (M, 2) pixel coordinates (u, v), got shape '
-                           f'{uv.shape}')
+                           f'{tuple(uv.shape)}')
     return height, width, uv
 
 
-def lidar_residuals(depth, uv, z) -> np.ndarray:
+def lidar_residuals(depth, uv, z) -> Array:
     """Relative residuals ``|depth - z| / z`` of an aligned depth map at LiDAR points.
 
     Parameters
     ----------
     depth : array
-        ``(H, W)`` metric depth after the LiDAR fit (``Alignment.depth``), metres.
+        ``(H, W)`` metric depth after the LiDAR fit (``Alignment.depth``), metres; numpy, or a
+        tensor on any device.
     uv : array
         ``(M, 2)`` pixel coordinates of the points in that image (``lidar.prepare_points``);
-        sampled at the nearest pixel.
+        sampled at the nearest pixel. Brought to ``depth``'s kind and device.
     z : array
-        ``(M,)`` LiDAR depths along the optical axis, metres.
+        ``(M,)`` LiDAR depths along the optical axis, metres; likewise.
 
     Returns
     -------
-    np.ndarray
-        ``(M,)`` float32 ``>= 0``; NaN where the point is outside the image, ``z`` is not
-        positive or the depth there is invalid.
+    array
+        ``(M,)`` float32 ``>= 0`` of ``depth``'s kind and device; NaN where the point is
+        outside the image, ``z`` is not positive or the depth there is invalid.
     """
     depth = image('depth', depth)
-    height, width, uv = _points(depth.shape, uv)
-    z = np.asarray(z, dtype=np.float32).reshape(-1)
-    if z.size != uv.shape[0]:
+    height, width, uv = _points(depth.shape, uv, depth)
+    z = asarray(z, like=depth, dtype=np.float32).reshape(-1)
+    if z.shape[0] != uv.shape[0]:
         raise QualityError(f'z must have one depth per point: {uv.shape[0]} points, '
-                           f'{z.size} depths')
+                           f'{z.shape[0]} depths')
+    xp = namespace(depth)
     with np.errstate(invalid='ignore'):
-        col = np.rint(uv[:, 0])
-        row = np.rint(uv[:, 1])
+        col = xp.round(uv[:, 0])        # half to even, as np.rint
+        row = xp.round(uv[:, 1])
         inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
     with np.errstate(invalid='ignore', divide='ignore'):
-        index = np.where(inside, row * width + col, 0).astype(np.int64)
+        index = astype(xp.where(inside, row * width + col, 0), np.int64)
         d = depth.reshape(-1)[index]
-        out = np.abs(d - z) / z
-        out[~inside | ~(z > 0) | invalid(d)] = np.nan
+        out = xp.abs(d - z) / z
+        put_where(out, ~inside | ~(z > 0) | invalid(d), math.nan)
     return out
 
 
-def _box3(grid: np.ndarray) -> np.ndarray:
+def _box3(grid: Array) -> Array:
     """3 x 3 binomial sum ([1, 2, 1] each way, not normalised), zero outside."""
-    g = np.pad(grid, 1)
+    rows, cols = grid.shape
+    g = full((rows + 2, cols + 2), 0, grid.dtype, like=grid)
+    g[1:-1, 1:-1] = grid
     g = g[:-2] + 2 * g[1:-1] + g[2:]
     return g[:, :-2] + 2 * g[:, 1:-1] + g[:, 2:]
 
 
 @functools.lru_cache(maxsize=16)
-def _axis_weights(size: int, cells: int, cell: int) -> tuple:
+def _axis_weights(size: int, cells: int, cell: int, where: str = 'numpy') -> tuple:
     """Bilinear interpolation from cell centres (``(k + 0.5) cell - 0.5`` px) to pixels of one
-    axis: ``(k0, frac)``; beyond the outer centres the edge cell's value holds."""
+    axis: ``(k0, k1, frac)``; beyond the outer centres the edge cell's value holds. numpy
+    (read-only), or tensors on the torch device ``where`` (:func:`location`)."""
+    if where != 'numpy':
+        import torch
+        return tuple(torch.from_numpy(a.copy()).to(where)
+                     for a in _axis_weights(size, cells, cell))
     pos = np.clip((np.arange(size) + 0.5) / cell - 0.5, 0, cells - 1)
     k0 = np.minimum(pos.astype(np.int64), max(cells - 2, 0))
+    k1 = np.minimum(k0 + 1, cells - 1)
     frac = (pos - k0).astype(np.float32)
-    k0.setflags(write=False)
-    frac.setflags(write=False)
-    return k0, frac
+    for a in (k0, k1, frac):
+        a.setflags(write=False)
+    return k0, k1, frac
 
 
-def _upsample(grid: np.ndarray, height: int, width: int, cell: int) -> np.ndarray:
+def _upsample(grid: Array, height: int, width: int, cell: int) -> Array:
     """Bilinear ``(rows, cols)`` grid -> ``(height, width)`` float32: columns first on the
     small grid, then whole rows (contiguous copies)."""
     rows, cols = grid.shape
-    g = grid.astype(np.float32)
-    k0, f = _axis_weights(width, cols, cell)
-    k1 = np.minimum(k0 + 1, cols - 1)
+    g = astype(grid, np.float32)
+    k0, k1, f = _axis_weights(width, cols, cell, location(grid))
     wide = g[:, k0] + (g[:, k1] - g[:, k0]) * f            # (rows, width), small
-    k0, f = _axis_weights(height, rows, cell)
-    k1 = np.minimum(k0 + 1, rows - 1)
-    step = wide[k1] - wide[k0] if rows > 1 else np.zeros_like(wide[k0])
+    k0, k1, f = _axis_weights(height, rows, cell, location(grid))
+    step = wide[k1] - wide[k0] if rows > 1 else namespace(wide).zeros_like(wide[k0])
     out = wide[k0]                                           # (height, width)
     step *= f[:, None]
     out += step
@@ -114,7 +127,7 @@ def _upsample(grid: np.ndarray, height: int, width: int, cell: int) -> np.ndarra
 
 def lidar_confidence(shape, uv, residual_rel, cell: int = LIDAR_CELL, tau: float = LIDAR_TAU,
                      support: float = LIDAR_SUPPORT,
-                     neutral: Optional[float] = None) -> np.ndarray:
+                     neutral: Optional[float] = None) -> Array:
     """Where the LiDAR fit agrees with the depth, spread over the image.
 
     Each point's agreement is ``soft(residual_rel, tau)`` (1 = the aligned depth matches the
@@ -134,6 +147,8 @@ def lidar_confidence(shape, uv, residual_rel, cell: int = LIDAR_CELL, tau: float
         the image and points with NaN residual are ignored.
     residual_rel : array
         ``(M,)`` relative residuals ``|fit - lidar| / lidar >= 0`` (:func:`lidar_residuals`).
+        The result is of its kind and device when it is a tensor, else of ``uv``'s (a tensor
+        ``uv`` with numpy residuals gives a tensor too).
     cell : int
         Grid cell side, pixels (default 16: a 40 x 30 grid at 640 x 480).
     tau : float
@@ -146,35 +161,40 @@ def lidar_confidence(shape, uv, residual_rel, cell: int = LIDAR_CELL, tau: float
 
     Returns
     -------
-    np.ndarray
+    array
         ``(H, W)`` float32 in ``[0, 1]``; it has no NaN (it does not look at the depth:
         :func:`combine_confidence` puts NaN where the depth is invalid).
     """
-    height, width, uv = _points(shape, uv)
-    res = np.asarray(residual_rel, dtype=np.float64).reshape(-1)
-    if res.size != uv.shape[0]:
+    like = residual_rel if is_tensor(residual_rel) else as_array(uv)
+    height, width, uv = _points(shape, uv, like)
+    res = asarray(residual_rel, like=like, dtype=np.float64).reshape(-1)
+    if res.shape[0] != uv.shape[0]:
         raise QualityError(f'residual_rel must have one value per point: {uv.shape[0]} points, '
-                           f'{res.size} residuals')
+                           f'{res.shape[0]} residuals')
     if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
         raise QualityError(f'cell must be an integer >= 1 (pixels), got {cell!r}')
     tau = positive('tau', tau)
     support = positive('support', support)
+    xp = namespace(res)
     with np.errstate(invalid='ignore'):
-        if np.any(res < 0):
+        if bool((res < 0).any()):
             raise QualityError('residual_rel must be >= 0 (|fit - lidar| / lidar)')
         u, v = uv[:, 0], uv[:, 1]
-        use = np.isfinite(res) & (u > -0.5) & (u < width - 0.5) & (v > -0.5) & (v < height - 0.5)
+        use = xp.isfinite(res) & (u > -0.5) & (u < width - 0.5) & (v > -0.5) & (v < height - 0.5)
+    use = nonzero(use)              # one device sync (a count), then three gathers
     agree = soft_threshold(res[use], tau)
-    if neutral is None:
-        neutral = float(agree.mean()) if agree.size else 0.5
+    if neutral is None:             # a 0-d array: no host round trip
+        neutral = agree.mean() if agree.shape[0] else 0.5
     elif not 0 <= float(neutral) <= 1:
         raise QualityError(f'neutral must be in [0, 1], got {neutral}')
-    neutral = float(neutral)
+    else:
+        neutral = float(neutral)
     rows, cols = -(-height // cell), -(-width // cell)
-    ci = np.minimum((v[use] + 0.5).astype(np.int64) // cell, rows - 1)
-    cj = np.minimum((u[use] + 0.5).astype(np.int64) // cell, cols - 1)
+    ci = clip(astype(v[use] + 0.5, np.int64) // cell, None, rows - 1)
+    cj = clip(astype(u[use] + 0.5, np.int64) // cell, None, cols - 1)
     index = ci * cols + cj
-    count = _box3(np.bincount(index, minlength=rows * cols).reshape(rows, cols).astype(float))
-    total = _box3(np.bincount(index, agree, rows * cols).reshape(rows, cols))
+    ones = full(index.shape, 1.0, np.float64, like=agree)
+    count = _box3(sum_by_index(index, ones, rows * cols).reshape(rows, cols))
+    total = _box3(sum_by_index(index, agree, rows * cols).reshape(rows, cols))
     grid = (total + support * neutral) / (count + support)
     return _upsample(grid, height, width, int(cell))

@@ -1,6 +1,7 @@
 """Scoring a confidence: :func:`sparsification` (the sparsification curve of a
 confidence and the oracle's, ties broken at random) and :func:`ause` (the Area Under the
-Sparsification Error, the area between the two).
+Sparsification Error, the area between the two). An evaluation on the host, in float64: a
+tensor is copied there first (these are offline scores, not per-frame work).
 """
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ from typing import Optional
 
 import numpy as np
 
+from depth_node.arrays import to_host
 from depth_node.quality.common import QualityError
 
 __all__ = ['ause', 'sparsification']
 
 
 def _scored(error, confidence) -> tuple[np.ndarray, np.ndarray]:
-    e = np.asarray(error, dtype=np.float64).reshape(-1)
-    c = np.asarray(confidence, dtype=np.float64)
-    if c.shape != np.shape(error):
+    e = np.asarray(to_host(error), dtype=np.float64)
+    c = np.asarray(to_host(confidence), dtype=np.float64)
+    if c.shape != e.shape:
         raise QualityError(f'error and confidence must have the same shape, got '
-                           f'{np.shape(error)} and {c.shape}')
-    c = c.reshape(-1)
+                           f'{e.shape} and {c.shape}')
+    e, c = e.reshape(-1), c.reshape(-1)
     use = np.isfinite(e) & np.isfinite(c)
     if not use.any():
         raise QualityError('no pixel with both a finite error and a finite confidence')
@@ -43,7 +45,7 @@ def sparsification(error, confidence, steps: int = 100,
     Parameters
     ----------
     error : array
-        Per-pixel error ``>= 0`` (e.g. ``|pred - gt| / gt``), any shape.
+        Per-pixel error ``>= 0`` (e.g. ``|pred - gt| / gt``), any shape; numpy or a tensor.
     confidence : array
         Same shape, higher = more trusted (any range). Pixels where either is not finite are
         left out.

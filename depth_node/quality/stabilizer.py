@@ -3,6 +3,12 @@ per-frame scale (and shift) jitter by a robust global fit of each prediction to 
 output, an EMA of the fitted level, a CUSUM change detector that follows true changes,
 outlier-frame holds and scene-cut resets; it never blends pixels across frames. Each frame's
 fit and decision come back as a :class:`StabilizerInfo`.
+
+Frames may be numpy arrays or tensors on any device; the output and the kept copies stay of
+the frame's kind and on its device. The fit is on the host: it reads a ``stride`` subsample of
+the frame and of the previous output (1/16 of the pixels at the default stride 4) in one
+transfer, and makes per-frame scalar decisions (the fit, the agreement, the CUSUM) that a
+device could not take without a sync each.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from typing import Optional
 
 import numpy as np
 
-from depth_node.quality.common import ArrayOrNone, image, invalid, NAN, positive, QualityError
+from depth_node.arrays import (
+    Array, as_array, asarray, copy_into, dtype_name, is_tensor, namespace, put_where, stack,
+    to_host)
+from depth_node.quality.common import (
+    ArrayOrNone, image, invalid, location, positive, QualityError)
 
 __all__ = ['StabilizerInfo', 'TemporalStabilizer']
 
@@ -175,8 +185,8 @@ class TemporalStabilizer:
 
     def reset(self) -> None:
         """Forget the previous output (the next frame starts afresh)."""
-        self._output: Optional[np.ndarray] = None
-        self._previous: Optional[np.ndarray] = None
+        self._output: Optional[Array] = None
+        self._previous: Optional[Array] = None
         self._stamp: Optional[float] = None
         self._clear_level()
 
@@ -188,41 +198,46 @@ class TemporalStabilizer:
         self._count = 1         # inputs averaged into the level since the last reset or change
 
     @property
-    def output(self) -> Optional[np.ndarray]:
+    def output(self) -> Optional[Array]:
         """The latest output (read-only view, valid until the next :meth:`update` but one),
-        None before the first frame."""
+        None before the first frame. A tensor for tensor frames: torch has no read-only flag,
+        so do not write to it."""
         return None if self._output is None else self._readonly(self._output)
 
     @property
-    def previous(self) -> Optional[np.ndarray]:
+    def previous(self) -> Optional[Array]:
         """The output before the latest one (read-only view, valid until the next
         :meth:`update`): what :func:`temporal_confidence` compares the latest output with.
-        None after a reset."""
+        None after a reset. A tensor for tensor frames (do not write to it)."""
         return None if self._previous is None else self._readonly(self._previous)
 
     @staticmethod
-    def _readonly(a: np.ndarray) -> np.ndarray:
+    def _readonly(a: Array) -> Array:
+        if is_tensor(a):
+            return a
         view = a.view()
         view.setflags(write=False)
         return view
 
     def update(self, depth, stamp: float,
-               valid: ArrayOrNone = None) -> tuple[np.ndarray, StabilizerInfo]:
+               valid: ArrayOrNone = None) -> tuple[Array, StabilizerInfo]:
         """Stabilize one frame.
 
         Parameters
         ----------
         depth : array
             ``(H, W)`` prediction: metric depth (metres), relative depth or relative
-            disparity; the output is in the same space and unit.
+            disparity; the output is in the same space and unit, of the same kind (numpy, or
+            a tensor on the same device). A change of kind or device resets.
         stamp : float
             The frame's time, seconds.
         valid : array, optional
-            ``(H, W)`` bool, False = invalid (NaN in the output, not compared).
+            ``(H, W)`` bool, False = invalid (NaN in the output, not compared); brought to
+            ``depth``'s kind and device.
 
         Returns
         -------
-        output : np.ndarray
+        output : array
             ``(H, W)`` float32 ``scale * depth + shift``, NaN where invalid. A new array the
             caller may modify (the stabilizer keeps its own copy).
         info : StabilizerInfo
@@ -230,11 +245,11 @@ class TemporalStabilizer:
         x = image('depth', depth)
         bad = invalid(x)
         if valid is not None:
-            valid = np.asarray(valid)
-            if valid.shape != x.shape or valid.dtype != bool:
-                raise QualityError(f'valid must be a bool array of shape {x.shape}, got '
-                                   f'{valid.dtype} {valid.shape}')
-            bad |= ~valid
+            valid = as_array(valid)
+            if tuple(valid.shape) != tuple(x.shape) or dtype_name(valid) != 'bool':
+                raise QualityError(f'valid must be a bool array of shape {tuple(x.shape)}, got '
+                                   f'{valid.dtype} {tuple(valid.shape)}')
+            bad |= ~asarray(valid, like=x)
         stamp = float(stamp)
         if not math.isfinite(stamp):
             raise QualityError(f'stamp must be finite seconds, got {stamp}')
@@ -242,7 +257,10 @@ class TemporalStabilizer:
         if self._output is None:
             reason = 'first frame'
         elif self._output.shape != x.shape:
-            reason = f'image shape changed from {self._output.shape} to {x.shape}'
+            reason = (f'image shape changed from {tuple(self._output.shape)} to '
+                      f'{tuple(x.shape)}')
+        elif location(self._output) != location(x):
+            reason = f'the frames moved from {location(self._output)} to {location(x)}'
         elif stamp < self._stamp:
             reason = f'stamp went backwards by {self._stamp - stamp:.3f} s'
         elif stamp - self._stamp > self.max_gap:
@@ -295,31 +313,35 @@ class TemporalStabilizer:
                               followed)
         return self._emit(x, bad, s, t, stamp, info, keep_previous=True)
 
-    def _emit(self, x: np.ndarray, bad: np.ndarray, s: float, t: float, stamp: float,
-              info: StabilizerInfo, keep_previous: bool) -> tuple[np.ndarray, StabilizerInfo]:
-        out = np.multiply(x, np.float32(s))
+    def _emit(self, x: Array, bad: Array, s: float, t: float, stamp: float,
+              info: StabilizerInfo, keep_previous: bool) -> tuple[Array, StabilizerInfo]:
+        out = x * float(s)              # float32: s is rounded to it
         if t:
-            out += np.float32(t)
-        np.copyto(out, NAN, where=bad)
+            out += float(t)
+        put_where(out, bad, math.nan)
         # The state keeps its own copy, in the buffer of the output two frames back when it
         # fits (a fresh large array costs page faults): views from ``previous`` are valid
         # until the next update.
         spare = self._previous
         self._previous = self._output if keep_previous else None
-        if spare is None or spare.shape != out.shape:
-            spare = np.empty_like(out)
-        np.copyto(spare, out)
+        if spare is None or spare.shape != out.shape or location(spare) != location(out):
+            spare = namespace(out).empty_like(out)
+        copy_into(spare, out)
         self._output = spare
         self._stamp = stamp
         return out, info
 
-    def _fit(self, x: np.ndarray, bad: np.ndarray):
-        """``(raw_s, raw_t, level, agreement, n)``, or the reason to reset (a str)."""
+    def _fit(self, x: Array, bad: Array):
+        """``(raw_s, raw_t, level, agreement, n)``, or the reason to reset (a str). On the
+        host: the subsamples of ``x`` (NaN where ``bad``) and of the previous output come over
+        in one transfer."""
         k = self.stride
-        xs = x[::k, ::k].astype(np.float64)
-        ys = self._output[::k, ::k].astype(np.float64)
+        sub = namespace(x).where(bad[::k, ::k], math.nan, x[::k, ::k])
+        pair = to_host(stack([sub, self._output[::k, ::k]]))
+        xs = pair[0].astype(np.float64)
+        ys = pair[1].astype(np.float64)
         with np.errstate(invalid='ignore'):
-            use = ~bad[::k, ::k] & (ys > 0) & (ys < np.inf)
+            use = ~np.isnan(xs) & (ys > 0) & (ys < np.inf)
         xs, ys = xs[use], ys[use]
         n = int(xs.size)
         if n < self.min_pixels:

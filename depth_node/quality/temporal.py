@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
+from depth_node.arrays import Array, full, namespace, nanmedian, put_where
 from depth_node.quality.common import (
-    ArrayOrNone, filter_cols, filter_rows, image, invalid, NAN, positive, QualityError,
+    ArrayOrNone, filter_cols, filter_rows, image, invalid, positive, QualityError,
     soft_threshold, window_radius)
 
 __all__ = ['TEMPORAL_TAU', 'TEMPORAL_WINDOW', 'temporal_confidence']
@@ -25,7 +26,7 @@ TEMPORAL_WINDOW = 3
 
 
 def temporal_confidence(current, previous: ArrayOrNone, tau: float = TEMPORAL_TAU,
-                        window: int = TEMPORAL_WINDOW, unknown: float = 0.5) -> np.ndarray:
+                        window: int = TEMPORAL_WINDOW, unknown: float = 0.5) -> Array:
     """Agreement of the current output with the previous one:
     ``soft(m, log(1 + tau))``, ``m`` the largest ``|log(current / previous) - median|`` in the
     pixel's ``window`` x ``window`` neighbourhood.
@@ -45,8 +46,9 @@ def temporal_confidence(current, previous: ArrayOrNone, tau: float = TEMPORAL_TA
     Parameters
     ----------
     current, previous : array
-        ``(H, W)`` depth or disparity in the same space and scale; ``previous`` None (no
-        previous output, e.g. after a reset) gives ``unknown`` everywhere.
+        ``(H, W)`` depth or disparity in the same space and scale (numpy, or tensors on any
+        device; ``previous`` is brought to ``current``'s); ``previous`` None (no previous
+        output, e.g. after a reset) gives ``unknown`` everywhere.
     tau : float
         Relative change at confidence 0.5 (default 0.05 = 5 %).
     window : int
@@ -56,8 +58,9 @@ def temporal_confidence(current, previous: ArrayOrNone, tau: float = TEMPORAL_TA
 
     Returns
     -------
-    np.ndarray
-        ``(H, W)`` float32 in ``[0, 1]``, NaN where ``current`` is invalid.
+    array
+        ``(H, W)`` float32 in ``[0, 1]``, NaN where ``current`` is invalid; of its kind and
+        device.
     """
     cur = image('current', current)
     tau = positive('tau', tau)
@@ -65,29 +68,29 @@ def temporal_confidence(current, previous: ArrayOrNone, tau: float = TEMPORAL_TA
     if not 0 <= float(unknown) <= 1:
         raise QualityError(f'unknown must be in [0, 1], got {unknown}')
     cur_bad = invalid(cur)
+    xp = namespace(cur)
     if previous is None:
-        out = np.full(cur.shape, np.float32(unknown))
+        out = full(cur.shape, unknown, np.float32, like=cur)
     else:
-        prev = image('previous', previous)
+        prev = image('previous', previous, like=cur)
         if prev.shape != cur.shape:
-            raise QualityError(f'previous must have the shape of current {cur.shape}, got '
-                               f'{prev.shape}')
+            raise QualityError(f'previous must have the shape of current {tuple(cur.shape)}, '
+                               f'got {tuple(prev.shape)}')
         with np.errstate(divide='ignore', invalid='ignore'):
-            change = np.divide(cur, prev)
-            np.log(change, out=change)
-        np.copyto(change, NAN, where=np.isinf(change))
-        prev_bad = np.isnan(change)         # NaN, inf or <= 0 in either image (cur: below)
-        sample = change[::4, ::4]
-        sample = sample[np.isfinite(sample)]
-        if sample.size:                     # the global level change is the stabilizer's job
-            change -= np.float32(np.median(sample))
-        np.abs(change, out=change)
+            change = xp.divide(cur, prev)
+            xp.log(change, out=change)
+        put_where(change, xp.isinf(change), math.nan)
+        prev_bad = xp.isnan(change)         # NaN, inf or <= 0 in either image (cur: below)
+        # the global level change is the stabilizer's job: the median on every 4th pixel each
+        # way (0 when none is valid), kept on the device
+        change -= xp.nan_to_num(nanmedian(change[::4, ::4]), nan=0.0)
+        xp.abs(change, out=change)
         if radius:
-            rows = filter_rows(change, radius, np.fmax)
-            out = filter_cols(rows, radius, np.fmax, out=change)
+            rows = filter_rows(change, radius, 'fmax')
+            out = filter_cols(rows, radius, 'fmax', out=change)
         else:
             out = change
         soft_threshold(out, math.log1p(tau), out=out)
-        np.copyto(out, np.float32(unknown), where=prev_bad)
-    np.copyto(out, NAN, where=cur_bad)
+        put_where(out, prev_bad, unknown)
+    put_where(out, cur_bad, math.nan)
     return out
