@@ -192,12 +192,32 @@ class _AlignmentInput:
         result = self._est.predict(rgb, **kwargs)
         return dataclasses.replace(result, depth=self._inputs.alignment_input(result.depth))
 
+    def predict_batch(self, images: list, **kwargs: Any) -> Any:
+        """The pipeline's call when it keeps frames on the device (``on_device``): the
+        substitute goes where the output is, uploaded once."""
+        import dataclasses
+
+        from depth_node.arrays import is_tensor, stack
+
+        result = self._est.predict_batch(images, **kwargs)
+        if self._inputs.substitute is None:
+            return result
+        substitute = self._inputs.substitute
+        if is_tensor(result.depth):
+            cached = getattr(self, '_uploaded', None)
+            if cached is None or cached.device != result.depth.device:
+                import torch
+                cached = self._uploaded = torch.from_numpy(substitute).to(result.depth.device)
+            substitute = cached
+        return dataclasses.replace(result, depth=stack([substitute] * len(images)))
+
 
 class Pipeline:
     """One configuration: the node's stages in this process (or their naive versions)."""
 
     def __init__(self, label: str, inputs: Inputs, stride: int, publishers: Optional[dict],
-                 estimator: Any = None, naive_model: Any = None, device: str = 'cpu') -> None:
+                 estimator: Any = None, naive_model: Any = None, device: str = 'cpu',
+                 keep_on_device: str = 'auto') -> None:
         from depth_node import config as cfg
         from depth_node.alignment import Aligner, AlignerConfig
         from depth_node.frame_pipeline import FramePipeline
@@ -218,7 +238,7 @@ class Pipeline:
             'lidar.enabled': True, 'lidar.T_camera_lidar': np.eye(4).ravel().tolist(),
             'lidar.smoothing': 0.0, 'cloud.min_depth': MIN_DEPTH, 'cloud.max_depth': MAX_DEPTH,
             'cloud.stride': stride, 'cloud.organized': True, 'output.relative': True,
-            'input.max_pixels': 0})
+            'input.max_pixels': 0, 'model.keep_on_device': keep_on_device})
         # the pipeline runs the network through _AlignmentInput: a random network's constant
         # output is swapped for the synthetic prediction the scan was made from
         self.frames = (FramePipeline(self.config, _AlignmentInput(estimator, inputs))
@@ -705,12 +725,15 @@ def measure_configs(args: argparse.Namespace, sink: Optional[Sink]) -> list[dict
             pipelines: list[Pipeline] = []
             records: dict[str, dict[str, Any]] = {}
             fp32_model = None
-            variants = [(p, False) for p in args.precisions]
+            variants = [(p, False, 'auto') for p in args.precisions]
             if args.device.startswith('cuda') and 'fp16' in args.precisions and \
                     not args.no_cuda_graphs:
-                variants.append(('fp16', True))
-            for precision, graphs in variants:
-                label = precision + ('+graphs' if graphs else '')
+                # on CUDA 'auto' keeps the frame on the GPU after the forward (issue 25); the
+                # same with the finish on the host (model.keep_on_device off), for the ratio
+                variants += [('fp16', True, 'auto'), ('fp16', True, 'off')]
+            for precision, graphs, keep in variants:
+                label = precision + ('+graphs' if graphs else '') + \
+                    (', host finish' if keep == 'off' else '')
                 print(f'[{arch} {size} {label}] building', flush=True)
                 t = time.perf_counter()
                 est = DepthEstimator(random_init=ARCHS[arch], device=args.device,
@@ -721,7 +744,7 @@ def measure_configs(args: argparse.Namespace, sink: Optional[Sink]) -> list[dict
                 if precision == 'fp32' and not graphs:
                     fp32_model = est.model
                 pipe = Pipeline(label, inputs, args.stride, sink.pubs if sink else None,
-                                estimator=est, device=args.device)
+                                estimator=est, device=args.device, keep_on_device=keep)
                 pipelines.append(pipe)
                 records[label] = {'arch': arch, 'size': size, 'precision': label,
                                   'kind': 'node pipeline', 'build_s': round(build_s, 3),

@@ -18,7 +18,7 @@ for d in .whl .gpudata; do
   grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude
 done
 rm -rf .whl .gpudata
-mkdir -p .whl .gpudata/tum_rgbd .gpudata/nuscenes_mini
+mkdir -p .whl .gpudata/tum_rgbd .gpudata/nuscenes_mini .gpudata/kitti_object
 ./.venv/bin/python -m pip list --format=freeze 2>/dev/null | grep -i '^ros-' > .whl/requirements.txt
 platforms=()
 for n in 17 27 28 31 34 35 39; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
@@ -27,5 +27,6 @@ for n in 17 27 28 31 34 35 39; do platforms+=(--platform "manylinux_2_${n}_x86_6
   --platform manylinux2014_x86_64 --platform any -d .whl -r .whl/requirements.txt
 cp -r "$DATA/tum_rgbd/1341847980.722988" .gpudata/tum_rgbd/
 cp -r "$DATA/nuscenes_mini/CAM_FRONT" .gpudata/nuscenes_mini/
+cp -r "$DATA/kitti_object/000000" .gpudata/kitti_object/   # the device kernels' LiDAR frame
 chmod -R u+w .gpudata
 echo "wheels: $(ls .whl/*.whl | wc -l) ($(du -sh .whl | cut -f1)); frames: $(du -sh .gpudata | cut -f1)"

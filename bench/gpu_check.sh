@@ -86,9 +86,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a hard timeout, log to $OUT_D
   tail -n 25 "$OUT_DIR/$name.log" | sed 's/^/   /' | tee -a "$SUMMARY" >/dev/null
 }
 
-# 1. the gpu tests (parity, CUDA graphs, threads, capture failure, precision per family)
-step pytest_gpu 270 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider test/test_gpu.py \
-  -k 'not test_engine_' --junitxml="$OUT_DIR/pytest_gpu.xml"
+# 1. the gpu tests (parity, CUDA graphs, threads, capture failure, precision per family; issue
+# 25: the per-frame work kept on the GPU against the CPU path, kernel by kernel and end to end)
+step pytest_gpu 300 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider test/test_gpu.py \
+  test/test_device_kernels.py test/test_quality_device.py test/test_device_finish.py \
+  test/test_cloud.py test/test_packing.py -k 'not test_engine_' \
+  --junitxml="$OUT_DIR/pytest_gpu.xml"
 grep -E '^(PASSED|FAILED|SKIPPED|ERROR)|passed|failed|skipped' "$OUT_DIR/pytest_gpu.log" \
   | tail -n 20 >> "$SUMMARY"
 
@@ -117,6 +120,12 @@ done
 
 # 2. the measurements: latency per mode and precision, 3 cameras dropping frames, precision
 step bench_gpu 200 "$PY" bench/bench_gpu.py --quick --frames 3000 --out "$OUT_DIR/bench_gpu.json"
+
+# 2b. the per-frame kernels on the GPU against numpy on the host (issue 25), the same code
+step bench_kernels 60 "$PY" bench/bench_alignment.py --kernels --no-timing
+step bench_quality_cuda 60 "$PY" bench/bench_quality.py --cost-only --torch-device cuda
+grep -E 'numpy|torch|ratio' "$OUT_DIR/bench_kernels.log" "$OUT_DIR/bench_quality_cuda.log" \
+  | cut -c1-200 | tail -n 20 >> "$SUMMARY"
 
 # 3. torch.compile latency, if time is left (compiling V2-Small takes minutes)
 if [ $SECONDS -lt 330 ]; then
