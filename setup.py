@@ -58,6 +58,10 @@ setup(
         # Marigold depth checkpoints (diffusers pipeline); model.ensemble_size > 1 also needs
         # scipy (not installed by scripts/setup.sh: see TESTING.md).
         'marigold': ['diffusers>=0.32'],
+        # depth_node-serve (the Triton server of model.engine triton; PyTriton pins numpy<2,
+        # which its Python backend stub needs) and the nodes' client only.
+        'triton': ['nvidia-pytriton==0.7.0', 'numpy<2', 'tritonclient[grpc,http]>=2.50'],
+        'triton-client': ['tritonclient[grpc,http]>=2.50'],
     },
     zip_safe=True,
     maintainer='depth_node maintainers',
@@ -73,6 +77,7 @@ setup(
             'depth_node-eval = depth_node.evaluate:main',
             'depth_node-export = depth_node.export_tool:main',
             'depth_node-bag = depth_node.bag:main',
+            'depth_node-serve = depth_node.serve:main',
         ],
     },
 )

@@ -132,9 +132,26 @@ PARAMS: tuple[ParamSpec, ...] = (
               "'auto': OpenVINO on the CPU when installed (1.3-1.4x faster than torch at the "
               'same precision on AMX CPUs), else torch; torch on CUDA. ONNX engines export the '
               'model per input size into model.cache_dir (a model that does not export falls '
-              "back to torch under 'auto').",
-              choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt')),
+              "back to torch under 'auto'). 'triton': the network runs on a Triton Inference "
+              'Server (depth_node-serve) at model.triton_url; alignment, confidence, clouds and '
+              'publishing stay here (README "Serving a fleet from Triton").',
+              choices=('auto', 'torch', 'onnxruntime', 'openvino', 'tensorrt', 'triton')),
     ParamSpec('model.device', 'auto', "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."),
+    ParamSpec('model.triton_url', 'grpc://localhost:8001',
+              "model.engine triton: the server, 'grpc://host:port' (Triton's gRPC port, 8001 by "
+              "default) or 'http://host:port' (its HTTP port, 8000)."),
+    ParamSpec('model.triton_model', 'depth',
+              'model.engine triton: the model name on the server (depth_node-serve '
+              '--model-name).'),
+    ParamSpec('model.triton_timeout', 5.0,
+              'model.engine triton: seconds a frame waits for its answer; a frame past it is '
+              'dropped and counted (frames_server_down) and the node retries the server with '
+              'backoff (0.5 s doubling to 8 s).', min=0.01, max=3600.0),
+    ParamSpec('model.triton_wait', 30.0,
+              'model.engine triton: seconds the startup waits for the server and its model to '
+              'be ready (also the limit of the warm-up frames, which may make the server '
+              'prepare a new input size) before it fails naming the URL.', min=0.0,
+              max=3600.0),
     ParamSpec('model.precision', 'auto', "'auto' (on CUDA per model family: bf16 where the "
               'GPU has it (compute capability 8.0+), else fp16 for Depth Anything and Depth Pro, '
               'fp32 for DPT and GLPN; fp32 for ZoeDepth; on CPU bf16 when the CPU has native '
@@ -454,6 +471,29 @@ def _checked(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return accepted, errors
 
 
+TRITON_SCHEMES = ('grpc', 'http')
+"""The protocols of ``model.triton_url``."""
+
+
+def split_triton_url(url: str) -> tuple[str, str]:
+    """``('grpc' | 'http', 'host:port')`` of a ``model.triton_url``.
+
+    Raises
+    ------
+    ConfigError
+        Anything but ``grpc://host:port`` or ``http://host:port`` (port 1-65535; a host name,
+        IPv4 address or ``[IPv6]``), naming the parameter and the form it takes.
+    """
+    text = str(url).strip()
+    scheme, sep, rest = text.partition('://')
+    host, colon, port = rest.rpartition(':')
+    if not (sep and scheme in TRITON_SCHEMES and colon and host and port.isdigit()
+            and 0 < int(port) < 65536 and '/' not in rest and not any(c.isspace() for c in rest)):
+        raise ConfigError(f"model.triton_url must be 'grpc://host:port' or 'http://host:port' "
+                          f"(Triton's gRPC port 8001 or HTTP port 8000 by default); got {url!r}")
+    return scheme, f'{host}:{int(port)}'
+
+
 def cross_check(values: dict[str, Any], no_tf2: str = '') -> list[str]:
     """Rules that involve more than one parameter (``no_tf2``: see :func:`validate_values`)."""
     errors = []
@@ -470,6 +510,10 @@ def cross_check(values: dict[str, Any], no_tf2: str = '') -> list[str]:
     if not (device in ('auto', 'cpu', 'cuda') or
             (device.startswith('cuda:') and device[5:].isdigit())):
         errors.append(f"model.device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    try:
+        split_triton_url(values['model.triton_url'])
+    except ConfigError as exc:
+        errors.append(str(exc))
     cameras = list(values['input.cameras'])
     for name in cameras:
         if not _CAMERA_NAME.match(name):

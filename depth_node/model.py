@@ -49,6 +49,8 @@ def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
         if on_note is not None:
             on_note(level, text)
 
+    if c['model.engine'] == 'triton':  # the network runs on the server
+        return _load_triton(c, batches, notes, note_)
     if not random_init:
         note = prepare_hub_access(name, is_local=is_local_model(name))
         if note:
@@ -102,3 +104,28 @@ def load_estimator(config: cfg.NodeConfig, batches: Sequence[int] = (1,),
                      if warm_s else f', self-check {verify_s:.2f} s'))
     return LoadedModel(est, notes, {'model_load': load_s, 'warmup': warm_s,
                                     'verify': verify_s})
+
+
+def _load_triton(c: cfg.NodeConfig, batches: Sequence[int], notes: list[tuple[str, str]],
+                 note: Callable[[str, str], None]) -> LoadedModel:
+    """``model.engine: triton``: wait for the server's model, learn what it gives, warm it up
+    (:class:`depth_node.estimator.engines.triton_engine.TritonEstimator`); ``note`` adds to
+    ``notes`` and passes each line on."""
+    from depth_node.estimator import EstimatorError
+    from depth_node.estimator.engines.triton_engine import TritonEstimator
+
+    t0 = time.perf_counter()
+    try:
+        est = TritonEstimator(c['model.triton_url'], c['model.triton_model'],
+                              c['model.triton_timeout'], c['model.triton_wait'],
+                              kind=c['model.kind'], on_note=note)
+        load_s = time.perf_counter() - t0
+        warm_s = 0.0
+        if c['model.warmup']:
+            width, height = c['model.warmup_size']
+            warm_s = est.warmup(height, width, batches=tuple(sorted(set(batches))))
+    except EstimatorError as exc:
+        raise cfg.ConfigError(str(exc)) from exc
+    note('info', f'model served by {est.url} ({est.output_kind.replace("_", " ")}); connect '
+                 f'{load_s:.2f} s, warm-up {warm_s:.2f} s')
+    return LoadedModel(est, notes, {'model_load': load_s, 'warmup': warm_s, 'verify': 0.0})

@@ -103,6 +103,9 @@ PROBLEMS: dict[str, ProblemKind] = {k.key: k for k in (
                 'the GPU is unusable in this process ({text}); exiting with code '
                 f'{EXIT_DEVICE_LOST} so that a supervisor restarts it', diagnostics=True,
                 once=True),
+    ProblemKind('server_down', 'frames_server_down', 'error',
+                'model server not answering, frame(s) dropped ({count} so far, {in_a_row} '
+                'forward passes in a row): {text}', diagnostics=True),
     ProblemKind('non_finite', 'non_finite_outputs', 'warning',
                 '{n} frame(s) with NaN or infinite network output (output as NaN; so far '
                 '{count}): an fp16 overflow? set model.precision to bf16 or fp32',
@@ -160,7 +163,7 @@ class Reporter:
     def report(self, problem: Problem, camera: str = '', topic: str = '') -> None:
         """Count ``problem``; log it as its kind says (throttled, or once per camera)."""
         kind = PROBLEMS[problem.key]
-        if problem.key in ('forward_failed', 'device_lost'):
+        if problem.key in ('forward_failed', 'device_lost', 'server_down'):
             self.in_a_row += 1
         if kind.counter:
             self.count(kind.counter, camera if kind.per_camera else '', problem.n)

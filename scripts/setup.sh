@@ -45,6 +45,30 @@ if ! (cd / && python -c "$CHECK") 2>/dev/null || [ ! -x "$VENV/bin/depth_node-ex
       -c scripts/constraints-kilted.txt -e ".[$EXTRA,test$ENGINES]"
   fi
 fi
+if [ "$ROS" = jazzy ]; then  # depth_node-serve and model.engine triton (issue 26)
+  # The client (tritonclient) goes into $VENV without its pins (it asks for protobuf<7 and
+  # ml-dtypes<=0.5.4; its gRPC and HTTP clients work with this venv's newer ones: test_triton.py).
+  python -c 'import tritonclient.grpc, tritonclient.http' 2>/dev/null || \
+    python -m pip install -q --disable-pip-version-check --no-deps 'tritonclient==2.73.0' \
+      'grpcio==1.85.4' 'python-rapidjson==1.25' 'geventhttpclient==2.6.1' 'gevent==26.9.0' \
+      'greenlet==3.3.2' 'zope.event==6.2' 'zope.interface==8.7' 'brotli==1.2.1'
+  # The server needs numpy<2 (PyTriton's Python backend stub reads numpy 1.x arrays) and this
+  # venv pins numpy 2: it runs from its own venv, PyTriton and numpy 1.26 there, everything
+  # else (torch, transformers, depth_node) seen from $VENV through a .pth file.
+  SERVER_VENV=${DEPTH_NODE_TRITON_VENV:-$VENV-triton}
+  if ! "$SERVER_VENV/bin/python" -c 'import numpy, pytriton, torch, depth_node.serve
+assert numpy.__version__.startswith("1.")' 2>/dev/null; then
+    echo "[setup] PyTriton server venv $SERVER_VENV"
+    "$(python -c 'import sys; print(sys._base_executable)')" -m venv "$SERVER_VENV"
+    touch "$SERVER_VENV/COLCON_IGNORE"
+    "$SERVER_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+      'nvidia-pytriton==0.7.0' 'numpy==1.26.4' 'tritonclient[grpc,http]==2.73.0' \
+      'protobuf==6.33.6' 'grpcio==1.85.4'
+    purelib='import sysconfig; print(sysconfig.get_paths()["purelib"])'
+    echo "import site; site.addsitedir('$(python -c "$purelib")')" \
+      > "$("$SERVER_VENV/bin/python" -c "$purelib")/zz_depth_node_venv.pth"
+  fi
+fi
 python -c 'import diffusers' 2>/dev/null || python -m pip install -q --disable-pip-version-check \
   -c scripts/constraints.txt -e '.[marigold]'  # Marigold tests (test/test_marigold.py)
 python -c 'import torch, transformers, rclpy; print("[setup] ok: torch", torch.__version__,

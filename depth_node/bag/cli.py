@@ -22,7 +22,7 @@ from depth_node.bag.extrinsics import Extrinsics
 from depth_node.bag.io import (
     BagReader, BagWriter, FrameJob, MessageBuilder, open_input, output_topic, prepare_output,
     QUEUE_SIZE, select_topics, Topics)
-from depth_node.bag.params import node_config
+from depth_node.bag.params import add_parameter_arguments, node_config
 from depth_node.bag.report import expected_frames, Progress, Stats, summary
 from depth_node.frame_pipeline import FramePipeline, Job
 from depth_node.model import load_estimator
@@ -287,11 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='a ROS 2 bag: its folder, or an .mcap or .db3 file')
     parser.add_argument('output', type=Path, metavar='OUTPUT',
                         help='the bag to write (a new folder)')
-    parser.add_argument('--params-file', metavar='FILE',
-                        help="the node's YAML parameter file ('depth_node: ros__parameters:' "
-                             "or '/**: ros__parameters:')")
-    parser.add_argument('-p', dest='params', action='append', default=[],
-                        metavar='name:=value', help='a parameter (after --params-file)')
+    add_parameter_arguments(parser)
     parser.add_argument('--image-topic', metavar='T',
                         help='the camera topic (Image or CompressedImage; default: the only '
                              'one in the bag)')

@@ -94,9 +94,22 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return values
 
 
-def node_config(params_file: Optional[str], overrides: Sequence[str]) -> cfg.NodeConfig:
+def add_parameter_arguments(parser: Any) -> None:
+    """``--params-file FILE`` and ``-p name:=value`` (repeatable) on an ``argparse`` parser: the
+    node's parameters as ``depth_node-bag`` and ``depth_node-serve`` take them (then
+    :func:`node_config` of ``args.params_file``, ``args.params``)."""
+    parser.add_argument('--params-file', metavar='FILE',
+                        help="the node's YAML parameter file ('depth_node: ros__parameters:' "
+                             "or '/**: ros__parameters:')")
+    parser.add_argument('-p', dest='params', action='append', default=[],
+                        metavar='name:=value', help='a parameter (after --params-file)')
+
+
+def node_config(params_file: Optional[str], overrides: Sequence[str], prog: str = PROG,
+                one_camera: bool = True) -> cfg.NodeConfig:
     """The node's parameters: its defaults, then ``params_file``, then ``-p`` overrides,
-    validated as the node validates them.
+    validated as the node validates them. ``prog``: the tool the messages name (the bag tool,
+    or ``depth_node-serve``); ``one_camera``: refuse ``input.cameras`` (the bag tool).
 
     Raises
     ------
@@ -112,12 +125,12 @@ def node_config(params_file: Optional[str], overrides: Sequence[str]) -> cfg.Nod
             close = difflib.get_close_matches(name, cfg.PARAMS_BY_NAME, n=2)
             hints.append(shorten(name) + (f' (did you mean {" or ".join(close)}?)' if close
                                           else ''))
-        raise BagError(f'unknown parameter(s): {", ".join(hints)}; {PROG} --help lists them')
+        raise BagError(f'unknown parameter(s): {", ".join(hints)}; {prog} --help lists them')
     try:
         config = cfg.validate_values(values)
     except cfg.ConfigError as exc:
         raise BagError(f'configuration error: {exc}') from exc
-    if config['input.cameras']:
+    if one_camera and config['input.cameras']:
         raise BagError('input.cameras is set: depth_node-bag processes one camera per run; '
                        'run it once per camera with --image-topic (and --namespace)')
     return config
