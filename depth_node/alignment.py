@@ -311,7 +311,7 @@ def _refine(a1: Array, a2: Optional[Array], s: float, t: float,
             if a2 is not None:
                 r += t * a2
             ar = xp.abs(r)
-            w = xp.where(ar < thr, arrays.minimum(delta / ar, 1.0), 0.0)
+            w = xp.where(ar < thr, arrays.clip(delta / ar, None, 1.0), 0.0)
             s_new, t_new = _solve(a1, a2, w)
             if not math.isfinite(s_new):
                 break
@@ -511,8 +511,8 @@ def sample_prediction(prediction: Array, uv: Array, mode: str = 'bilinear') -> A
         return arrays.astype(flat[index], np.float64)
     if mode != 'bilinear':
         raise AlignmentError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
-    u0 = arrays.minimum(arrays.astype(u, np.int64), max(width - 2, 0))
-    v0 = arrays.minimum(arrays.astype(v, np.int64), max(height - 2, 0))
+    u0 = arrays.clip(arrays.astype(u, np.int64), None, max(width - 2, 0))
+    v0 = arrays.clip(arrays.astype(v, np.int64), None, max(height - 2, 0))
     fu, fv = u - u0, v - v0
     du = 1 if width > 1 else 0
     dv = width if height > 1 else 0
@@ -820,8 +820,10 @@ class Aligner:
                 log_ratio = xp.log(z / fitted)
         use, _ = arrays.selector(xp.abs(log_ratio) < _LOCAL_MAX_LOG_RATIO)    # False for NaN
         log_ratio = log_ratio[use]
-        ci = arrays.minimum(arrays.astype(uv[use, 1] * (rows / height), np.int64), rows - 1)
-        cj = arrays.minimum(arrays.astype(uv[use, 0] * (cols / width), np.int64), cols - 1)
+        ci = arrays.clip(arrays.astype(uv[use, 1] * (rows / height), np.int64), None,
+                         rows - 1)
+        cj = arrays.clip(arrays.astype(uv[use, 0] * (cols / width), np.int64), None,
+                         cols - 1)
         cell = ci * cols + cj
         n_cells = rows * cols
         counts = arrays.sum_by_index(cell, xp.ones_like(log_ratio), n_cells)
@@ -829,7 +831,7 @@ class Aligner:
             mean = arrays.sum_by_index(cell, log_ratio, n_cells) / counts
             for _ in range(2):  # Huber-reweighted cell means
                 err = xp.abs(log_ratio - mean[cell])
-                w = arrays.minimum(cfg.huber_delta / err, 1.0)
+                w = arrays.clip(cfg.huber_delta / err, None, 1.0)
                 mean = (arrays.sum_by_index(cell, w * log_ratio, n_cells)
                         / arrays.sum_by_index(cell, w, n_cells))
         mean, counts = arrays.to_host(arrays.stack([mean, counts]))

@@ -311,23 +311,20 @@ def to_floats(*values: Array) -> list[float]:
     return [float(v) for v in values]
 
 
-def minimum(x: Array, value: float) -> Array:
-    """``min(x, value)`` elementwise against a scalar, a new array of ``x``'s kind and dtype;
-    NaN stays NaN. ``np.minimum`` (2 us faster per call than ``np.clip``'s wrapper, which
-    counts in the per-frame loops) or ``torch.clamp``."""
-    if is_tensor(x):
-        return x.clamp(max=value)
-    return np.minimum(x, value)
-
-
 # --------------------------------------------------------------------------------------------
 # Used by the confidence cues, the flying-pixel filter and the stabilizer (depth_node.quality)
 
 def clip(x: Array, lo: Optional[float], hi: Optional[float]) -> Array:
     """``x`` limited to ``[lo, hi]`` (either None: no limit on that side), a new array of its
-    kind; NaN stays NaN (``np.clip``, ``torch.clamp``)."""
+    kind and dtype; NaN stays NaN (``torch.clamp``; numpy: ``np.minimum`` / ``np.maximum`` for
+    one side, 2 us faster per call than ``np.clip``'s wrapper, which counts in the per-frame
+    loops)."""
     if is_tensor(x):
         return x.clamp(lo, hi)
+    if lo is None:
+        return np.minimum(x, hi)
+    if hi is None:
+        return np.maximum(x, lo)
     return np.clip(x, lo, hi)
 
 
