@@ -79,7 +79,7 @@ def test_fit_is_deterministic():
 
 
 def test_msac_costs_truncate_and_count_non_finite_residuals_as_outliers():
-    from depth_node.alignment import _msac_costs
+    from depth_node.robust_fit import _msac_costs
 
     a1 = np.array([1.0, 2.0, 1.05, np.inf])
     a2 = np.array([1.0, 1.0, 1.0, -np.inf])  # the last residual is inf + 0 * -inf: NaN
