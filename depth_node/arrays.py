@@ -274,10 +274,12 @@ def median(x: Array) -> float:
     count, rounded as ``np.median`` (torch's ``median`` would give the lower one); NaN when
     one is NaN. One device sync."""
     if is_tensor(x):
+        torch_where = sys.modules['torch'].where
         ordered = sys.modules['torch'].sort(x.reshape(-1)).values   # NaN sorts last
         n = ordered.shape[0]
         middle = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
-        return float(middle + 0 * ordered[-1])                      # NaN if there is one
+        last = ordered[-1]                                          # NaN if there is one
+        return float(torch_where(last != last, last, middle))
     return float(np.median(x))
 
 

@@ -210,7 +210,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('model.cuda_graphs', 'auto', "CUDA only: capture the forward pass in a CUDA "
               'graph per input size at warm-up (fixed camera size; at most 8 sizes, a size '
               "whose capture fails runs eagerly). 'auto': on for the torch engine on CUDA with "
-              "torch >= 2.12 (its capture fix), else off; 'on'; 'off' (true / false are read "
+              "torch >= 2.12 (its capture fix) unless model.compile is on, else off; 'on' "
+              "(with model.compile: its 'reduce-overhead' mode); 'off' (true / false are read "
               'as on / off). Ignored on CPU.',
               choices=('auto', 'on', 'off'), accepts_bool=True),
     ParamSpec('model.keep_on_device', 'auto', 'Where the work after the forward pass runs '

@@ -32,6 +32,12 @@ def test_auto_is_on_for_cuda_with_the_capture_fix(setting, device, version, expe
     assert why.startswith('model.cuda_graphs')
 
 
+def test_auto_leaves_compile_in_its_default_mode():
+    graphs, why = resolve_cuda_graphs('auto', CUDA, torch_version='2.13.0', compile=True)
+    assert not graphs and 'model.compile' in why
+    assert resolve_cuda_graphs('on', CUDA, torch_version='2.13.0', compile=True)[0]
+
+
 def test_auto_says_why_it_stays_off_on_an_old_torch():
     graphs, why = resolve_cuda_graphs('auto', CUDA, torch_version='2.11.0')
     assert not graphs

@@ -227,15 +227,17 @@ def test_the_node_publishes_the_same_from_the_device_path(session, models, tum):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-@pytest.mark.parametrize('kind', ['metric', 'relative'])
-def test_on_cuda_auto_keeps_the_frame_there_and_matches_the_cpu(models, tum, kind):
+@pytest.mark.parametrize('kind, encoding', [('metric', '32FC1'), ('metric', '16UC1'),
+                                            ('relative', '32FC1')])
+def test_on_cuda_auto_keeps_the_frame_there_and_matches_the_cpu(models, tum, kind, encoding):
     """On CUDA ``auto`` keeps the frame on the GPU; its outputs equal the CPU path's within
-    the float tolerance of another device (fp32 model on both)."""
+    the float tolerance of another device (fp32 model on both); 16UC1 is converted there."""
     frame_data, _, scan = tum
     wanted = {'relative', 'depth', 'info', 'points', 'confidence'}
     scans = [(5.0, 'cam', scan)] if kind == 'relative' else []
     lidar = {'lidar.enabled': True, 'lidar.T_camera_lidar': np.eye(4).ravel().tolist(),
              } if kind == 'relative' else {}
+    lidar['output.encoding'] = encoding
     cpu = _run_model(models[kind], frame_data.image, frame_data.intrinsics(), 'off', wanted,
                      scans, **lidar)
     gpu = _run_model(models[kind], frame_data.image, frame_data.intrinsics(), 'auto', wanted,
@@ -246,3 +248,31 @@ def test_on_cuda_auto_keeps_the_frame_there_and_matches_the_cpu(models, tum, kin
             finite = np.isfinite(value) & np.isfinite(gpu[key])
             assert finite.mean() > 0.99 * np.isfinite(value).mean(), key
             np.testing.assert_allclose(gpu[key][finite], value[finite], rtol=1e-3, atol=1e-4)
+        elif isinstance(value, np.ndarray) and value.dtype == np.uint16:   # millimetres
+            both = (value > 0) & (gpu[key] > 0)
+            assert both.mean() > 0.99 * (value > 0).mean(), key
+            diff = np.abs(gpu[key][both].astype(np.int64) - value[both].astype(np.int64))
+            assert diff.max() <= max(1, int(1e-3 * value.max())), key
+
+
+def test_the_kept_output_is_never_the_engines_own_buffer(tiny_dir, tum):
+    """A network whose output is already at the image's size (GLPN at 640x480): postprocessing
+    makes no new tensor, and the engine's output buffer (a CUDA graph's, TensorRT's) is
+    overwritten by its next call while the frame is still being finished. The kept depth must
+    have its own storage, with the same values."""
+    from depth_node.estimator import DepthEstimator
+
+    est = DepthEstimator(str(tiny_dir('glpn')), device='cpu', precision='fp32')
+    raw = []
+    run = est.engine.run
+
+    def spy(pixel_values):
+        out = run(pixel_values)
+        raw.append(out[0])
+        return out
+
+    est.engine.run = spy
+    kept = est.predict_batch([tum[0].image], on_device=True).depth
+    engine_out = raw[-1].reshape(kept.shape)   # the case under test: no resize, no cast
+    np.testing.assert_array_equal(kept.numpy(), engine_out.numpy())
+    assert kept.untyped_storage().data_ptr() != raw[-1].untyped_storage().data_ptr()

@@ -281,6 +281,9 @@ def fit_case(case: str):
         d = rng.uniform(0, 1, d.size)
     elif case == 'small_region':
         uv = rng.uniform(300, 320, (d.size, 2)).astype(np.float32)
+    elif case == 'zero_predictions':     # scale only: a zero disparity's residual is inf, and
+        d[:3] = 0.0                       # the median residual must ignore it as numpy's does
+        config = AlignerConfig(fit_shift=False)
     elif case.startswith('extent_'):     # spread a hair below / above min_extent
         d, z, uv = synthetic_fit(200, 0.0)    # all valid: the spread is of these 200
         factor = 1 - 1e-5 if case == 'extent_below' else 1 + 1e-5
@@ -292,7 +295,7 @@ def fit_case(case: str):
 
 FIT_CASES = ['good', 'subset', 'invalid_points', 'metric_scale', 'metric_shift', 'metric_flat',
              'few', 'all_invalid', 'flat', 'negative', 'constant_prediction', 'noise',
-             'small_region', 'extent_below', 'extent_above']
+             'small_region', 'extent_below', 'extent_above', 'zero_predictions']
 REFUSED = {'few': 'too few valid points', 'all_invalid': 'farther than max_depth',
            'flat': 'too little depth spread', 'negative': '<= 0',
            'constant_prediction': 'no usable hypothesis', 'noise': 'too few inliers',

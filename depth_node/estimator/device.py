@@ -71,7 +71,8 @@ def _torch_release(version: str) -> tuple[int, int]:
 
 
 def resolve_cuda_graphs(setting: Any, device: torch.device,
-                        torch_version: Optional[str] = None) -> tuple[bool, str]:
+                        torch_version: Optional[str] = None,
+                        compile: bool = False) -> tuple[bool, str]:
     """Whether the torch engine captures CUDA graphs (``model.cuda_graphs``), and why.
 
     Parameters
@@ -82,6 +83,9 @@ def resolve_cuda_graphs(setting: Any, device: torch.device,
         Where the model runs: graphs exist on CUDA only.
     torch_version : str, optional
         The torch version to judge (default: the installed one).
+    compile : bool
+        ``model.compile`` is on: ``'auto'`` then leaves graphs off (torch.compile in its
+        default mode, as before ``auto``); ``'on'`` asks for its ``reduce-overhead`` mode.
 
     Returns
     -------
@@ -106,6 +110,9 @@ def resolve_cuda_graphs(setting: Any, device: torch.device,
         return text == 'on', f'model.cuda_graphs: {text}'
     if device.type != 'cuda':
         return False, 'model.cuda_graphs auto: off (CUDA only)'
+    if compile:
+        return False, ('model.cuda_graphs auto: off with model.compile (torch.compile in its '
+                       "default mode); set on for its 'reduce-overhead' CUDA graphs")
     version = torch.__version__ if torch_version is None else torch_version
     if _torch_release(version) < GRAPH_FIX_TORCH:
         fix = '.'.join(map(str, GRAPH_FIX_TORCH))

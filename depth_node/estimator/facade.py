@@ -256,7 +256,8 @@ class DepthEstimator:
         if upsample != 'auto':
             recipe = replace(recipe, upsample=upsample)
         self._recipe = recipe
-        graphs, graphs_why = resolve_cuda_graphs(cuda_graphs, self.device)
+        graphs, graphs_why = resolve_cuda_graphs(cuda_graphs, self.device,
+                                                 compile=bool(compile))
         if engine_name != 'torch' and str(cuda_graphs).strip().lower() == 'auto':
             graphs, graphs_why = False, ''   # auto: the other engines have their own
         options = EngineOptions(threads=int(threads), providers=tuple(providers),
@@ -442,6 +443,10 @@ class DepthEstimator:
                     depth, fov = extra.pop('depth'), None
                 else:
                     depth, fov = self.engine.run(pixel_values)
+                # the engine's own buffers (CUDA graph outputs, TensorRT bindings): the next
+                # call overwrites them
+                engine_buffers = {t.untyped_storage().data_ptr()
+                                  for t in [depth, *extra.values()] if t is not None}
             except EstimatorError as exc:
                 if not self._engines.fall_back(exc):
                     raise
@@ -472,7 +477,7 @@ class DepthEstimator:
                 confidence = self.postprocessor.run(extra['confidence'], None, height, width,
                                                     None)
             if on_device:
-                return self._kept_on_device(clock, depth, bad, sky, confidence)
+                return self._kept_on_device(clock, depth, bad, sky, confidence, engine_buffers)
             outputs = [depth, bad] + [t for t in (sky, confidence) if t is not None]
             first_cloud = len(outputs)
             wanted = [i for i, c in enumerate(clouds or ()) if c is not None]
@@ -505,10 +510,20 @@ class DepthEstimator:
 
     @staticmethod
     def _kept_on_device(clock: Any, depth: torch.Tensor, bad: torch.Tensor,
-                        sky: Optional[torch.Tensor],
-                        confidence: Optional[torch.Tensor]) -> Prediction:
+                        sky: Optional[torch.Tensor], confidence: Optional[torch.Tensor],
+                        engine_buffers: set[int]) -> Prediction:
         """The prediction of ``on_device``: tensors where the engine left them, the non-finite
-        values NaN there; the call's one synchronisation reads the per-frame flags."""
+        values NaN there; the call's one synchronisation reads the per-frame flags. An output
+        that is still the engine's own buffer (the network's output already at the image's
+        size and float32: postprocessing made no new tensor) is cloned: a CUDA graph's replay
+        or TensorRT's next call would overwrite it while the frame is still being finished
+        (and the temporal cue keeps the previous frame)."""
+
+        def own(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            if t is None or t.untyped_storage().data_ptr() not in engine_buffers:
+                return t
+            return t.clone()
+
         clock.mark('postprocess')
         bad_host = bad.to('cpu')
         clock.synchronize()
@@ -516,8 +531,9 @@ class DepthEstimator:
         depth = depth.float()
         if non_finite:
             depth = torch.where(torch.isfinite(depth), depth, float('nan'))
-        return Prediction(depth=depth, timings=clock.timings(), non_finite=non_finite,
-                          sky=sky, confidence=None if confidence is None else confidence.float())
+        return Prediction(depth=own(depth), timings=clock.timings(), non_finite=non_finite,
+                          sky=own(sky),
+                          confidence=None if confidence is None else own(confidence.float()))
 
     def close(self) -> None:
         """Release the engine (sessions, device memory); the estimator is unusable after."""

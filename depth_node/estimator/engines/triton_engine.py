@@ -481,7 +481,13 @@ class TritonEstimator:
         if depth.shape != (len(images), *shape[:2]):
             raise EstimatorError(f'Triton server at {self.url} gave depth of shape '
                                  f'{depth.shape} for {len(images)} image(s) of {shape[:2]}')
+        # NaN or inf from the network (a float16 answer overflows to inf): NaN, and the frames
+        # counted, as a local engine does
+        bad = ~np.isfinite(depth.reshape(len(images), -1)).all(axis=1)
+        if bad.any():
+            depth = np.where(np.isfinite(depth), depth, np.float32(np.nan))
         return Prediction(depth=depth, timings={'forward': time.perf_counter() - start},
+                          non_finite=int(bad.sum()),
                           sky=joined.get('sky'), confidence=joined.get('confidence'))
 
     def predict(self, rgb: np.ndarray, fx: Optional[float] = None,
