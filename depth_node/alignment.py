@@ -200,7 +200,7 @@ def _segments(size: int, cells: int, like: Array) -> tuple:
     """:func:`_interpolation_segments` with the fractions on ``like``'s device."""
     if not arrays.is_tensor(like):
         return _interpolation_segments(size, cells)
-    return _interpolation_segments_on(size, cells, arrays.device_of(like))
+    return _interpolation_segments_on(size, cells, arrays.location(like))
 
 
 @functools.lru_cache(maxsize=16)

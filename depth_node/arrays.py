@@ -125,9 +125,10 @@ def to_host(x: Optional[Array]) -> Optional[np.ndarray]:
     return np.asarray(x)
 
 
-def device_of(x: Array) -> str:
-    """``'cpu'`` for numpy, else the tensor's device (``'cuda:0'``, ``'cpu'``)."""
-    return str(x.device) if is_tensor(x) else 'cpu'
+def location(x: Array) -> str:
+    """Where an array lives: ``'numpy'``, or a tensor's device (``'cpu'``, ``'cuda:0'``): the
+    key of what is cached per kind and device (rays, buffers, interpolation weights)."""
+    return str(x.device) if is_tensor(x) else 'numpy'
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ from typing import Optional, Union
 import numpy as np
 
 from depth_node.arrays import (Array, as_array, asarray, astype, bitcast, compress_rows,
-                               contiguous, copy_into, device_of, dtype_name, empty, is_floating,
-                               is_tensor, namespace, put_where, stack, sum_by_index, to_host)
+                               contiguous, copy_into, dtype_name, empty, is_floating,
+                               is_tensor, location, namespace, put_where, stack, sum_by_index,
+                               to_host)
 from depth_node.camera_info import camera_matrix, CameraInfoError
 from depth_node.encodings import POINTFIELD_FLOAT32
 
@@ -125,7 +126,7 @@ def _rays(height: int, width: int, K: np.ndarray, stride: int,
     between frames, and a device keeps its copy. Skew (K[0, 1]) is ignored, as
     depth_image_proc does.
     """
-    key = (height, width, stride, K.tobytes(), device_of(like) if is_tensor(like) else 'numpy')
+    key = (height, width, stride, K.tobytes(), location(like))
     with _ray_lock:
         hit = _ray_cache.get(key)
         if hit is not None:

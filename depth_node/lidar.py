@@ -327,7 +327,7 @@ def _zbuf(size: int, like: Array) -> Array:
     buffers = getattr(_zbuf_local, 'buffers', None)
     if buffers is None:
         buffers = _zbuf_local.buffers = {}
-    key = (arrays.is_tensor(like), arrays.device_of(like))
+    key = arrays.location(like)
     zbuf = buffers.get(key)
     if zbuf is None or zbuf.shape[0] != size:
         zbuf = buffers[key] = arrays.full((size,), math.inf, np.float64, like=like)

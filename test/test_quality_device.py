@@ -34,7 +34,7 @@ torch = pytest.importorskip('torch')
 
 from depth_node import config as cfg  # noqa: E402
 from depth_node import quality as q  # noqa: E402
-from depth_node.arrays import device_of, is_tensor, to_host  # noqa: E402
+from depth_node.arrays import is_tensor, location, to_host  # noqa: E402
 from depth_node.camera_info import Intrinsics  # noqa: E402
 from depth_node.demo import simulated_lidar  # noqa: E402
 from depth_node.frame_quality import assess, QualityState, stabilize  # noqa: E402
@@ -96,7 +96,7 @@ def on(device: str, a: np.ndarray):
 def check_tensor(x, device: str):
     """``x`` is a tensor on ``device`` (not a numpy array: no silent fall-back); as numpy."""
     assert is_tensor(x), f'expected a tensor on {device}, got {type(x).__name__}'
-    assert device_of(x).split(':')[0] == device, device_of(x)
+    assert location(x).split(':')[0] == device, location(x)
     return to_host(x)
 
 

@@ -18,8 +18,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from depth_node.arrays import Array, as_array, asarray, contiguous, device_of, dtype_name, \
-    is_tensor, namespace
+from depth_node.arrays import Array, as_array, asarray, contiguous, dtype_name, \
+    location, namespace
 
 __all__ = ['ArrayOrNone', 'filter_cols', 'filter_rows', 'image', 'invalid', 'location', 'NAN',
            'positive', 'QualityError', 'soft_threshold', 'window_radius']
@@ -35,11 +35,6 @@ ArrayOrNone = Optional[Array]
 """A ``numpy.ndarray``, a ``torch.Tensor`` or None."""
 
 _NUMERIC = ('float', 'bfloat', 'int', 'uint', 'bool')
-
-
-def location(a: Array) -> str:
-    """Where an array lives: ``'numpy'``, or a tensor's device (``'cpu'``, ``'cuda:0'``)."""
-    return device_of(a) if is_tensor(a) else 'numpy'
 
 
 def image(name: str, array, allow_none: bool = False, like: ArrayOrNone = None) -> Array:
