@@ -301,8 +301,7 @@ class FrameFinisher:
             xyz = depth_to_points(depth, intr.K, stride=stride, min_depth=c['cloud.min_depth'],
                                   max_depth=c['cloud.max_depth'])
         elif removed is not None:
-            xyz = xyz.copy()  # built with the forward, before the pixels were removed (numpy:
-            # on the device the cloud is built here, never with the forward)
+            xyz = xyz.copy()  # built with the forward, before the pixels were removed
         if removed is not None:
             xyz[removed[::stride, ::stride]] = np.nan
         colors = None

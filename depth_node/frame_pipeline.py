@@ -268,13 +268,14 @@ class FramePipeline:
         if exc is not None:
             from depth_node.estimator.device import error_text, is_device_lost  # with the model
 
-            key = 'device_lost' if is_device_lost(exc) else 'forward_failed'
-            outage = getattr(exc, 'outage', None)  # a model server not answering: its frames
-            if outage is not None:
-                key = 'server_down'
-            reporter.report(Problem(key, f'{type(exc).__name__}: {error_text(exc)}',
-                                    n=len(group) if outage is not None else 1,
-                                    group=f'outage {outage}' if outage is not None else ''))
+            text = f'{type(exc).__name__}: {error_text(exc)}'
+            outage = getattr(exc, 'outage', None)
+            if outage is not None:  # a model server not answering: its frames are dropped
+                reporter.report(Problem('server_down', text, n=len(group),
+                                        group=f'outage {outage}'))
+            else:
+                reporter.report(Problem('device_lost' if is_device_lost(exc)
+                                        else 'forward_failed', text))
             return result
         reporter.forward_ok()
         reporter.count('forward_passes')
@@ -446,7 +447,8 @@ class FramePipeline:
         """
         try:
             c = self.config
-            Ks = [self._cloud_K(f, s) if want and not self.on_device else None
+            on_device = self.on_device
+            Ks = [self._cloud_K(f, s) if want and not on_device else None
                   for f, s, want in zip(frames, states, want_points)]
             clouds = [None if K is None else {
                 'K': K, 'stride': c['cloud.stride'], 'min_depth': c['cloud.min_depth'],
@@ -458,7 +460,7 @@ class FramePipeline:
             if self.needs_focal:  # the focal lengths make its output metric (run_batch set them)
                 one['focal'] = frames[0].focal
                 many['focals'] = [f.focal for f in frames]
-            if self.on_device:  # the outputs stay there; finish builds the cloud there
+            if on_device:  # the outputs stay there; finish builds the cloud there
                 result = self.estimator.predict_batch([f.rgb for f in frames], on_device=True,
                                                       **many)
                 predictions, points = list(result.depth), [None] * len(frames)
@@ -475,7 +477,7 @@ class FramePipeline:
                 predictions, points = list(result.depth), result.points or [None] * len(frames)
             confidence = getattr(result, 'confidence', None)
             confidences = ([None] * len(frames) if confidence is None else
-                           [confidence] if len(frames) == 1 and not self.on_device
+                           [confidence] if len(frames) == 1 and not on_device
                            else list(confidence))
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: skip the frames
             return ForwardResult(error=exc)

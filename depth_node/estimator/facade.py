@@ -443,10 +443,10 @@ class DepthEstimator:
                     depth, fov = extra.pop('depth'), None
                 else:
                     depth, fov = self.engine.run(pixel_values)
-                # the engine's own buffers (CUDA graph outputs, TensorRT bindings): the next
-                # call overwrites them
+                # kept on the device: the engine's own buffers (CUDA graph outputs, TensorRT
+                # bindings) must not be, the next call overwrites them
                 engine_buffers = {t.untyped_storage().data_ptr()
-                                  for t in [depth, *extra.values()] if t is not None}
+                                  for t in [depth, *extra.values()]} if on_device else set()
             except EstimatorError as exc:
                 if not self._engines.fall_back(exc):
                     raise
