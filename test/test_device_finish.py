@@ -10,42 +10,24 @@ runs the same comparison with the model on CUDA.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 
 from depth_node import config as cfg
-from depth_node.demo import simulated_lidar
 from depth_node.frame_pipeline import FramePipeline, Job
 from depth_node.messages import camera_info_msg, cloud_to_array, image_msg, image_to_array, \
     make_header
 from depth_node.problems import Reporter
-from depth_node.sample_data import load_frame
+import relative_frames as rf
 from ros_harness import holds_camera_info
 
-SCALE, SHIFT = 3.0, 0.2  # a relative prediction SCALE / depth + SHIFT, for the LiDAR fit
 TOL = dict(rtol=2e-5, atol=2e-6)   # float32 arithmetic in another order (torch vs numpy)
 
 
 @pytest.fixture(scope='module')
 def tum(real_data):
-    frame = load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
-    gt = frame.depth_gt
-    filled = np.where(np.isfinite(gt), gt, np.nanmedian(gt)).astype(np.float32)
-    return frame, (SCALE / filled + SHIFT).astype(np.float32), simulated_lidar(gt, frame.K)
-
-
-def _header(sec: int) -> SimpleNamespace:
-    return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=0), frame_id='cam_optical')
-
-
-def _relative_msg(array: np.ndarray, sec: int) -> SimpleNamespace:
-    a = np.ascontiguousarray(array)
-    return SimpleNamespace(header=_header(sec), height=a.shape[0], width=a.shape[1],
-                           encoding='32FC1', is_bigendian=0, step=a.strides[0],
-                           data=a.view(np.uint8).reshape(-1))
+    return rf.relative_tum(real_data)
 
 
 def _same(a, b, key: str) -> None:
@@ -94,7 +76,7 @@ def _finish_both(tum, wanted, **params):
         pipe = FramePipeline(cfg.validate_values(values))
         state = pipe.new_camera()
         state.intrinsics = frame_data.intrinsics()
-        frame = pipe.decode('relative', _relative_msg(prediction, 7))
+        frame = pipe.decode('relative', rf.image(prediction, '32FC1', 7))
         if on_device:
             frame.prediction = torch.from_numpy(frame.prediction.copy())
         seen = []
@@ -136,7 +118,7 @@ def test_without_a_scan_the_tensor_path_reports_as_numpy_does(tum):
         'lidar.T_camera_lidar': np.eye(4).ravel().tolist()}))
     state = pipe.new_camera()
     state.intrinsics = frame_data.intrinsics()
-    frame = pipe.decode('relative', _relative_msg(prediction, 8))
+    frame = pipe.decode('relative', rf.image(prediction, '32FC1', 8))
     frame.prediction = torch.from_numpy(frame.prediction.copy())
     seen = {}
     out = pipe.finish(frame, state, {'relative', 'depth'}, lambda k, v: seen.setdefault(k, v))

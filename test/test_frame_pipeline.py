@@ -6,38 +6,18 @@ these tests also show the pipeline needs no rclpy message type.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from depth_node import config as cfg
-from depth_node.demo import simulated_lidar
 from depth_node.frame_pipeline import FramePipeline, nearest_scan
 from depth_node.image_codec import ImageDecodeError
-from depth_node.sample_data import load_frame
-
-SCALE, SHIFT = 3.0, 0.2  # the relative input is SCALE / depth + SHIFT
-
-
-def _header(sec: int, frame_id: str = 'cam_optical') -> SimpleNamespace:
-    return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=250), frame_id=frame_id)
-
-
-def _image(array: np.ndarray, encoding: str, sec: int) -> SimpleNamespace:
-    """A message-like Image (numpy data, like rosbags' messages)."""
-    a = np.ascontiguousarray(array)
-    return SimpleNamespace(header=_header(sec), height=a.shape[0], width=a.shape[1],
-                           encoding=encoding, is_bigendian=0, step=a.strides[0],
-                           data=a.view(np.uint8).reshape(-1))
+import relative_frames as rf
 
 
 @pytest.fixture(scope='module')
 def tum(real_data):
-    frame = load_frame(sorted((real_data / 'tum_rgbd').iterdir())[0])
-    gt = frame.depth_gt
-    filled = np.where(np.isfinite(gt), gt, np.nanmedian(gt)).astype(np.float32)
-    return frame, (SCALE / filled + SHIFT).astype(np.float32), simulated_lidar(gt, frame.K)
+    return rf.relative_tum(real_data)
 
 
 def _pipeline(**params) -> FramePipeline:
@@ -53,7 +33,7 @@ def test_outputs_reach_the_sink_in_order_with_the_input_header(tum):
     pipe = _pipeline()
     state = pipe.new_camera()
     state.intrinsics = frame_data.intrinsics()
-    msg = _image(prediction, '32FC1', 7)
+    msg = rf.image(prediction, '32FC1', 7)
     pipe.check('relative', msg)
     frame = pipe.decode('relative', msg)
     assert frame.header is msg.header and frame.stamp == pytest.approx(7 + 250e-9)
@@ -81,7 +61,7 @@ def test_without_a_scan_no_metric_depth_and_the_reason(tum):
     pipe = _pipeline(**{'output.encoding': '16UC1'})
     state = pipe.new_camera()
     state.intrinsics = frame_data.intrinsics()
-    frame = pipe.decode('relative', _image(prediction, '32FC1', 8))
+    frame = pipe.decode('relative', rf.image(prediction, '32FC1', 8))
     seen = {}
     out = pipe.finish(frame, state, {'relative', 'depth', 'info'},
                       lambda key, value: seen.setdefault(key, value))
@@ -97,7 +77,7 @@ def test_uint16_depth_and_no_camera_info(tum):
     frame_data, prediction, scan = tum
     pipe = _pipeline(**{'output.encoding': '16UC1'})
     state = pipe.new_camera()
-    frame = pipe.decode('relative', _image(prediction, '32FC1', 9))
+    frame = pipe.decode('relative', rf.image(prediction, '32FC1', 9))
     out = pipe.finish(frame, state, {'depth', 'info'}, lambda key, value: None,
                       scan=(frame.stamp, 'cam', scan))
     keys = [p.key for p in out.problems]
@@ -113,7 +93,7 @@ def test_uint16_depth_and_no_camera_info(tum):
 def test_a_refused_frame_raises_the_codec_error(tum):
     _, prediction, _ = tum
     pipe = _pipeline()
-    bad = _image(prediction, '32FC1', 10)
+    bad = rf.image(prediction, '32FC1', 10)
     bad.data = bad.data[:-4]
     with pytest.raises(ImageDecodeError, match='bytes'):
         pipe.check('relative', bad)
@@ -143,7 +123,7 @@ def test_one_camera_model_for_camera_info_cloud_and_lidar(tum, monkeypatch):
     monkeypatch.setattr(frame_finish, 'prepare_points',
                         lambda pts, T, camera, *a, **k: used.append(camera) or
                         original(pts, T, camera, *a, **k))
-    msg = _image(prediction, '32FC1', 8)
+    msg = rf.image(prediction, '32FC1', 8)
     frame = pipe.decode('relative', msg)
     out = pipe.finish(frame, state, {'depth', 'info', 'points'}, lambda key, value: None,
                       scan=(frame.stamp, 'cam', scan))
@@ -170,8 +150,8 @@ def test_run_batch_serves_the_displaced_frame_when_the_newest_is_refused(tum):
     state.intrinsics = frame_data.intrinsics()
     lines = []
     reporter = Reporter(lambda severity, line: lines.append(line))
-    good = _image(prediction, '32FC1', 11)
-    bad = _image(prediction, '32FC1', 12)
+    good = rf.image(prediction, '32FC1', 11)
+    bad = rf.image(prediction, '32FC1', 12)
     bad.encoding = 'nope'
     scans = [(11.0 + 250e-9, 'cam', scan)]
     seen = []
@@ -186,7 +166,7 @@ def test_run_batch_serves_the_displaced_frame_when_the_newest_is_refused(tum):
     assert reporter.counters.get('frames_metric') == 1
     assert [j for j, _ in result.finished] == [job] and result.timings['total'] > 0
     # no scan near the next frame although scans arrive: lidar_unpaired, no metric depth
-    late = Job(state, 'relative', _image(prediction, '32FC1', 30), scans=lambda: scans)
+    late = Job(state, 'relative', rf.image(prediction, '32FC1', 30), scans=lambda: scans)
     result = pipe.run_batch([late], lambda j, key, value: None, reporter)
     assert reporter.counters.get('lidar_unpaired') == 1
     assert not result.finished[0][1].metric
@@ -205,13 +185,13 @@ def test_run_batch_reports_an_error_finishing_a_frame_and_goes_on(tum):
         if job.tag == 'broken':
             raise ValueError('injected')
 
-    jobs = [Job(state, 'relative', _image(prediction, '32FC1', 40), tag='broken'),
-            Job(state, 'relative', _image(prediction, '32FC1', 41), tag='fine')]
+    jobs = [Job(state, 'relative', rf.image(prediction, '32FC1', 40), tag='broken'),
+            Job(state, 'relative', rf.image(prediction, '32FC1', 41), tag='fine')]
     result = pipe.run_batch(jobs, sink, reporter)
     assert [j.tag for j, _ in result.finished] == ['fine']
     assert reporter.counters.get('frame_errors') == 1
     # stopping: the same error ends the batch quietly
-    jobs = [Job(state, 'relative', _image(prediction, '32FC1', 42), tag='broken')]
+    jobs = [Job(state, 'relative', rf.image(prediction, '32FC1', 42), tag='broken')]
     pipe.run_batch(jobs, sink, reporter, stopping=lambda: True)
     assert reporter.counters.get('frame_errors') == 1
 
@@ -232,7 +212,7 @@ def test_a_stabilised_metric_cloud_is_the_published_depth_not_the_forwards_point
     state.intrinsics = frame_data.intrinsics()
     for sec, factor in ((1, 1.0), (2, 1.0), (3, 1.1)):  # a 10 % flicker on the third frame
         depth = true * np.float32(factor)
-        frame = Frame('image', _header(sec), rgb=np.zeros((*depth.shape, 3), np.uint8),
+        frame = Frame('image', rf.header(sec), rgb=np.zeros((*depth.shape, 3), np.uint8),
                       src_w=depth.shape[1], src_h=depth.shape[0], prediction=depth,
                       points=depth_to_points(depth, frame_data.K, stride=4, min_depth=0.1,
                                              max_depth=10.0))
@@ -252,7 +232,7 @@ def test_no_lidar_fit_leaves_the_lidar_cue_out_of_a_relative_confidence(tum):
                         'confidence.temporal': False})
     state = pipe.new_camera()
     state.intrinsics = frame_data.intrinsics()
-    frame = pipe.decode('relative', _image(prediction, '32FC1', 50))
+    frame = pipe.decode('relative', rf.image(prediction, '32FC1', 50))
     out = pipe.finish(frame, state, {'relative', 'confidence'}, lambda key, value: None,
                       scan=(frame.stamp, 'cam', scan))
     assert not out.metric and 'no_fit' in [p.key for p in out.problems]
